@@ -1,0 +1,211 @@
+"""Structured-config schemas, registered in Hydra's ConfigStore.
+
+Values and their reasons live in conf/*.yaml; these classes only say which keys exist and what type each holds, so a
+misspelt key, an unknown option or a wrong type fails when Hydra composes the config, before any data is touched.
+`MISSING` marks a key the YAML must set; `None` marks a key that only some options use.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from trainlab.errors import TrainlabError
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # the builder in trainlab.data: cifar10, mnist, fashion_mnist, folder, shapes
+    root: str = MISSING
+    download: bool = MISSING
+    image_size: int = MISSING  # side of the square images the model sees
+    mean: List[float] = MISSING  # per-channel statistics for the normalize step
+    std: List[float] = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    num_workers: int = MISSING
+    shuffle: bool = MISSING
+    drop_last: bool = MISSING
+    pin_memory: bool = MISSING
+    subset: Optional[int] = MISSING  # train on this many images (a fixed random choice); null: all
+    test_subset: Optional[int] = MISSING
+    # folder only
+    train_dir: Optional[str] = None
+    test_dir: Optional[str] = None
+    split: Optional[float] = None  # fraction of root's images held out for testing, when root has no train/test dirs
+    # shapes only
+    num_train: Optional[int] = None
+    num_test: Optional[int] = None
+
+
+@dataclass
+class TransformConfig:
+    # Each step is a mapping: `type` and that step's keys, checked against trainlab.transforms.STEPS before any data
+    # is read. Plain mappings rather than one schema of every key, so `--cfg job` shows just what each step sets.
+    train: List[Dict[str, Any]] = MISSING
+    test: List[Dict[str, Any]] = MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    blocks: List[Dict[str, Any]] = MISSING  # `type` and that block's keys, checked against trainlab.models.BLOCKS
+
+
+# Optimizers, schedulers and losses are instantiated by `_target_`; one schema per option, so each one's own keys
+# are checked. A new option may come without a schema: then only its `_target_` is checked, when it is built.
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True  # the model's parameters are given at run time
+    lr: float = MISSING
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    weight_decay: float = MISSING
+
+
+@dataclass
+class AdamConfig:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = MISSING
+    betas: List[float] = MISSING
+    eps: float = MISSING
+    weight_decay: float = MISSING
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    _target_: str = "torch.optim.AdamW"
+
+
+@dataclass
+class StepLRConfig:
+    _target_: str = "torch.optim.lr_scheduler.StepLR"
+    _partial_: bool = True
+    interval: str = MISSING  # epoch or step: when the scheduler steps
+    step_size: int = MISSING
+    gamma: float = MISSING
+
+
+@dataclass
+class CosineConfig:
+    _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
+    _partial_: bool = True
+    interval: str = MISSING
+    T_max: int = MISSING
+    eta_min: float = MISSING
+
+
+@dataclass
+class OneCycleConfig:
+    _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
+    _partial_: bool = True
+    interval: str = MISSING
+    max_lr: float = MISSING
+    pct_start: float = MISSING
+    total_steps: Optional[int] = MISSING  # null: epochs x steps per epoch, filled in at run time
+
+
+@dataclass
+class NoSchedulerConfig:
+    pass
+
+
+@dataclass
+class CrossEntropyConfig:
+    _target_: str = "torch.nn.CrossEntropyLoss"
+    label_smoothing: float = MISSING
+
+
+@dataclass
+class OneHotLossConfig:
+    _target_: str = MISSING  # trainlab.optim.SoftmaxMSELoss or SoftmaxL1Loss
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = MISSING
+    device: str = MISSING  # auto, cpu, cuda, cuda:N
+    seed: int = MISSING
+    deterministic: bool = MISSING
+    log_every_n_steps: int = MISSING
+    progress_bar: bool = MISSING
+    checkpoint: bool = MISSING
+    log_graph: bool = MISSING
+    log_images: bool = MISSING
+
+
+@dataclass
+class Config:
+    data: DataConfig = MISSING
+    transform: TransformConfig = MISSING
+    model: ModelConfig = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    loss: Any = MISSING
+    trainer: TrainerConfig = MISSING
+
+
+SCHEMAS = {
+    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig},
+    "scheduler": {"none": NoSchedulerConfig, "step": StepLRConfig, "cosine": CosineConfig, "onecycle": OneCycleConfig},
+    "loss": {"cross_entropy": CrossEntropyConfig, "one_hot": OneHotLossConfig},
+}
+
+
+def register_configs() -> None:
+    """Put the schemas where conf/ refers to them: `config_schema` at the top, `<group>_<name>_schema` for options.
+
+    Stored outside the groups so that `--help` lists only the options a user picks.
+    """
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(name=f"{group}_{name}_schema", node=node)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Values the schema's types allow but a run cannot use: reported before any data is read."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise TrainlabError(f"{missing[0]} is not set: add {missing[0]}=... to the command")
+    d, t = cfg.data, cfg.trainer
+    rules = [
+        ("data.batch_size", d.batch_size, d.batch_size >= 1, "at least 1"),
+        ("data.eval_batch_size", d.eval_batch_size, d.eval_batch_size >= 1, "at least 1"),
+        ("data.num_workers", d.num_workers, d.num_workers >= 0, "0 or more"),
+        ("data.subset", d.subset, d.subset is None or d.subset >= 1, "at least 1, or null for all"),
+        ("data.test_subset", d.test_subset, d.test_subset is None or d.test_subset >= 1, "at least 1, or null"),
+        ("data.split", d.split, d.split is None or 0 < d.split < 1, "between 0 and 1, or null"),
+        ("data.image_size", d.image_size, d.image_size >= 1, "at least 1"),
+        ("trainer.epochs", t.epochs, t.epochs >= 1, "at least 1"),
+        ("trainer.log_every_n_steps", t.log_every_n_steps, t.log_every_n_steps >= 1, "at least 1"),
+    ]
+    if "lr" in cfg.optimizer:
+        rules.append(("optimizer.lr", cfg.optimizer.lr, cfg.optimizer.lr > 0, "greater than 0"))
+    for key, value, ok, should in rules:
+        if not ok:
+            raise TrainlabError(f"{key}={value} cannot work: it must be {should}")
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", list: "a list", bool: "true or false", str: "a string"}
+
+
+def check_keys(label: str, given: dict, allowed: dict, required: int = 0) -> dict:
+    """Check a step's or block's keys (all but `type`) against `allowed`, {key: type}, whose first `required` keys
+    must be set; -> the keys that are set, as plain Python values. `label` names the entry in errors."""
+    values = {k: v for k, v in given.items() if k != "type" and v is not None}
+    for key, value in values.items():
+        if key not in allowed:
+            raise TrainlabError(f"{label}: '{key}' does not apply; it takes {', '.join(allowed) or 'no keys'}")
+        kinds = allowed[key] if isinstance(allowed[key], tuple) else (allowed[key],)
+        accepted = kinds + ((int,) if float in kinds else ())  # 1 is a fine learning rate
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, accepted):
+            names = " or ".join(TYPE_NAMES[k] for k in kinds)
+            raise TrainlabError(f"{label}: {key} must be {names}, not {value!r}")
+    for key in list(allowed)[:required]:
+        if key not in values:
+            raise TrainlabError(f"{label}: set {key}")
+    return values

@@ -1,0 +1,133 @@
+"""Data sets by name -> train and test sets, with what the model needs to know: class names and image shape."""
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from trainlab.errors import TrainlabError
+
+log = logging.getLogger("trainlab")
+
+# A data set's split counts as there when its files are; what to fetch by hand when offline (torchvision's names).
+TORCHVISION_SETS = {
+    "cifar10": ("CIFAR10", "cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) in {root}"),
+    "mnist": ("MNIST", "the four MNIST .gz files (train/t10k images and labels) in {root}/MNIST/raw"),
+    "fashion_mnist": ("FashionMNIST", "the four Fashion-MNIST .gz files in {root}/FashionMNIST/raw"),
+}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+@dataclass
+class DataSplits:
+    train: Dataset
+    test: Dataset
+    classes: list
+    image_shape: tuple  # (C, H, W) of one training image after the train pipeline
+
+
+def build_data(cfg, train_tf, test_tf) -> DataSplits:
+    """cfg.data and the two pipelines -> DataSplits, subsets applied."""
+    if cfg.name in TORCHVISION_SETS:
+        train, test, classes = _torchvision_set(cfg, train_tf, test_tf)
+    elif cfg.name == "folder":
+        train, test, classes = _folder(cfg, train_tf, test_tf)
+    elif cfg.name == "shapes":
+        from trainlab.shapes import ShapesDataset
+
+        train = ShapesDataset(cfg.num_train, cfg.image_size, 0, "train", train_tf)
+        test = ShapesDataset(cfg.num_test, cfg.image_size, 0, "test", test_tf)
+        classes = list(train.classes)
+    else:
+        names = ", ".join([*TORCHVISION_SETS, "folder", "shapes"])
+        raise TrainlabError(f"data.name '{cfg.name}' is not a data set trainlab knows: use one of {names}")
+    train, test = _subset(train, cfg.subset), _subset(test, cfg.test_subset)
+    try:
+        image, _ = train[0]
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise TrainlabError(f"transform.train cannot process a {cfg.name} image: {e}") from None
+    return DataSplits(train, test, classes, tuple(image.shape))
+
+
+def build_loaders(cfg, splits: DataSplits, seed: int) -> tuple:
+    """-> (train loader, test loader); the shuffle order follows the seed."""
+    workers = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, pin_memory=cfg.pin_memory)
+    train = DataLoader(splits.train, batch_size=cfg.batch_size, shuffle=cfg.shuffle, drop_last=cfg.drop_last,
+                       generator=torch.Generator().manual_seed(seed), **workers)
+    test = DataLoader(splits.test, batch_size=cfg.eval_batch_size, **workers)
+    if len(train) == 0:
+        raise TrainlabError(
+            f"no training batch: {len(splits.train)} images with data.batch_size={cfg.batch_size} and "
+            "data.drop_last=true; lower the batch size or set data.drop_last=false")
+    return train, test
+
+
+def _torchvision_set(cfg, train_tf, test_tf):
+    import torchvision
+
+    class_name, manual = TORCHVISION_SETS[cfg.name]
+    dataset = getattr(torchvision.datasets, class_name)
+    root = Path(cfg.root).expanduser()
+    try:
+        train = dataset(root, train=True, transform=train_tf, download=cfg.download)
+        test = dataset(root, train=False, transform=test_tf, download=cfg.download)
+    except (RuntimeError, URLError, OSError) as e:
+        how = "connect to the internet once" if cfg.download else "set data.download=true while online"
+        reason = " ".join(str(e).split())[:200]
+        raise TrainlabError(
+            f"{cfg.name} is not in {root.resolve()} and could not be fetched ({reason}): {how}, "
+            f"or put {manual.format(root=root)}") from None
+    return train, test, list(train.classes)
+
+
+def _folder(cfg, train_tf, test_tf):
+    from torchvision.datasets import ImageFolder
+
+    if not train_tf.fixes_size or not test_tf.fixes_size:
+        raise TrainlabError(
+            "data=folder needs pipelines that give every image one size: use transform=resize or "
+            "transform=resize_augment, or add a resize step with [height, width] or a crop")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise TrainlabError(f"data.root {root} is not a folder: point data.root at your images")
+
+    def image_folder(path, transform):
+        try:
+            return ImageFolder(str(path), transform=transform,
+                               is_valid_file=lambda f: f.lower().endswith(IMAGE_EXTENSIONS))
+        except (FileNotFoundError, RuntimeError) as e:
+            raise TrainlabError(f"{path}: {' '.join(str(e).split())}; each class needs a folder of images") from None
+
+    if cfg.split is None:
+        folders = [root / cfg.train_dir, root / cfg.test_dir]
+        for path, key in zip(folders, ("train_dir", "test_dir")):
+            if not path.is_dir():
+                raise TrainlabError(
+                    f"{path} is missing: data=folder reads class folders from {root}/{cfg.train_dir} and "
+                    f"{root}/{cfg.test_dir}; set data.{key}, or data.split=0.2 to split {root} itself")
+        train, test = image_folder(folders[0], train_tf), image_folder(folders[1], test_tf)
+        if train.classes != test.classes:
+            raise TrainlabError(
+                f"{folders[0]} has classes {train.classes} but {folders[1]} has {test.classes}: "
+                "both need the same class folders")
+        return train, test, train.classes
+    train, test = image_folder(root, train_tf), image_folder(root, test_tf)
+    # Hold out the same fraction of every class, chosen by a fixed seed, so the split never changes between runs.
+    generator = torch.Generator().manual_seed(0)
+    held_out = []
+    for label in range(len(train.classes)):
+        members = [i for i, t in enumerate(train.targets) if t == label]
+        order = torch.randperm(len(members), generator=generator).tolist()
+        held_out += [members[j] for j in order[: round(cfg.split * len(members))]]
+    kept = sorted(set(range(len(train))) - set(held_out))
+    return Subset(train, kept), Subset(test, sorted(held_out)), train.classes
+
+
+def _subset(dataset, size):
+    """A fixed random choice of `size` items (the same for every run), or the whole set."""
+    if size is None or size >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+    return Subset(dataset, sorted(order[:size].tolist()))

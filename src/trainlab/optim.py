@@ -1,0 +1,60 @@
+"""Optimizer, learning-rate scheduler and loss from conf/: instantiated by `_target_`, from allowed modules only."""
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from trainlab.errors import TrainlabError
+
+ALLOWED_TARGETS = ("torch.", "torchvision.", "trainlab.")  # a config must not be able to call os.system
+
+
+def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
+    return _instantiate(cfg, "optimizer", params)
+
+
+def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
+    """-> (scheduler or None, interval): interval 'epoch' or 'step' says when train.run steps it."""
+    if "_target_" not in cfg:
+        return None, "epoch"
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    interval = settings.pop("interval", "epoch")
+    if interval not in ("epoch", "step"):
+        raise TrainlabError(f"scheduler.interval is '{interval}': use epoch or step")
+    if "total_steps" in settings and settings["total_steps"] is None:
+        settings["total_steps"] = total_steps
+    return _instantiate(OmegaConf.create(settings), "scheduler", optimizer), interval
+
+
+def build_loss(cfg: DictConfig) -> nn.Module:
+    return _instantiate(cfg, "loss")
+
+
+class SoftmaxMSELoss(nn.Module):
+    """Mean squared error between softmax(logits) and one-hot class targets: MSELoss made to fit classification."""
+
+    distance = staticmethod(nn.functional.mse_loss)
+
+    def forward(self, logits, target):
+        one_hot = nn.functional.one_hot(target, logits.shape[1]).to(logits.dtype)
+        return self.distance(logits.softmax(dim=1), one_hot)
+
+
+class SoftmaxL1Loss(SoftmaxMSELoss):
+    """Mean absolute error between softmax(logits) and one-hot class targets."""
+
+    distance = staticmethod(nn.functional.l1_loss)
+
+
+def _instantiate(cfg: DictConfig, group: str, *args):
+    """Build cfg's `_target_`; a partial (`_partial_: true`) is then called with args."""
+    target = cfg.get("_target_")
+    if not isinstance(target, str) or not target.startswith(ALLOWED_TARGETS):
+        raise TrainlabError(
+            f"{group}._target_ '{target}' is not allowed: targets must come from {', '.join(ALLOWED_TARGETS)}")
+    try:
+        made = instantiate(cfg)
+        return made(*args) if args else made
+    except Exception as e:  # Hydra wraps the constructor's own error; its message names the bad argument
+        reason = " ".join(str(e.__cause__ or e).split())
+        raise TrainlabError(f"{group} ({target}) could not be built: {reason}") from None

@@ -1,0 +1,92 @@
+"""The embedded data set: ten classes of drawn shapes, generated from a seed, so a quick start needs no download.
+
+Each image is a filled or outlined shape of random colour, size and position on a random background colour, with a
+little pixel noise; the class is the shape. Image i of a split is the same on every machine: its random numbers come
+from (seed, split, i) alone.
+"""
+import math
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+CLASSES = ["circle", "ring", "square", "frame", "triangle", "diamond", "plus", "cross", "star", "hexagon"]
+
+
+def _polygon(cx, cy, r, corners, turn=0.0, inner=None):
+    """Vertices of a regular polygon (or a star, with `inner` radius) centred on (cx, cy)."""
+    points = []
+    steps = corners * (2 if inner else 1)
+    for k in range(steps):
+        radius = inner if inner and k % 2 else r
+        angle = turn + 2 * math.pi * k / steps
+        points.append((cx + radius * math.sin(angle), cy - radius * math.cos(angle)))
+    return points
+
+
+def draw_shape(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One (size, size, 3) uint8 image of class `label`."""
+    background = rng.integers(0, 256, 3)
+    colour = (background + rng.integers(80, 177, 3)) % 256  # every channel differs from the background by 80+
+    image = Image.new("RGB", (size, size), tuple(int(c) for c in background))
+    draw = ImageDraw.Draw(image)
+    r = rng.uniform(0.22, 0.4) * size  # radius of the shape's bounding circle
+    cx, cy = rng.uniform(r + 1, size - r - 1, 2)
+    fill = tuple(int(c) for c in colour)
+    width = max(2, round(r / 3))
+    box = (cx - r, cy - r, cx + r, cy + r)
+    name = CLASSES[label]
+    if name == "circle":
+        draw.ellipse(box, fill=fill)
+    elif name == "ring":
+        draw.ellipse(box, outline=fill, width=width)
+    elif name == "square":
+        draw.rectangle(_square(cx, cy, r), fill=fill)
+    elif name == "frame":
+        draw.rectangle(_square(cx, cy, r), outline=fill, width=width)
+    elif name == "triangle":
+        draw.polygon(_polygon(cx, cy, r, 3), fill=fill)
+    elif name == "diamond":
+        draw.polygon(_polygon(cx, cy, r, 4), fill=fill)
+    elif name == "plus":
+        draw.rectangle((cx - r, cy - width / 2, cx + r, cy + width / 2), fill=fill)
+        draw.rectangle((cx - width / 2, cy - r, cx + width / 2, cy + r), fill=fill)
+    elif name == "cross":
+        d = r * 0.75
+        draw.line((cx - d, cy - d, cx + d, cy + d), fill=fill, width=width)
+        draw.line((cx - d, cy + d, cx + d, cy - d), fill=fill, width=width)
+    elif name == "star":
+        draw.polygon(_polygon(cx, cy, r, 5, inner=r * 0.42), fill=fill)
+    else:  # hexagon
+        draw.polygon(_polygon(cx, cy, r, 6, turn=math.pi / 6), fill=fill)
+    pixels = np.asarray(image, dtype=np.int16) + rng.integers(-12, 13, (size, size, 3))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _square(cx, cy, r):
+    h = r * 0.8  # a square inside the same circle would look small next to the other shapes
+    return (cx - h, cy - h, cx + h, cy + h)
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """`count` drawn shapes, balanced over the classes; items are (PIL image, label) like torchvision's sets."""
+
+    classes = CLASSES
+
+    def __init__(self, count: int, image_size: int, seed: int, split: str, transform=None):
+        split_id = {"train": 0, "test": 1}[split]
+        self.targets = [i % len(CLASSES) for i in range(count)]
+        # (N, H, W, 3) uint8: drawing once up front costs well under a second and makes every epoch cheap
+        self.images = np.stack(
+            [draw_shape(t, image_size, np.random.default_rng([seed, split_id, i])) for i, t in enumerate(self.targets)]
+        )
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        image = Image.fromarray(self.images[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]

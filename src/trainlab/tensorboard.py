@@ -1,0 +1,53 @@
+"""The run's TensorBoard writer: scalars, the first batch as an image grid, the model graph and the hparams."""
+import logging
+import warnings
+
+import torch
+
+log = logging.getLogger("trainlab")
+
+BEST_METRIC = "hparams/best_test_acc"  # the HPARAMS tab's column for the sweep's objective
+
+
+class RunWriter:
+    """Event files in `log_dir`; `tensorboard --logdir outputs` shows each run folder as one run."""
+
+    def __init__(self, log_dir):
+        from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard: about a second, so only here
+
+        self.writer = SummaryWriter(str(log_dir))
+
+    def scalars(self, values: dict, step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def image_grid(self, images: torch.Tensor, normalization) -> None:
+        """The batch as the model sees it after the transforms, de-normalized so colours look right."""
+        from torchvision.utils import make_grid
+
+        images = images[:64].detach().float().cpu()
+        if normalization is not None:
+            mean, std = (torch.tensor(v).view(-1, 1, 1) for v in normalization)
+            images = images * std + mean
+        self.writer.add_image("train/first_batch", make_grid(images.clamp(0, 1), nrow=8), 0)
+
+    def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracing warns about things that do not matter for a picture
+                self.writer.add_graph(model, example)
+        except Exception as e:  # the graph is a nicety: a model that cannot be traced still trains
+            log.warning("model graph not logged: %s", str(e).splitlines()[0])
+
+    def hparams(self, hparams: dict, metrics: list) -> None:
+        """Register this run in the HPARAMS tab with its settings; `metrics` are scalar tags the run writes."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        # Written into this run's own folder (add_hparams would make a new sub-run), so the HPARAMS table links
+        # each row to the run's curves.
+        for summary in hparams_summaries(values, {tag: 0.0 for tag in metrics}):
+            self.writer.file_writer.add_summary(summary)
+
+    def close(self) -> None:
+        self.writer.close()
