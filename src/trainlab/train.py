@@ -88,17 +88,27 @@ def run(cfg: DictConfig, run_dir=None) -> float:
 
 
 def _hparams(cfg: DictConfig) -> dict:
-    """The settings that tell runs apart, for TensorBoard's HPARAMS tab."""
+    """The settings that tell runs apart, for TensorBoard's HPARAMS tab: the main ones and every overridden value
+    (so each job of a sweep shows the keys the sweep varies)."""
     def short(target):
         return target.rsplit(".", 1)[-1] if target else "none"
 
     values = {"data": cfg.data.name, "model": cfg.model.name, "optimizer": short(cfg.optimizer.get("_target_")),
               "scheduler": short(cfg.scheduler.get("_target_")), "loss": short(cfg.loss.get("_target_")),
+              "lr": cfg.optimizer.get("lr", 0.0), "weight_decay": cfg.optimizer.get("weight_decay", 0.0),
               "batch_size": cfg.data.batch_size, "epochs": cfg.trainer.epochs, "seed": cfg.trainer.seed}
-    for key in ("lr", "momentum", "weight_decay"):
-        if key in cfg.optimizer:
-            values[key] = float(cfg.optimizer[key])
+    for override in _hydra_overrides():
+        key = override.split("=", 1)[0].lstrip("+~")
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (int, float, str, bool)):
+            values[key] = value
     return values
+
+
+def _hydra_overrides() -> list:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _hydra_output_dir() -> Path:

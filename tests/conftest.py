@@ -1,0 +1,78 @@
+"""Shared helpers: compose the real conf/, run the real src/run.py, read back the TensorBoard events."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT / "src"))  # importable from a fresh clone before `pip install -e .`
+
+from trainlab.config import register_configs  # noqa: E402
+
+register_configs()
+
+# Keep subprocess runs small and quiet; each test adds what it is about.
+QUICK = ["trainer.progress_bar=false", "trainer.log_graph=false"]
+
+
+def needs_shared(path: Path) -> Path:
+    """`path` under ../shared, or a skip with the reason; CI (TRAINLAB_REQUIRE_SHARED=1) fails instead of skipping."""
+    if path.exists():
+        return path
+    reason = f"{path} is absent: ../shared comes with the project's CI, not with a fresh clone"
+    if os.environ.get("TRAINLAB_REQUIRE_SHARED") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def ants_bees(tmp_path_factory) -> Path:
+    """A small slice of the tutorial's ants and bees, the GIF among the JPEGs included: train/ and val/, 2 classes."""
+    source = needs_shared(SHARED / "data" / "hymenoptera_data")
+    root = tmp_path_factory.mktemp("hymenoptera")
+    for split, count in (("train", 6), ("val", 3)):
+        for cls in ("ants", "bees"):
+            files = sorted((source / split / cls).iterdir())
+            picked = files[:count]
+            if split == "train" and cls == "ants":
+                picked += [f for f in files if f.suffix == ".gif"]
+            (root / split / cls).mkdir(parents=True)
+            for f in picked:
+                shutil.copy(f, root / split / cls / f.name)
+    return root
+
+
+def compose(*overrides):
+    """The real conf/ composed with `overrides`, as src/run.py would see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def run_cli(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
+    """`python src/run.py ARGS` from the project root, as a user types it."""
+    return subprocess.run([sys.executable, "src/run.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def scalars(run_dir: Path) -> dict:
+    """{tag: [(step, value), ...]} from the run folder's TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def event_tags(run_dir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {**events.Tags(), "hparams": sorted(events.PluginTagToContent("hparams"))}

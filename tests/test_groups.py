@@ -1,0 +1,121 @@
+"""Every option of every config group composes and builds; the schemas reject what they should, at compose time."""
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from PIL import Image
+
+from conftest import ROOT, compose
+from trainlab.data import build_data
+from trainlab.errors import TrainlabError
+from trainlab.models import build_model
+from trainlab.optim import build_loss, build_optimizer, build_scheduler
+from trainlab.transforms import build_transforms
+
+
+def options(group):
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+# (channels, native height and width) of each data option's images
+NATIVE = {"cifar10": (3, 32), "mnist": (1, 28), "fashion_mnist": (1, 28), "shapes": (3, 32), "folder": (3, 300)}
+
+
+def test_every_group_has_its_options():
+    assert options("data") == ["cifar10", "fashion_mnist", "folder", "mnist", "shapes"]
+    assert {"tudui", "lenet", "vgg_small"} <= set(options("model"))
+    assert options("optimizer") == ["adam", "adamw", "sgd"]
+    assert options("scheduler") == ["cosine", "none", "onecycle", "step"]
+    assert options("loss") == ["cross_entropy", "l1", "mse"]
+
+
+@pytest.mark.parametrize("data", options("data"))
+@pytest.mark.parametrize("transform", options("transform"))
+def test_data_and_transform_options_compose_and_transform_an_image(data, transform):
+    cfg = compose(f"data={data}", f"transform={transform}", "data.root=somewhere")
+    channels, side = NATIVE[data]
+    image = Image.new("RGB" if channels == 3 else "L", (side + 17 * (data == "folder"), side))
+    train_tf, test_tf = build_transforms(cfg.transform)
+    for pipeline in (train_tf, test_tf):
+        if data == "folder" and not pipeline.fixes_size:  # photos differ in size: refused before any file is read
+            with pytest.raises(TrainlabError, match="one size"):
+                build_data(cfg.data, train_tf, test_tf)
+            continue
+        out = pipeline(image)
+        assert out.dtype == torch.float32 and out.shape[0] == channels
+
+
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("shape,classes", [((3, 32, 32), 10), ((1, 28, 28), 10), ((3, 64, 64), 2)])
+def test_every_model_builds_for_each_data_shape_and_runs_a_batch(model, shape, classes):
+    cfg = compose(f"model={model}")
+    net = build_model(cfg.model, shape, classes)
+    assert net(torch.rand(4, *shape)).shape == (4, classes)
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+@pytest.mark.parametrize("loss", options("loss"))
+def test_optimizer_scheduler_and_loss_options_take_a_step(optimizer, scheduler, loss):
+    cfg = compose(f"optimizer={optimizer}", f"scheduler={scheduler}", f"loss={loss}", "trainer.epochs=2")
+    net = torch.nn.Linear(5, 3)
+    opt = build_optimizer(cfg.optimizer, net.parameters())
+    sched, interval = build_scheduler(cfg.scheduler, opt, total_steps=10)
+    loss_fn = build_loss(cfg.loss)
+    before = net.weight.detach().clone()
+    value = loss_fn(net(torch.rand(8, 5)), torch.randint(0, 3, (8,)))
+    value.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    assert interval in ("epoch", "step")
+    assert value.ndim == 0 and not torch.equal(before, net.weight)
+
+
+def test_tudui_is_the_tutorials_network_exactly():
+    net = build_model(compose("model=tudui").model, (3, 32, 32), 10)
+    assert sum(p.numel() for p in net.parameters()) == 145_578
+    convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [(32, (5, 5), (2, 2)), (32, (5, 5), (2, 2)),
+                                                                            (64, (5, 5), (2, 2))]
+
+
+def test_onehot_losses_compare_softmax_with_one_hot_targets():
+    logits, target = torch.tensor([[10.0, -10.0]]), torch.tensor([0])
+    for loss in ("mse", "l1"):
+        assert build_loss(compose(f"loss={loss}").loss)(logits, target).item() < 1e-6
+
+
+def test_onecycle_runs_over_the_whole_training():
+    cfg = compose("scheduler=onecycle", "optimizer.lr=0.1")
+    opt = build_optimizer(cfg.optimizer, torch.nn.Linear(2, 2).parameters())
+    sched, interval = build_scheduler(cfg.scheduler, opt, total_steps=40)
+    assert interval == "step" and sched.total_steps == 40
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optimizer.lrr=0.1", "Key 'lrr' not in 'SGDConfig'"),
+    ("trainer.epochs=many", "trainer.epochs"),
+    ("data.batchsize=8", "Key 'batchsize' not in 'DataConfig'"),
+    ("model=resnet999", "Could not find 'model/resnet999'"),
+    ("trainer.progress_bar=maybe", "trainer.progress_bar"),
+])
+def test_schema_rejects_misspelt_keys_unknown_options_and_wrong_types(override, message):
+    with pytest.raises(ConfigCompositionException) as e:
+        compose(override)
+    assert message in str(e.value) + str(e.value.__cause__)
+
+
+def test_the_composed_config_is_plain_and_complete():
+    cfg = compose()
+    assert OmegaConf.missing_keys(cfg) == set()
+    assert cfg.data.name == "cifar10" and cfg.model.name == "tudui" and cfg.optimizer.lr == 0.01
+    assert cfg.data.batch_size == 64 and cfg.trainer.epochs == 10
+
+
+def test_offline_cifar10_without_the_archive_names_both_ways_out(tmp_path):
+    cfg = compose(f"data.root={tmp_path}", "data.download=false")
+    train_tf, test_tf = build_transforms(cfg.transform)
+    with pytest.raises(Exception) as e:
+        build_data(cfg.data, train_tf, test_tf)
+    assert "data.download=true" in str(e.value) and "cifar-10-python.tar.gz" in str(e.value)

@@ -1,0 +1,113 @@
+"""Real runs of src/run.py, as a user types them; assertions on what a user would look at."""
+import pytest
+import torch
+import yaml
+
+from conftest import QUICK, compose, event_tags, run_cli, scalars
+from trainlab.checkpoint import load_checkpoint
+from trainlab.train import run
+
+pytestmark = pytest.mark.slow
+
+SHAPES = ["data=shapes", "data.num_train=1500", "data.num_test=300"]
+
+
+def assert_complete_run_folder(run_dir):
+    """What every run leaves: composed config and overrides, log, TensorBoard events, checkpoints."""
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "run.log", "checkpoints/last.pt",
+                 "checkpoints/best.pt"):
+        assert (run_dir / name).is_file(), name
+    assert list(run_dir.glob("events.out.tfevents.*"))
+
+
+def test_a_shapes_run_learns_and_leaves_a_complete_run_folder(tmp_path):
+    result = run_cli(*SHAPES, *QUICK, "trainer.log_graph=true", "optimizer=adam", "trainer.epochs=4",
+                     "trainer.log_every_n_steps=1", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "145,578" in out and out.count(" train loss ") == 4 and "best test acc" in out
+    assert_complete_run_folder(tmp_path)
+    assert "epoch 4/4" in (tmp_path / "run.log").read_text()
+    assert yaml.safe_load((tmp_path / ".hydra/config.yaml").read_text())["optimizer"]["_target_"] == "torch.optim.Adam"
+
+    steps = -(-1500 // 64)  # batches per epoch
+    values = scalars(tmp_path)
+    assert [s for s, _ in values["train/loss"]] == list(range(1, 4 * steps + 1))
+    for tag in ("train/acc", "test/loss", "test/acc", "lr", "hparams/best_test_acc"):
+        assert [s for s, _ in values[tag]] == [1, 2, 3, 4], tag
+    tags = event_tags(tmp_path)
+    assert tags["images"] == ["train/first_batch"] and tags["graph"]
+    assert tags["hparams"] == ["_hparams_/experiment", "_hparams_/session_end_info", "_hparams_/session_start_info"]
+
+    best = max(v for _, v in values["test/acc"])
+    assert best > 0.5, f"chance is 0.1; a short run on shapes should be well above it, got {best}"
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert checkpoint["test_acc"] == pytest.approx(best) and len(checkpoint["classes"]) == 10
+    assert checkpoint["config"]["model"]["name"] == "tudui" and set(checkpoint["model"]) >= {"0.weight", "8.bias"}
+
+
+def test_a_folder_run_on_ants_and_bees_with_a_gif_among_the_jpegs(tmp_path, ants_bees):
+    result = run_cli("data=folder", f"data.root={ants_bees}", "data.image_size=32", "trainer.epochs=2", *QUICK,
+                     f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert "13 train / 6 test images, 2 classes, 3x32x32" in result.stdout
+    assert_complete_run_folder(tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["classes"] == ["ants", "bees"]
+    assert len(scalars(tmp_path)["test/acc"]) == 2
+
+
+def test_a_two_job_sweep_leaves_two_complete_folders(tmp_path):
+    result = run_cli("-m", *SHAPES, "data.num_train=300", "trainer.epochs=1", *QUICK, "optimizer=sgd,adam",
+                     f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job, optimizer in zip(jobs, ("sgd", "adam")):
+        assert_complete_run_folder(job)
+        assert f"optimizer={optimizer}" in (job / ".hydra/overrides.yaml").read_text()
+        assert event_tags(job)["hparams"]
+
+
+def test_same_seed_same_numbers_and_run_returns_the_best_accuracy(tmp_path):
+    cfg = compose(*SHAPES, "data.num_train=256", "data.num_test=64", "trainer.epochs=2", *QUICK,
+                  "trainer.log_images=false", "transform=augment")
+    results = [run(cfg, tmp_path / name) for name in ("a", "b")]
+    assert results[0] == results[1] and 0 <= results[0] <= 1
+    a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"] for name in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = run(compose(*SHAPES, "data.num_train=256", "data.num_test=64", "trainer.epochs=2", *QUICK,
+                        "trainer.log_images=false", "transform=augment", "trainer.seed=1"), tmp_path / "c")
+    c = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")["model"]
+    assert not torch.equal(a["0.weight"], c["0.weight"]) or other != results[0]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["optimizer.lrr=0.1"], "Key 'lrr' not in 'SGDConfig'"),
+    (["model=resnet999"], "Could not find 'model/resnet999'"),
+    (["data=folder"], "error: data.root is not set: add data.root=... to the command"),
+    (["data=folder", "data.root=/does/not/exist"], "error: data.root /does/not/exist is not a folder"),
+    (["data=shapes", "data.batch_size=0"], "error: data.batch_size=0 cannot work: it must be at least 1"),
+    (["data=shapes", "model.blocks.0.kernel_size=64"], "error: model block 0 (conv) cannot take input"),
+    (["data.root=/nonexistent/cifar", "data.download=false"], "put cifar-10-python.tar.gz"),
+])
+def test_bad_input_gets_one_clear_line_and_a_nonzero_exit(tmp_path, args, message):
+    result = run_cli(*args, *QUICK, f"hydra.run.dir={tmp_path}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output and "Traceback" not in output
+
+
+def test_full_error_shows_the_traceback(tmp_path):
+    result = run_cli("data=shapes", "data.batch_size=0", f"hydra.run.dir={tmp_path}", env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr and "TrainlabError" in result.stderr
+
+
+def test_help_lists_the_groups_and_cfg_job_prints_the_composed_config():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for line in ("data: cifar10, fashion_mnist, folder, mnist, shapes", "model: lenet, mlp, tudui, vgg_small",
+                 "optimizer: adam, adamw, sgd", "scheduler: cosine, none, onecycle, step"):
+        assert line in result.stdout
+    assert "schema" not in result.stdout
+    result = run_cli("--cfg", "job", "optimizer=adam")
+    assert result.returncode == 0 and "_target_: torch.optim.Adam" in result.stdout
