@@ -30,11 +30,10 @@ def test_a_pipeline_that_cannot_work_fails_naming_the_step(steps, message):
     assert message in str(e.value)
 
 
-def test_pipeline_knows_its_normalization_and_whether_it_fixes_the_size():
+def test_pipeline_knows_its_normalization():
     p = build_pipeline([{"type": "resize", "size": [8, 8]}, {"type": "to_tensor"},
                         {"type": "normalize", "mean": [0.5], "std": [0.2]}], "t")
-    assert p.fixes_size and p.normalization == ([0.5], [0.2])
-    assert not build_pipeline([{"type": "resize", "size": 8}, {"type": "to_tensor"}], "t").fixes_size
+    assert p.normalization == ([0.5], [0.2])
 
 
 def test_input_sizes_are_inferred_so_one_model_file_fits_grey_28px_and_colour_32px():

@@ -97,6 +97,13 @@ def test_bad_input_gets_one_clear_line_and_a_nonzero_exit(tmp_path, args, messag
     assert message in output and "Traceback" not in output
 
 
+def test_photos_of_many_sizes_without_a_resize_get_one_clear_line(tmp_path, ants_bees):
+    result = run_cli("data=folder", f"data.root={ants_bees}", "transform=to_tensor", *QUICK, f"hydra.run.dir={tmp_path}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert "error: images differ in size" in output and "transform=resize" in output
+
+
 def test_full_error_shows_the_traceback(tmp_path):
     result = run_cli("data=shapes", "data.batch_size=0", f"hydra.run.dir={tmp_path}", env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr and "TrainlabError" in result.stderr

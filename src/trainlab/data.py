@@ -5,7 +5,7 @@ from pathlib import Path
 from urllib.error import URLError
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from trainlab.errors import TrainlabError
 
@@ -53,7 +53,8 @@ def build_data(cfg, train_tf, test_tf) -> DataSplits:
 
 def build_loaders(cfg, splits: DataSplits, seed: int) -> tuple:
     """-> (train loader, test loader); the shuffle order follows the seed."""
-    workers = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, pin_memory=cfg.pin_memory)
+    workers = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, pin_memory=cfg.pin_memory,
+                   collate_fn=collate)
     train = DataLoader(splits.train, batch_size=cfg.batch_size, shuffle=cfg.shuffle, drop_last=cfg.drop_last,
                        generator=torch.Generator().manual_seed(seed), **workers)
     test = DataLoader(splits.test, batch_size=cfg.eval_batch_size, **workers)
@@ -62,6 +63,19 @@ def build_loaders(cfg, splits: DataSplits, seed: int) -> tuple:
             f"no training batch: {len(splits.train)} images with data.batch_size={cfg.batch_size} and "
             "data.drop_last=true; lower the batch size or set data.drop_last=false")
     return train, test
+
+
+def collate(batch):
+    """default_collate, with one clear line when the images of a batch differ in size."""
+    try:
+        return default_collate(batch)
+    except RuntimeError as e:
+        if "stack expects each tensor to be equal size" not in str(e):
+            raise
+        sizes = sorted({"x".join(map(str, image.shape)) for image, _ in batch})
+        raise TrainlabError(
+            f"images differ in size ({', '.join(sizes[:3])}): choose a transform that gives them one size, "
+            "e.g. transform=resize, or add {type: resize, size: [H, W]} to the pipeline") from None
 
 
 def _torchvision_set(cfg, train_tf, test_tf):
@@ -85,10 +99,6 @@ def _torchvision_set(cfg, train_tf, test_tf):
 def _folder(cfg, train_tf, test_tf):
     from torchvision.datasets import ImageFolder
 
-    if not train_tf.fixes_size or not test_tf.fixes_size:
-        raise TrainlabError(
-            "data=folder needs pipelines that give every image one size: use transform=resize or "
-            "transform=resize_augment, or add a resize step with [height, width] or a crop")
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise TrainlabError(f"data.root {root} is not a folder: point data.root at your images")

@@ -18,26 +18,16 @@ class StepKind:
     required: int = 0
     takes: str = ANY
     gives: Optional[str] = None  # None: the same kind as it takes
-    fixes_size: Callable = lambda size: False  # does the step's output have one size, whatever the input's?
-
-
-def _square_or_pair(size):
-    return isinstance(size, int) or len(size) in (1, 2)
-
-
-def _pair(size):
-    return not isinstance(size, int) and len(size) == 2
 
 
 SIZE = (int, list)  # an int, or [height, width]
 STEPS = {
     "to_tensor": StepKind(T.ToTensor, takes=PIL, gives=TENSOR),
     "normalize": StepKind(T.Normalize, {"mean": list, "std": list}, required=2, takes=TENSOR),
-    "resize": StepKind(T.Resize, {"size": SIZE}, required=1, fixes_size=_pair),  # an int keeps the aspect ratio
-    "center_crop": StepKind(T.CenterCrop, {"size": SIZE}, required=1, fixes_size=_square_or_pair),
-    "random_crop": StepKind(T.RandomCrop, {"size": SIZE, "padding": int}, required=1, fixes_size=_square_or_pair),
-    "random_resized_crop": StepKind(T.RandomResizedCrop, {"size": SIZE, "scale": list}, required=1,
-                                    fixes_size=_square_or_pair),
+    "resize": StepKind(T.Resize, {"size": SIZE}, required=1),  # an int: the shorter side, keeping the aspect ratio
+    "center_crop": StepKind(T.CenterCrop, {"size": SIZE}, required=1),
+    "random_crop": StepKind(T.RandomCrop, {"size": SIZE, "padding": int}, required=1),
+    "random_resized_crop": StepKind(T.RandomResizedCrop, {"size": SIZE, "scale": list}, required=1),
     "random_horizontal_flip": StepKind(T.RandomHorizontalFlip, {"p": float}),
     "random_vertical_flip": StepKind(T.RandomVerticalFlip, {"p": float}),
     "random_rotation": StepKind(T.RandomRotation, {"degrees": float}, required=1),
@@ -49,17 +39,16 @@ STEPS = {
 
 
 class Pipeline(T.Compose):
-    """A checked Compose that also tells what the data and the image grid need to know about it."""
+    """A checked Compose that also knows its normalization, to undo it for the image grid."""
 
-    def __init__(self, steps, fixes_size: bool, normalization):
+    def __init__(self, steps, normalization):
         super().__init__(steps)
-        self.fixes_size = fixes_size  # every output has one size, so variable-size images can be batched
         self.normalization = normalization  # (mean, std) of the last normalize step, or None
 
 
 def build_pipeline(steps: Sequence, where: str) -> Pipeline:
     """Steps (each a mapping with `type` and its keys) -> Pipeline; `where` names it in errors (transform.train)."""
-    built, kind, fixes_size, normalization = [], PIL, False, None
+    built, kind, normalization = [], PIL, None
     for i, step in enumerate(steps):
         name = step.get("type")
         label = f"{where} step {i} ({name})"
@@ -75,13 +64,11 @@ def build_pipeline(steps: Sequence, where: str) -> Pipeline:
             built.append(spec.make(**given))
         except (TypeError, ValueError) as e:
             raise TrainlabError(f"{label}: {e}") from None
-        if spec.fixes_size(given.get("size")):
-            fixes_size = True
         if name == "normalize":
             normalization = (given["mean"], given["std"])
     if kind != TENSOR:
         raise TrainlabError(f"{where} ends with a {kind}: add {{type: to_tensor}} so images can be batched")
-    return Pipeline(built, fixes_size, normalization)
+    return Pipeline(built, normalization)
 
 
 def build_transforms(cfg) -> tuple:
