@@ -9,7 +9,7 @@ from conftest import ROOT, compose
 from trainlab.data import build_data
 from trainlab.models import build_model
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
-from trainlab.transforms import build_transforms
+from trainlab.transforms import build_transforms, check_transforms
 
 
 def options(group):
@@ -34,7 +34,7 @@ def test_data_and_transform_options_compose_and_transform_an_image(data, transfo
     cfg = compose(f"data={data}", f"transform={transform}", "data.root=somewhere")
     channels, side = NATIVE[data]
     image = Image.new("RGB" if channels == 3 else "L", (side + 17 * (data == "folder"), side))
-    train_tf, test_tf = build_transforms(cfg.transform)
+    train_tf, test_tf = build_transforms(check_transforms(cfg.transform))
     for pipeline in (train_tf, test_tf):
         out = pipeline(image)
         assert out.dtype == torch.float32 and out.shape[0] == channels
@@ -110,7 +110,7 @@ def test_the_composed_config_is_plain_and_complete():
 
 def test_offline_cifar10_without_the_archive_names_both_ways_out(tmp_path):
     cfg = compose(f"data.root={tmp_path}", "data.download=false")
-    train_tf, test_tf = build_transforms(cfg.transform)
+    train_tf, test_tf = build_transforms(check_transforms(cfg.transform))
     with pytest.raises(Exception) as e:
         build_data(cfg.data, train_tf, test_tf)
     assert "data.download=true" in str(e.value) and "cifar-10-python.tar.gz" in str(e.value)

@@ -7,7 +7,7 @@ from conftest import compose
 from trainlab.checkpoint import load_checkpoint, save_checkpoint
 from trainlab.errors import TrainlabError
 from trainlab.models import build_model, summary_table
-from trainlab.transforms import build_pipeline
+from trainlab.transforms import build_pipeline, check_pipeline, normalization
 
 
 def blocks(*items):
@@ -30,10 +30,11 @@ def test_a_pipeline_that_cannot_work_fails_naming_the_step(steps, message):
     assert message in str(e.value)
 
 
-def test_pipeline_knows_its_normalization():
-    p = build_pipeline([{"type": "resize", "size": [8, 8]}, {"type": "to_tensor"},
-                        {"type": "normalize", "mean": [0.5], "std": [0.2]}], "t")
-    assert p.normalization == ([0.5], [0.2])
+def test_the_image_grid_undoes_the_last_normalize_step():
+    steps = [{"type": "resize", "size": [8, 8]}, {"type": "to_tensor"}, {"type": "normalize", "mean": [0.5],
+                                                                          "std": [0.2]}]
+    assert normalization(check_pipeline(steps, "t")) == ([0.5], [0.2])
+    assert normalization(check_pipeline(steps[:2], "t")) is None
 
 
 def test_input_sizes_are_inferred_so_one_model_file_fits_grey_28px_and_colour_32px():

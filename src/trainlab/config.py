@@ -134,6 +134,11 @@ class TrainerConfig:
     checkpoint: bool = MISSING
     log_graph: bool = MISSING
     log_images: bool = MISSING
+    data_path: str = MISSING  # auto, resident, loader
+    precision: str = MISSING  # fp32, bf16
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    cuda_graphs: bool = MISSING
 
 
 @dataclass
@@ -183,6 +188,9 @@ def check_values(cfg: DictConfig) -> None:
         ("trainer.epochs", t.epochs, t.epochs >= 1, "at least 1"),
         ("trainer.log_every_n_steps", t.log_every_n_steps, t.log_every_n_steps >= 1, "at least 1"),
     ]
+    choices = [("trainer.data_path", t.data_path, ("auto", "resident", "loader")),
+               ("trainer.precision", t.precision, ("fp32", "bf16"))]
+    rules += [(key, value, value in allowed, "one of " + ", ".join(allowed)) for key, value, allowed in choices]
     if "lr" in cfg.optimizer:
         rules.append(("optimizer.lr", cfg.optimizer.lr, cfg.optimizer.lr > 0, "greater than 0"))
     for key, value, ok, should in rules:

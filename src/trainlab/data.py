@@ -1,5 +1,6 @@
 """Data sets by name -> train and test sets, with what the model needs to know: class names and image shape."""
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
@@ -30,25 +31,61 @@ class DataSplits:
 
 def build_data(cfg, train_tf, test_tf) -> DataSplits:
     """cfg.data and the two pipelines -> DataSplits, subsets applied."""
-    if cfg.name in TORCHVISION_SETS:
-        train, test, classes = _torchvision_set(cfg, train_tf, test_tf)
-    elif cfg.name == "folder":
-        train, test, classes = _folder(cfg, train_tf, test_tf)
-    elif cfg.name == "shapes":
-        from trainlab.shapes import ShapesDataset
-
-        train = ShapesDataset(cfg.num_train, cfg.image_size, 0, "train", train_tf)
-        test = ShapesDataset(cfg.num_test, cfg.image_size, 0, "test", test_tf)
-        classes = list(train.classes)
-    else:
-        names = ", ".join([*TORCHVISION_SETS, "folder", "shapes"])
-        raise TrainlabError(f"data.name '{cfg.name}' is not a data set trainlab knows: use one of {names}")
-    train, test = _subset(train, cfg.subset), _subset(test, cfg.test_subset)
+    train, test, classes = build_datasets(cfg, train_tf, test_tf)
+    train = Subset(train, subset_indices(len(train), cfg.subset)) if cfg.subset else train
+    test = Subset(test, subset_indices(len(test), cfg.test_subset)) if cfg.test_subset else test
     try:
         image, _ = train[0]
     except (RuntimeError, ValueError, TypeError) as e:
         raise TrainlabError(f"transform.train cannot process a {cfg.name} image: {e}") from None
     return DataSplits(train, test, classes, tuple(image.shape))
+
+
+def build_datasets(cfg, train_tf, test_tf) -> tuple:
+    """-> (train set, test set, class names), whole, each item (image after its pipeline, label)."""
+    if cfg.name in TORCHVISION_SETS:
+        return _torchvision_set(cfg, train_tf, test_tf)
+    if cfg.name == "folder":
+        return _folder(cfg, train_tf, test_tf)
+    if cfg.name == "shapes":
+        from trainlab.shapes import ShapesDataset
+
+        train = ShapesDataset(cfg.num_train, cfg.image_size, 0, "train", train_tf)
+        return train, ShapesDataset(cfg.num_test, cfg.image_size, 0, "test", test_tf), list(train.classes)
+    names = ", ".join([*TORCHVISION_SETS, "folder", "shapes"])
+    raise TrainlabError(f"data.name '{cfg.name}' is not a data set trainlab knows: use one of {names}")
+
+
+def source_stats(cfg) -> list:
+    """What the resident cache's fingerprint covers: every file name and the time each folder last changed (a file
+    added, removed or renamed); [] when the data is generated. No per-file stat: 60,000 of them cost half a second of
+    every start, and an image edited in place under the same name is rare enough to leave to `rm -r .trainlab-cache`."""
+    if cfg.name in TORCHVISION_SETS:
+        folder = {"cifar10": "cifar-10-batches-py", "mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw"}
+        top = os.path.join(os.path.expanduser(cfg.root), folder[cfg.name])
+    elif cfg.name == "folder":
+        top = os.path.expanduser(cfg.root)
+    else:
+        return []
+    stats, pending, skip = [], [top], len(top) + 1
+    while pending:
+        folder = pending.pop()
+        if folder != top:  # the top folder changes when the cache folder appears in it
+            stats.append(f"{folder[skip:]}/ {os.stat(folder).st_mtime_ns}")
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.is_dir():
+                    stats.append(entry.path[skip:])
+                elif entry.name != ".trainlab-cache":
+                    pending.append(entry.path)
+    return sorted(stats)
+
+
+def subset_indices(length: int, size) -> list:
+    """A fixed random choice of `size` of `length` items (the same on every run and both data paths), or all."""
+    if size is None or size >= length:
+        return list(range(length))
+    return sorted(torch.randperm(length, generator=torch.Generator().manual_seed(0))[:size].tolist())
 
 
 def build_loaders(cfg, splits: DataSplits, seed: int) -> tuple:
@@ -133,11 +170,3 @@ def _folder(cfg, train_tf, test_tf):
         held_out += [members[j] for j in order[: round(cfg.split * len(members))]]
     kept = sorted(set(range(len(train))) - set(held_out))
     return Subset(train, kept), Subset(test, sorted(held_out)), train.classes
-
-
-def _subset(dataset, size):
-    """A fixed random choice of `size` items (the same for every run), or the whole set."""
-    if size is None or size >= len(dataset):
-        return dataset
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
-    return Subset(dataset, sorted(order[:size].tolist()))

@@ -2,6 +2,7 @@
 
 Knows nothing of Hydra, configs or files: it gets built objects and plain values, and returns plain numbers.
 """
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -34,6 +35,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def seconds_since_launch():
+    """Seconds since this process started (Linux's /proc), or None where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Same seed, same device, same numbers: every generator a run draws from starts from `seed`."""
     random.seed(seed)
@@ -43,14 +55,80 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic  # benchmark mode picks kernels by timing: not repeatable
 
 
-def train_epoch(model, loader, loss_fn, optimizer, device, *, scheduler=None, log_every=10, on_log=None,
-                progress=False, desc="") -> EpochStats:
-    """One pass over `loader`, stepping the optimizer (and a per-step scheduler) after every batch.
+WARM_UP_STEPS = 3  # eager steps before a CUDA graph is recorded
+
+
+class TrainStep:
+    """One optimizer step on a batch: forward, loss, backward, update; -> (loss, number correct), left on the device.
+
+    precision 'bf16' runs the forward pass under bfloat16 autocast; channels_last stores images and conv weights as
+    NHWC, the layout tensor cores read fastest. cuda_graph records the whole step of a full batch once as a CUDA graph
+    and replays it: one launch per step instead of dozens, which is what bounds small batches on a fast GPU. The
+    learning rate is a constant inside a graph, so the graph is recorded again whenever the rate has changed.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, device, precision="fp32", channels_last=False, cuda_graph=False):
+        self.model, self.loss_fn, self.optimizer, self.device = model, loss_fn, optimizer, device
+        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
+        self.cuda_graph = cuda_graph and device.type == "cuda"
+        self.graph, self.graph_lr, self.eager_steps = None, None, 0
+        if self.cuda_graph:
+            for group in optimizer.param_groups:
+                if "capturable" in group:
+                    group["capturable"] = True  # Adam's step counter on the device, so a graph can advance it
+
+    def _step(self, images, targets):
+        with torch.autocast(**self.autocast):
+            logits = self.model(images)
+            loss = self.loss_fn(logits, targets)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), (logits.detach().argmax(1) == targets).sum()
+
+    def __call__(self, images, targets):
+        images = images.contiguous(memory_format=self.memory_format)
+        if self.cuda_graph:
+            if self.eager_steps < WARM_UP_STEPS:
+                return self._warm_up(images, targets)
+            if self.graph is None or images.shape == self.static_images.shape:  # the batch size it was recorded for
+                lr = self.optimizer.param_groups[0]["lr"]
+                if self.graph is None or lr != self.graph_lr:
+                    self._record(images, targets, lr)
+                self.static_images.copy_(images)
+                self.static_targets.copy_(targets)
+                self.graph.replay()
+                return self.static_loss, self.static_correct  # overwritten by the next replay: use before then
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._step(images, targets)
+
+    def _warm_up(self, images, targets):
+        """Eager steps on a side stream before recording (cuDNN and cuBLAS pick and allocate their kernels here)."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self.optimizer.zero_grad(set_to_none=True)
+            result = self._step(images, targets)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.eager_steps += 1
+        return result
+
+    def _record(self, images, targets, lr):
+        self.static_images, self.static_targets = images.clone(), targets.clone()
+        self.graph, self.graph_lr = torch.cuda.CUDAGraph(), lr
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.static_loss, self.static_correct = self._step(self.static_images, self.static_targets)
+
+
+def train_epoch(step: TrainStep, loader, device, *, scheduler=None, log_every=10, on_log=None, progress=False,
+                desc="") -> EpochStats:
+    """One pass over `loader`, a TrainStep per batch (and a per-step scheduler after each).
 
     on_log(batch number, mean loss since the last call) runs every `log_every` batches and after the last one; the
     loss is read back from the device only then, so the other steps never wait for it.
     """
-    model.train()
+    step.model.train()
     start = time.perf_counter()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -58,16 +136,11 @@ def train_epoch(model, loader, loss_fn, optimizer, device, *, scheduler=None, lo
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch", dynamic_ncols=True)
     for i, (images, targets) in enumerate(bar, 1):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(images)
-        loss = loss_fn(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, right = step(images, targets)
         if scheduler is not None:
             scheduler.step()
-        loss = loss.detach()
         total_loss += loss * len(targets)
-        correct += (logits.detach().argmax(1) == targets).sum()
+        correct += right
         seen += len(targets)
         window += loss
         window_steps += 1
@@ -83,17 +156,19 @@ def train_epoch(model, loader, loss_fn, optimizer, device, *, scheduler=None, lo
 
 
 @torch.no_grad()
-def evaluate(model, loader, loss_fn, device) -> EpochStats:
+def evaluate(model, loader, loss_fn, device, precision="fp32", channels_last=False) -> EpochStats:
     """Mean loss and accuracy over `loader`, in eval mode (dropout off, batchnorm running statistics)."""
     model.eval()
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
     start = time.perf_counter()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(images)
-        total_loss += loss_fn(logits, targets) * len(targets)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(images.contiguous(memory_format=memory_format))
+            total_loss += loss_fn(logits, targets).float() * len(targets)
         correct += (logits.argmax(1) == targets).sum()
         seen += len(targets)
     return EpochStats(total_loss.item() / seen, correct.item() / seen, time.perf_counter() - start, seen)

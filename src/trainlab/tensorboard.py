@@ -23,13 +23,11 @@ class RunWriter:
 
     def image_grid(self, images: torch.Tensor, normalization) -> None:
         """The batch as the model sees it after the transforms, de-normalized so colours look right."""
-        from torchvision.utils import make_grid
-
         images = images[:64].detach().float().cpu()
         if normalization is not None:
             mean, std = (torch.tensor(v).view(-1, 1, 1) for v in normalization)
             images = images * std + mean
-        self.writer.add_image("train/first_batch", make_grid(images.clamp(0, 1), nrow=8), 0)
+        self.writer.add_image("train/first_batch", _grid(images.clamp(0, 1), columns=8), 0)
 
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         try:
@@ -51,3 +49,15 @@ class RunWriter:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _grid(images: torch.Tensor, columns: int, gap: int = 2) -> torch.Tensor:
+    """(N, C, H, W) -> one (3, rows*(H+gap)+gap, columns*(W+gap)+gap) picture, grey images shown in grey."""
+    n, c, h, w = images.shape
+    images = images.expand(n, 3, h, w) if c == 1 else images[:, :3]
+    rows = -(-n // columns)
+    grid = torch.zeros(3, rows * (h + gap) + gap, columns * (w + gap) + gap)
+    for i, image in enumerate(images):
+        top, left = gap + (i // columns) * (h + gap), gap + (i % columns) * (w + gap)
+        grid[:, top:top + h, left:left + w] = image
+    return grid

@@ -10,11 +10,13 @@ from trainlab import __version__
 from trainlab.checkpoint import save_checkpoint
 from trainlab.config import check_values
 from trainlab.data import build_data, build_loaders
-from trainlab.engine import evaluate, resolve_device, seed_everything, train_epoch
+from trainlab.errors import TrainlabError
+from trainlab.engine import TrainStep, evaluate, resolve_device, seconds_since_launch, seed_everything, train_epoch
 from trainlab.models import build_model, check_blocks, summary_table
+from trainlab.resident import NotResident, build_resident
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
 from trainlab.tensorboard import BEST_METRIC, RunWriter
-from trainlab.transforms import build_transforms
+from trainlab.transforms import build_transforms, check_transforms, normalization
 
 log = logging.getLogger("trainlab")
 
@@ -24,45 +26,51 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     run_dir = Path(run_dir) if run_dir is not None else _hydra_output_dir()
     check_values(cfg)
     t = cfg.trainer
-    seed_everything(t.seed, t.deterministic)
     device = resolve_device(t.device)
 
-    train_tf, test_tf = build_transforms(cfg.transform)
+    transforms = check_transforms(cfg.transform)  # order and keys checked; torchvision not needed yet
     check_blocks(cfg.model)  # a misspelt block key fails now, not after the data has loaded
-    data = build_data(cfg.data, train_tf, test_tf)
-    train_loader, test_loader = build_loaders(cfg.data, data, t.seed)
+    data, train_loader, test_loader, path = _build_data(cfg, transforms, device)
     shape = "x".join(map(str, data.image_shape))
     log.info(f"data {cfg.data.name}: {len(data.train):,} train / {len(data.test):,} test images, "
-             f"{len(data.classes)} classes, {shape} · device {device} · trainlab {__version__}")
+             f"{len(data.classes)} classes, {shape} · {path} · device {device} · trainlab {__version__}")
 
+    seed_everything(t.seed, t.deterministic)  # here: decoding draws from the global generator, a cache hit does not
     model = build_model(cfg.model, data.image_shape, len(data.classes))
     log.info(f"model {cfg.model.name}\n{summary_table(model, data.image_shape)}")
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
+    net = torch.compile(model) if t.compile else model  # `model` keeps the plain state_dict keys for checkpoints
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, t.epochs * len(train_loader))
     loss_fn = build_loss(cfg.loss).to(device)
+    graphs = t.cuda_graphs and (scheduler is None or interval == "epoch")  # a per-step lr cannot live in a graph
+    step = TrainStep(net, loss_fn, optimizer, device, t.precision, t.channels_last, cuda_graph=graphs)
 
     writer = RunWriter(run_dir)
     writer.hparams(_hparams(cfg), [BEST_METRIC, "test/acc", "test/loss", "train/loss"])
     first_batch = next(iter(train_loader))[0]
     if t.log_images:
-        writer.image_grid(first_batch, train_tf.normalization)
+        writer.image_grid(first_batch, normalization(transforms["train"]))
     if t.log_graph:
         writer.graph(model, first_batch[:1].to(device))
 
+    launch = seconds_since_launch()
+    if launch is not None:
+        log.info(f"start-up {launch:.1f}s (from the command to the first training step)")
+        writer.scalars({"time/startup_s": launch}, 0)
     steps_per_epoch, best_acc, best_epoch, start = len(train_loader), -1.0, 0, time.perf_counter()
     try:
         for epoch in range(1, t.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             first_step = (epoch - 1) * steps_per_epoch
             train = train_epoch(
-                model, train_loader, loss_fn, optimizer, device,
+                step, train_loader, device,
                 scheduler=scheduler if interval == "step" else None, log_every=t.log_every_n_steps,
                 on_log=lambda i, loss: writer.scalars({"train/loss": loss}, first_step + i),
                 progress=t.progress_bar, desc=f"epoch {epoch}/{t.epochs}")
             if scheduler is not None and interval == "epoch":
                 scheduler.step()
-            test = evaluate(model, test_loader, loss_fn, device)
+            test = evaluate(net, test_loader, loss_fn, device, t.precision, t.channels_last)
             if test.acc > best_acc:
                 best_acc, best_epoch = test.acc, epoch
             writer.scalars({"train/acc": train.acc, "test/loss": test.loss, "test/acc": test.acc, "lr": lr,
@@ -85,6 +93,22 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     log.info(f"best test acc {best_acc:.2%} at epoch {best_epoch} · {t.epochs} epochs in "
              f"{int(minutes)}m{seconds:04.1f}s · {run_dir}")
     return best_acc
+
+
+def _build_data(cfg: DictConfig, transforms: dict, device) -> tuple:
+    """-> (DataSplits, train loader, test loader, which path and why): resident on the device when the pipelines
+    allow it and the data fits (trainer.data_path=auto), else the DataLoader."""
+    t = cfg.trainer
+    reason = "trainer.data_path=loader"
+    if t.data_path != "loader":
+        try:
+            return (*build_resident(cfg.data, transforms, device, t.seed, t.progress_bar), "resident on the device")
+        except NotResident as e:
+            if t.data_path == "resident":
+                raise TrainlabError(f"trainer.data_path=resident cannot be used: {e}; use auto or loader") from None
+            reason = str(e)
+    data = build_data(cfg.data, *build_transforms(transforms))
+    return (data, *build_loaders(cfg.data, data, t.seed), f"DataLoader ({reason})")
 
 
 def _hparams(cfg: DictConfig) -> dict:

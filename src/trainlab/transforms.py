@@ -1,9 +1,13 @@
-"""Transform pipelines: a list of named steps from conf/transform/ -> a torchvision Compose, its order checked."""
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+"""Transform pipelines: a list of named steps from conf/transform/ -> torchvision transforms, their order checked;
+and the batched twin of the steps the device-resident path runs on the device.
 
+torchvision is imported only when a per-image pipeline is built: importing it costs about a second of start-up that
+the resident path never needs."""
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
 from omegaconf import OmegaConf
-from torchvision import transforms as T
 
 from trainlab.config import check_keys
 from trainlab.errors import TrainlabError
@@ -13,7 +17,7 @@ PIL, TENSOR, ANY = "PIL image", "tensor", "any"
 
 @dataclass(frozen=True)
 class StepKind:
-    make: Callable
+    make: str  # the torchvision.transforms class
     keys: dict = field(default_factory=dict)  # {key: type} the step takes; the first `required` must be set
     required: int = 0
     takes: str = ANY
@@ -22,33 +26,39 @@ class StepKind:
 
 SIZE = (int, list)  # an int, or [height, width]
 STEPS = {
-    "to_tensor": StepKind(T.ToTensor, takes=PIL, gives=TENSOR),
-    "normalize": StepKind(T.Normalize, {"mean": list, "std": list}, required=2, takes=TENSOR),
-    "resize": StepKind(T.Resize, {"size": SIZE}, required=1),  # an int: the shorter side, keeping the aspect ratio
-    "center_crop": StepKind(T.CenterCrop, {"size": SIZE}, required=1),
-    "random_crop": StepKind(T.RandomCrop, {"size": SIZE, "padding": int}, required=1),
-    "random_resized_crop": StepKind(T.RandomResizedCrop, {"size": SIZE, "scale": list}, required=1),
-    "random_horizontal_flip": StepKind(T.RandomHorizontalFlip, {"p": float}),
-    "random_vertical_flip": StepKind(T.RandomVerticalFlip, {"p": float}),
-    "random_rotation": StepKind(T.RandomRotation, {"degrees": float}, required=1),
-    "color_jitter": StepKind(T.ColorJitter, {"brightness": float, "contrast": float, "saturation": float, "hue": float}),
-    "grayscale": StepKind(T.Grayscale, {"num_output_channels": int}),
-    "pad": StepKind(T.Pad, {"padding": int}, required=1),
-    "random_erasing": StepKind(T.RandomErasing, {"p": float, "scale": list}, takes=TENSOR),
+    "to_tensor": StepKind("ToTensor", takes=PIL, gives=TENSOR),  # uint8 -> float in [0, 1]
+    "pil_to_tensor": StepKind("PILToTensor", takes=PIL, gives=TENSOR),  # uint8 kept: what the resident cache holds
+    "normalize": StepKind("Normalize", {"mean": list, "std": list}, required=2, takes=TENSOR),
+    "resize": StepKind("Resize", {"size": SIZE}, required=1),  # an int: the shorter side, keeping the aspect ratio
+    "center_crop": StepKind("CenterCrop", {"size": SIZE}, required=1),
+    "random_crop": StepKind("RandomCrop", {"size": SIZE, "padding": int}, required=1),
+    "random_resized_crop": StepKind("RandomResizedCrop", {"size": SIZE, "scale": list}, required=1),
+    "random_horizontal_flip": StepKind("RandomHorizontalFlip", {"p": float}),
+    "random_vertical_flip": StepKind("RandomVerticalFlip", {"p": float}),
+    "random_rotation": StepKind("RandomRotation", {"degrees": float}, required=1),
+    "color_jitter": StepKind("ColorJitter", {"brightness": float, "contrast": float, "saturation": float, "hue": float}),
+    "grayscale": StepKind("Grayscale", {"num_output_channels": int}),
+    "pad": StepKind("Pad", {"padding": int}, required=1),
+    "random_erasing": StepKind("RandomErasing", {"p": float, "scale": list}, takes=TENSOR),
 }
 
 
-class Pipeline(T.Compose):
-    """A checked Compose that also knows its normalization, to undo it for the image grid."""
+class Pipeline:
+    """Per-image transforms applied in order, like torchvision's Compose."""
 
-    def __init__(self, steps, normalization):
-        super().__init__(steps)
-        self.normalization = normalization  # (mean, std) of the last normalize step, or None
+    def __init__(self, transforms: list):
+        self.transforms = transforms
+
+    def __call__(self, image):
+        for transform in self.transforms:
+            image = transform(image)
+        return image
 
 
-def build_pipeline(steps: Sequence, where: str) -> Pipeline:
-    """Steps (each a mapping with `type` and its keys) -> Pipeline; `where` names it in errors (transform.train)."""
-    built, kind, normalization = [], PIL, None
+def check_pipeline(steps: Sequence, where: str) -> list:
+    """Steps (each a mapping with `type` and its keys) -> the same steps as plain dicts, each step's keys and the
+    order checked; `where` names the pipeline in errors (transform.train)."""
+    checked, kind = [], PIL
     for i, step in enumerate(steps):
         name = step.get("type")
         label = f"{where} step {i} ({name})"
@@ -60,18 +70,111 @@ def build_pipeline(steps: Sequence, where: str) -> Pipeline:
             fix = "put it after to_tensor" if spec.takes == TENSOR else "put it before to_tensor, or remove it"
             raise TrainlabError(f"{label}: needs a {spec.takes} but gets a {kind}: {fix}")
         kind = spec.gives or kind
-        try:
-            built.append(spec.make(**given))
-        except (TypeError, ValueError) as e:
-            raise TrainlabError(f"{label}: {e}") from None
-        if name == "normalize":
-            normalization = (given["mean"], given["std"])
+        checked.append({"type": name, **given})
     if kind != TENSOR:
         raise TrainlabError(f"{where} ends with a {kind}: add {{type: to_tensor}} so images can be batched")
-    return Pipeline(built, normalization)
+    return checked
 
 
-def build_transforms(cfg) -> tuple:
-    """cfg.transform -> (train pipeline, test pipeline)."""
-    steps = OmegaConf.to_container(cfg, resolve=True)  # plain values: `${data.mean}` filled in
+def build_pipeline(steps: Sequence, where: str) -> Pipeline:
+    """Checked steps -> Pipeline of torchvision transforms."""
+    from torchvision import transforms
+
+    built = []
+    for i, step in enumerate(check_pipeline(steps, where)):
+        kwargs = {k: v for k, v in step.items() if k != "type"}
+        try:
+            built.append(getattr(transforms, STEPS[step["type"]].make)(**kwargs))
+        except (TypeError, ValueError) as e:
+            raise TrainlabError(f"{where} step {i} ({step['type']}): {e}") from None
+    return Pipeline(built)
+
+
+def check_transforms(cfg) -> dict:
+    """cfg.transform -> {"train": steps, "test": steps}, plain and checked (`${data.mean}` filled in)."""
+    steps = OmegaConf.to_container(cfg, resolve=True)
+    return {split: check_pipeline(steps[split], f"transform.{split}") for split in ("train", "test")}
+
+
+def build_transforms(steps: dict) -> tuple:
+    """check_transforms' result -> (train pipeline, test pipeline)."""
     return build_pipeline(steps["train"], "transform.train"), build_pipeline(steps["test"], "transform.test")
+
+
+def normalization(steps: list):
+    """(mean, std) of a pipeline's last normalize step, to undo it for the image grid; None without one."""
+    found = [(s["mean"], s["std"]) for s in steps if s["type"] == "normalize"]
+    return found[-1] if found else None
+
+
+# The device-resident path (trainlab.resident) bakes a pipeline's leading deterministic PIL steps into a cached uint8
+# tensor once, and runs the rest batched on the training device. These are the steps that can be baked ...
+BAKED = {"resize", "center_crop", "grayscale", "pad"}
+# ... and these have a batched twin below, drawing independent randomness for every image of the batch.
+TWINNED = {"to_tensor", "pil_to_tensor", "normalize", "random_crop", "random_horizontal_flip", "random_vertical_flip"}
+
+
+def split_for_device(steps: list, where: str) -> tuple:
+    """-> (steps to bake into the cache, steps to run batched on the device); ValueError names a step that has no
+    batched twin (the data then goes through the DataLoader)."""
+    cut = 0
+    while cut < len(steps) and steps[cut]["type"] in BAKED:
+        cut += 1
+    for i, step in enumerate(steps[cut:], cut):
+        if step["type"] not in TWINNED:
+            raise ValueError(f"{where} step {i} ({step['type']}) has no batched twin on the device")
+    return steps[:cut] + [{"type": "pil_to_tensor"}], steps[cut:]
+
+
+class BatchedSteps:
+    """The device twin of a pipeline's tail: (B, C, H, W) uint8 in, what the per-image pipeline gives out."""
+
+    def __init__(self, steps: list, generator: torch.Generator):
+        self.generator = generator
+        self.ops = [getattr(self, "_" + step["type"])(**{k: v for k, v in step.items() if k != "type"})
+                    for step in steps]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        for op in self.ops:
+            images = op(images)
+        return images
+
+    def _to_tensor(self):
+        return lambda x: x.float().div(255)  # ToTensor's own arithmetic, so both paths give the same floats
+
+    def _pil_to_tensor(self):
+        return lambda x: x
+
+    def _normalize(self, mean, std):
+        def normalize(x):
+            m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+            s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+            return x.sub(m).div(s)
+        return normalize
+
+    def _random_crop(self, size, padding=0):
+        height, width = (size, size) if isinstance(size, int) else size
+
+        def crop(x):
+            x = torch.nn.functional.pad(x, (padding,) * 4)  # zeros, like RandomCrop's default fill
+            n, c, h, w = x.shape
+            top = torch.randint(0, h - height + 1, (n, 1, 1, 1), device=x.device, generator=self.generator)
+            left = torch.randint(0, w - width + 1, (n, 1, 1, 1), device=x.device, generator=self.generator)
+            rows = top + torch.arange(height, device=x.device).view(1, 1, -1, 1)  # (N, 1, height, 1)
+            cols = left + torch.arange(width, device=x.device).view(1, 1, 1, -1)  # (N, 1, 1, width)
+            batch = torch.arange(n, device=x.device).view(-1, 1, 1, 1)
+            channel = torch.arange(c, device=x.device).view(1, -1, 1, 1)
+            return x[batch, channel, rows, cols]
+        return crop
+
+    def _flip(self, p, dim):
+        def flip(x):
+            chosen = torch.rand(len(x), device=x.device, generator=self.generator) < p
+            return torch.where(chosen.view(-1, 1, 1, 1), x.flip(dim), x)
+        return flip
+
+    def _random_horizontal_flip(self, p=0.5):
+        return self._flip(p, 3)
+
+    def _random_vertical_flip(self, p=0.5):
+        return self._flip(p, 2)

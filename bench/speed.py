@@ -1,0 +1,186 @@
+"""Speed, measured side by side: the tutorial's own loop, trainlab on the same recipe, and the hardware's ceiling.
+
+    python bench/speed.py                      # CPU: 1 epoch each; a GPU is used when there is one
+    python bench/speed.py --epochs 10 --variants gpu
+
+In one run, on the real CIFAR-10 (the JPEG copy in ../shared/data, extracted to a temporary folder):
+  peer      ../shared/bench/tutorial_baseline.py, unchanged (Tudui, SGD lr 0.01, batch 64, ToTensor per sample)
+  trainlab  the same recipe through src/run.py (data=folder transform=to_tensor model=tudui optimizer=sgd)
+  ceiling   Tudui's forward, backward and SGD step alone on tensors already in memory, batch 64
+Prints images/s, seconds per epoch, test accuracy after the same epochs, start-up, and the ratios.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+RECIPE = ["data=folder", "data.test_dir=test", "transform=to_tensor", "model=tudui", "optimizer=sgd",
+          "optimizer.lr=0.01", "data.batch_size=64", "trainer.progress_bar=false", "trainer.log_graph=false",
+          "trainer.log_images=false"]
+# name -> extra overrides; the first is the recipe as it is, the rest try the trainer's speed options on a GPU
+VARIANTS = {
+    "cpu": {"trainlab": []},
+    "gpu": {
+        "trainlab": [],
+        "trainlab, no CUDA graphs": ["trainer.cuda_graphs=false"],
+        "trainlab, bf16 + channels_last": ["trainer.precision=bf16", "trainer.channels_last=true"],
+        "trainlab, compile, no graphs": ["trainer.compile=true", "trainer.cuda_graphs=false"],
+        "trainlab, DataLoader path": ["trainer.data_path=loader", "data.num_workers=8"],
+        "trainlab, batch 512 bf16": ["data.batch_size=512", "trainer.precision=bf16", "trainer.channels_last=true"],
+    },
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs for trainlab (and the peer)")
+    parser.add_argument("--peer-epochs", type=int, default=None, help="epochs for the peer (default: --epochs)")
+    parser.add_argument("--variants", choices=sorted(VARIANTS), default=None, help="default: gpu when present")
+    parser.add_argument("--data", type=Path, default=None, help="an extracted cifar10/ folder (default: extract)")
+    parser.add_argument("--ceiling-steps", type=int, default=300)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    variants = VARIANTS[args.variants or ("gpu" if device == "cuda" else "cpu")]
+    work = Path(tempfile.mkdtemp(prefix="trainlab-bench-"))
+    data = args.data or extract(work)
+    machine = describe_machine(torch, device)
+    print(f"machine: {machine}\ndata: {data}", flush=True)
+
+    results = {"machine": machine, "epochs": args.epochs}
+    peer_epochs = args.peer_epochs or args.epochs
+    results["peer"] = peer(data, peer_epochs)
+    print(f"peer: {results['peer']}", flush=True)
+    results["ceiling"] = ceiling(device, args.ceiling_steps)
+    print(f"ceiling: {results['ceiling']}", flush=True)
+    # one short run first decodes the JPEGs into the resident cache, as a user's first run does
+    results["cache build"] = trainlab(data, work / "warm", 1, ["data.subset=64", "data.test_subset=64"])
+    print(f"cache build and start-up: {results['cache build']}", flush=True)
+    results["start-up"] = trainlab(data, work / "startup", 1, ["data.subset=64", "data.test_subset=64"])
+    for name, extra in variants.items():
+        results[name] = trainlab(data, work / name.replace(" ", "_").replace(",", ""), args.epochs, extra)
+        print(f"{name}: {results[name]}", flush=True)
+    print_table(results, peer_epochs, args.epochs)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def extract(work: Path) -> Path:
+    archive = SHARED / "data" / "cifar10-jpg.tar.gz"
+    if not archive.exists():
+        sys.exit(f"error: {archive} is missing: the benchmark reads CIFAR-10 from ../shared/data")
+    with tarfile.open(archive) as tar:
+        tar.extractall(work, filter="data")
+    return work / "cifar10"
+
+
+def describe_machine(torch, device) -> str:
+    import os
+    import platform
+
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} + {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}"
+
+
+def peer(data: Path, epochs: int) -> dict:
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, str(SHARED / "bench" / "tutorial_baseline.py"), "--root", str(data),
+                          "--epochs", str(epochs)], capture_output=True, text=True, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    seconds = result["train_s_per_epoch"]
+    return {"images_per_s": round(result["images_per_s"]), "s_per_epoch": round(statistics.median(seconds), 2),
+            "train_s": round(sum(seconds), 2), "test_acc": round(result["test_acc"], 4),
+            "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def ceiling(device: str, steps: int) -> dict:
+    """Tudui forward + backward + SGD step on one in-memory batch, in a fresh process like the others."""
+    code = f"""
+import time, torch, json
+from torch import nn
+torch.manual_seed(0)
+net = nn.Sequential(nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(2), nn.Conv2d(32, 32, 5, padding=2), nn.MaxPool2d(2),
+                    nn.Conv2d(32, 64, 5, padding=2), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1024, 64),
+                    nn.Linear(64, 10)).to("{device}")
+opt = torch.optim.SGD(net.parameters(), lr=0.01)
+x, y = torch.rand(64, 3, 32, 32, device="{device}"), torch.randint(0, 10, (64,), device="{device}")
+loss_fn = nn.CrossEntropyLoss()
+def step():
+    loss = loss_fn(net(x), y); opt.zero_grad(); loss.backward(); opt.step()
+for _ in range(20): step()
+times = []
+for _ in range(5):
+    if "{device}" == "cuda": torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range({steps} // 5): step()
+    if "{device}" == "cuda": torch.cuda.synchronize()
+    times.append(64 * ({steps} // 5) / (time.perf_counter() - t))
+print(json.dumps(sorted(times)[2]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return {"images_per_s": round(json.loads(out.strip().splitlines()[-1]))}
+
+
+def trainlab(data: Path, run_dir: Path, epochs: int, extra: list) -> dict:
+    started = time.perf_counter()
+    command = [sys.executable, "src/run.py", *RECIPE, f"data.root={data}", f"trainer.epochs={epochs}", *extra,
+               f"hydra.run.dir={run_dir}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"failed": (done.stdout + done.stderr).strip().splitlines()[-1][:300]}
+    wall = time.perf_counter() - started
+    values = read_scalars(run_dir)
+    rates = [v for _, v in values["train/images_per_s"]]
+    images = 50000 if not any("subset" in e for e in extra) else 64
+    per_epoch = [images / r for r in rates]
+    return {"images_per_s": round(statistics.median(rates)), "s_per_epoch": round(statistics.median(per_epoch), 3),
+            "train_s": round(sum(per_epoch), 2), "test_acc": round(max(v for _, v in values["test/acc"]), 4),
+            "last_test_acc": round(values["test/acc"][-1][1], 4),
+            "startup_s": round(values["time/startup_s"][0][1], 2) if "time/startup_s" in values else None,
+            "wall_s": round(wall, 1)}
+
+
+def read_scalars(run_dir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def print_table(results: dict, peer_epochs: int, epochs: int) -> None:
+    peer_rate, ceiling_rate = results["peer"]["images_per_s"], results["ceiling"]["images_per_s"]
+    print(f"\n{results['machine']}; trainlab {epochs} epoch(s), peer {peer_epochs}; medians over epochs")
+    print(f"| run | images/s | s/epoch | train s | test acc | start-up s | wall s | x peer | of ceiling |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    peer = results["peer"]
+    print(f"| peer (tutorial loop) | {peer_rate:,} | {peer['s_per_epoch']} | {peer['train_s']} | "
+          f"{peer['test_acc']:.2%} | | {peer['wall_s']} | 1.00 | {peer_rate / ceiling_rate:.0%} |")
+    print(f"| ceiling (fwd+bwd in memory) | {ceiling_rate:,} | {50000 / ceiling_rate:.2f} | | | | | "
+          f"{ceiling_rate / peer_rate:.2f} | 100% |")
+    startup = results["start-up"].get("startup_s")
+    print(f"| trainlab start-up, cached data | | | | | {startup} | {results['start-up'].get('wall_s')} | | |")
+    for name, r in results.items():
+        if name in ("machine", "epochs", "peer", "ceiling", "cache build", "start-up"):
+            continue
+        if "failed" in r:
+            print(f"| {name} | failed: {r['failed']} | | | | | | | |")
+            continue
+        print(f"| {name} | {r['images_per_s']:,} | {r['s_per_epoch']} | {r['train_s']} | {r['test_acc']:.2%} | "
+              f"{r['startup_s']} | {r['wall_s']} | {r['images_per_s'] / peer_rate:.2f} | "
+              f"{r['images_per_s'] / ceiling_rate:.0%} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The device-resident data path: decode a data set once into a uint8 tensor, cache it on disk, keep it on the training
+device, and form batches by indexing a shuffled permutation there, the random steps run batched on the device.
+
+For data sets that fit in memory (CIFAR-10, MNIST, shapes, small image folders) this removes the per-image Python work
+that bounds the DataLoader path: decoding, PIL conversion and collation, every epoch.
+"""
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from trainlab import __version__
+from trainlab.checkpoint import save_checkpoint
+from trainlab.data import DataSplits, build_datasets, collate, source_stats, subset_indices
+from trainlab.errors import TrainlabError
+from trainlab.transforms import BatchedSteps, build_pipeline, split_for_device
+
+log = logging.getLogger("trainlab")
+
+MEMORY_SHARE = 0.5  # resident images may take up to this share of the device's free memory
+
+
+class NotResident(Exception):
+    """The data cannot take the resident path (the reason says why); the DataLoader path can still run."""
+
+
+@dataclass
+class ResidentSplit:
+    images: torch.Tensor  # (N, C, H, W) uint8 on the training device: the baked part of the pipeline, applied once
+    targets: torch.Tensor  # (N,) int64 on the device
+
+    def __len__(self):
+        return len(self.targets)
+
+
+class ResidentLoader:
+    """Batches of (images, labels) already on the device, in a new order every epoch when shuffling."""
+
+    def __init__(self, split: ResidentSplit, batch_size: int, shuffle: bool, drop_last: bool, steps: BatchedSteps):
+        self.split, self.batch_size, self.shuffle, self.drop_last, self.steps = split, batch_size, shuffle, drop_last, steps
+
+    def __len__(self):
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n, device = len(self.split), self.split.targets.device
+        order = (torch.randperm(n, device=device, generator=self.steps.generator) if self.shuffle
+                 else torch.arange(n, device=device))
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield self.steps(self.split.images[index]), self.split.targets[index]
+
+
+def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progress: bool) -> tuple:
+    """Checked transform steps (train and test) -> (DataSplits, train loader, test loader) on the resident path;
+    NotResident says why it cannot be taken."""
+    try:
+        bake_train, tail_train = split_for_device(steps["train"], "transform.train")
+        bake_test, tail_test = split_for_device(steps["test"], "transform.test")
+    except ValueError as e:
+        raise NotResident(str(e)) from None
+    train, test, classes = _decoded(data_cfg, bake_train, bake_test, device, progress)
+    train = _subset(train, data_cfg.subset)
+    test = _subset(test, data_cfg.test_subset)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    train_steps, test_steps = BatchedSteps(tail_train, generator), BatchedSteps(tail_test, generator)
+    image_shape = tuple(train_steps(train.images[:1]).shape[1:])
+    train_loader = ResidentLoader(train, data_cfg.batch_size, data_cfg.shuffle, data_cfg.drop_last, train_steps)
+    test_loader = ResidentLoader(test, data_cfg.eval_batch_size, False, False, test_steps)
+    if len(train_loader) == 0:
+        raise TrainlabError(f"no training batch: {len(train)} images with data.batch_size={data_cfg.batch_size} "
+                            "and data.drop_last=true; lower the batch size or set data.drop_last=false")
+    return DataSplits(train, test, classes, image_shape), train_loader, test_loader
+
+
+def _subset(split: ResidentSplit, size) -> ResidentSplit:
+    if not size:
+        return split
+    index = torch.tensor(subset_indices(len(split), size), device=split.targets.device)
+    return ResidentSplit(split.images[index], split.targets[index])
+
+
+def _decoded(data_cfg, bake_train: list, bake_test: list, device, progress) -> tuple:
+    """Both splits as uint8 tensors on `device`: from the cache when it matches the source and the baked steps, else
+    decoded (and the cache written)."""
+    cache = _cache_path(data_cfg, bake_train, bake_test)
+    if cache is not None and cache.is_file():
+        try:
+            saved = torch.load(cache, map_location="cpu", weights_only=True)
+            log.info(f"data: decoded images from {cache}")
+            return (*(ResidentSplit(saved[k].to(device), saved[k + "_targets"].to(device)) for k in ("train", "test")),
+                    saved["classes"])
+        except Exception as e:  # a damaged cache is rebuilt, never trusted
+            log.warning(f"data: cache {cache} unreadable ({str(e)[:100]}); decoding again")
+    train_set, test_set, classes = build_datasets(data_cfg, build_pipeline(bake_train, "decode"),
+                                                  build_pipeline(bake_test, "decode"))
+    _check_fits(data_cfg, train_set, test_set, device)
+    splits = {"train": _decode(train_set, f"decoding {data_cfg.name} train", progress),
+              "test": _decode(test_set, f"decoding {data_cfg.name} test", progress)}
+    if cache is not None:
+        saved = {"train": splits["train"][0], "train_targets": splits["train"][1],
+                 "test": splits["test"][0], "test_targets": splits["test"][1], "classes": list(classes)}
+        save_checkpoint(cache, saved)
+        log.info(f"data: decoded images cached in {cache}")
+    return (*(ResidentSplit(images.to(device), targets.to(device)) for images, targets in splits.values()), classes)
+
+
+def _decode(dataset, desc: str, progress: bool) -> tuple:
+    """Every item of `dataset` (uint8 tensors, one size) -> ((N, C, H, W) uint8, (N,) int64), in parallel workers."""
+    from tqdm import tqdm
+
+    loader = DataLoader(dataset, batch_size=256, num_workers=min(8, os.cpu_count() or 1), collate_fn=collate)
+    images, targets = [], []
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        images.append(x)
+        targets.append(y)
+    return torch.cat(images), torch.cat(targets).long()
+
+
+def _check_fits(data_cfg, train_set, test_set, device) -> None:
+    sample, _ = train_set[0]
+    needed = (len(train_set) + len(test_set)) * sample.numel()  # one byte per uint8 value
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > MEMORY_SHARE * free:
+        raise NotResident(f"{data_cfg.name} needs {needed / 2**30:.1f} GiB decoded, more than {MEMORY_SHARE:.0%} of "
+                          f"the {free / 2**30:.1f} GiB free on {device}")
+
+
+def _cache_path(data_cfg, bake_train: list, bake_test: list):
+    """<root>/.trainlab-cache/<name>-<fingerprint>.pt (or ~/.cache/trainlab when root is read-only); None for a
+    generated data set, which is drawn faster than it would load. The fingerprint covers the source files (names,
+    sizes, times), the settings that choose the images and the baked steps, so any change of those rebuilds it."""
+    stats = source_stats(data_cfg)
+    if not stats:
+        return None
+    root = Path(data_cfg.root).expanduser().resolve()
+    choice = {k: data_cfg[k] for k in ("name", "train_dir", "test_dir", "split")}
+    key = json.dumps([__version__, choice, bake_train, bake_test, stats], sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder = root / ".trainlab-cache"
+    if not os.access(root, os.W_OK):
+        folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trainlab"
+    return folder / f"{data_cfg.name}-{digest}.pt"
