@@ -11,6 +11,7 @@ Prints images/s, seconds per epoch, test accuracy after the same epochs, start-u
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -20,17 +21,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("TRAINLAB_SHARED", ROOT.parent / "shared"))  # ../shared, or where it was copied
 RECIPE = ["data=folder", "data.test_dir=test", "transform=to_tensor", "model=tudui", "optimizer=sgd",
           "optimizer.lr=0.01", "data.batch_size=64", "trainer.progress_bar=false", "trainer.log_graph=false",
           "trainer.log_images=false"]
 # name -> extra overrides; the first is the recipe as it is, the rest try the trainer's speed options on a GPU
 VARIANTS = {
-    "cpu": {"trainlab": []},
+    "cpu": {"trainlab": [], "trainlab, bf16": ["trainer.precision=bf16"]},
     "gpu": {
         "trainlab": [],
         "trainlab, no CUDA graphs": ["trainer.cuda_graphs=false"],
         "trainlab, bf16 + channels_last": ["trainer.precision=bf16", "trainer.channels_last=true"],
+        "trainlab, nondeterministic cuDNN": ["trainer.deterministic=false"],
         "trainlab, compile, no graphs": ["trainer.compile=true", "trainer.cuda_graphs=false"],
         "trainlab, DataLoader path": ["trainer.data_path=loader", "data.num_workers=8"],
         "trainlab, batch 512 bf16": ["data.batch_size=512", "trainer.precision=bf16", "trainer.channels_last=true"],
@@ -62,7 +64,8 @@ def main():
     results["peer"] = peer(data, peer_epochs)
     print(f"peer: {results['peer']}", flush=True)
     results["ceiling"] = ceiling(device, args.ceiling_steps)
-    print(f"ceiling: {results['ceiling']}", flush=True)
+    results["ceiling, channels_last"] = ceiling(device, args.ceiling_steps, channels_last=True)
+    print(f"ceiling: {results['ceiling']}, channels_last: {results['ceiling, channels_last']}", flush=True)
     # one short run first decodes the JPEGs into the resident cache, as a user's first run does
     results["cache build"] = trainlab(data, work / "warm", 1, ["data.subset=64", "data.test_subset=64"])
     print(f"cache build and start-up: {results['cache build']}", flush=True)
@@ -85,7 +88,6 @@ def extract(work: Path) -> Path:
 
 
 def describe_machine(torch, device) -> str:
-    import os
     import platform
 
     if device == "cuda":
@@ -104,17 +106,19 @@ def peer(data: Path, epochs: int) -> dict:
             "wall_s": round(time.perf_counter() - started, 1)}
 
 
-def ceiling(device: str, steps: int) -> dict:
+def ceiling(device: str, steps: int, channels_last: bool = False) -> dict:
     """Tudui forward + backward + SGD step on one in-memory batch, in a fresh process like the others."""
+    layout = "torch.channels_last" if channels_last else "torch.contiguous_format"
     code = f"""
 import time, torch, json
 from torch import nn
 torch.manual_seed(0)
 net = nn.Sequential(nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(2), nn.Conv2d(32, 32, 5, padding=2), nn.MaxPool2d(2),
                     nn.Conv2d(32, 64, 5, padding=2), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1024, 64),
-                    nn.Linear(64, 10)).to("{device}")
+                    nn.Linear(64, 10)).to("{device}", memory_format={layout})
 opt = torch.optim.SGD(net.parameters(), lr=0.01)
-x, y = torch.rand(64, 3, 32, 32, device="{device}"), torch.randint(0, 10, (64,), device="{device}")
+x = torch.rand(64, 3, 32, 32, device="{device}").contiguous(memory_format={layout})
+y = torch.randint(0, 10, (64,), device="{device}")
 loss_fn = nn.CrossEntropyLoss()
 def step():
     loss = loss_fn(net(x), y); opt.zero_grad(); loss.backward(); opt.step()
@@ -169,10 +173,13 @@ def print_table(results: dict, peer_epochs: int, epochs: int) -> None:
           f"{peer['test_acc']:.2%} | | {peer['wall_s']} | 1.00 | {peer_rate / ceiling_rate:.0%} |")
     print(f"| ceiling (fwd+bwd in memory) | {ceiling_rate:,} | {50000 / ceiling_rate:.2f} | | | | | "
           f"{ceiling_rate / peer_rate:.2f} | 100% |")
+    cl_rate = results["ceiling, channels_last"]["images_per_s"]
+    print(f"| ceiling, channels_last layout | {cl_rate:,} | {50000 / cl_rate:.2f} | | | | | {cl_rate / peer_rate:.2f} | "
+          f"{cl_rate / ceiling_rate:.0%} |")
     startup = results["start-up"].get("startup_s")
     print(f"| trainlab start-up, cached data | | | | | {startup} | {results['start-up'].get('wall_s')} | | |")
     for name, r in results.items():
-        if name in ("machine", "epochs", "peer", "ceiling", "cache build", "start-up"):
+        if name in ("machine", "epochs", "peer", "ceiling", "ceiling, channels_last", "cache build", "start-up"):
             continue
         if "failed" in r:
             print(f"| {name} | failed: {r['failed']} | | | | | | | |")

@@ -67,6 +67,8 @@ def source_stats(cfg) -> list:
         top = os.path.expanduser(cfg.root)
     else:
         return []
+    if not os.path.isdir(top):
+        return []  # not there yet: building the data set says why, or downloads it
     stats, pending, skip = [], [top], len(top) + 1
     while pending:
         folder = pending.pop()
@@ -104,15 +106,16 @@ def build_loaders(cfg, splits: DataSplits, seed: int) -> tuple:
 
 def collate(batch):
     """default_collate, with one clear line when the images of a batch differ in size."""
-    try:
-        return default_collate(batch)
-    except RuntimeError as e:
-        if "stack expects each tensor to be equal size" not in str(e):
-            raise
-        sizes = sorted({"x".join(map(str, image.shape)) for image, _ in batch})
+    check_same_size([image for image, _ in batch])
+    return default_collate(batch)
+
+
+def check_same_size(images) -> None:
+    sizes = sorted({"x".join(map(str, image.shape)) for image in images})
+    if len(sizes) > 1:
         raise TrainlabError(
             f"images differ in size ({', '.join(sizes[:3])}): choose a transform that gives them one size, "
-            "e.g. transform=resize, or add {type: resize, size: [H, W]} to the pipeline") from None
+            "e.g. transform=resize, or add {type: resize, size: [H, W]} to the pipeline")
 
 
 def _torchvision_set(cfg, train_tf, test_tf):

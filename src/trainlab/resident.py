@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from trainlab import __version__
 from trainlab.checkpoint import save_checkpoint
-from trainlab.data import DataSplits, build_datasets, collate, source_stats, subset_indices
+from trainlab.data import DataSplits, build_datasets, check_same_size, source_stats, subset_indices
 from trainlab.errors import TrainlabError
 from trainlab.transforms import BatchedSteps, build_pipeline, split_for_device
 
@@ -115,12 +115,14 @@ def _decode(dataset, desc: str, progress: bool) -> tuple:
     """Every item of `dataset` (uint8 tensors, one size) -> ((N, C, H, W) uint8, (N,) int64), in parallel workers."""
     from tqdm import tqdm
 
-    loader = DataLoader(dataset, batch_size=256, num_workers=min(8, os.cpu_count() or 1), collate_fn=collate)
+    # Items come back as lists and are stacked here, so that a size mismatch is reported by this process, plainly.
+    loader = DataLoader(dataset, batch_size=256, num_workers=min(8, os.cpu_count() or 1), collate_fn=list)
     images, targets = [], []
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
-        images.append(x)
-        targets.append(y)
-    return torch.cat(images), torch.cat(targets).long()
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        images += [image for image, _ in batch]
+        targets += [target for _, target in batch]
+    check_same_size(images)
+    return torch.stack(images), torch.tensor(targets, dtype=torch.long)
 
 
 def _check_fits(data_cfg, train_set, test_set, device) -> None:
