@@ -115,14 +115,23 @@ def _decode(dataset, desc: str, progress: bool) -> tuple:
     """Every item of `dataset` (uint8 tensors, one size) -> ((N, C, H, W) uint8, (N,) int64), in parallel workers."""
     from tqdm import tqdm
 
-    # Items come back as lists and are stacked here, so that a size mismatch is reported by this process, plainly.
-    loader = DataLoader(dataset, batch_size=256, num_workers=min(8, os.cpu_count() or 1), collate_fn=list)
+    loader = DataLoader(dataset, batch_size=256, num_workers=min(8, os.cpu_count() or 1), collate_fn=_stack)
     images, targets = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
-        images += [image for image, _ in batch]
-        targets += [target for _, target in batch]
-    check_same_size(images)
-    return torch.stack(images), torch.tensor(targets, dtype=torch.long)
+    for batch, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        if isinstance(batch, list):  # the sizes differed: reported here, by this process, as one line
+            check_same_size(batch)
+        images.append(batch)
+        targets.append(labels)
+    check_same_size([b[0] for b in images])
+    return torch.cat(images), torch.cat(targets)
+
+
+def _stack(items):
+    """A worker's batch as one tensor (one shared buffer, not one per image), or its images' shapes if they differ."""
+    images, labels = [image for image, _ in items], torch.tensor([label for _, label in items], dtype=torch.long)
+    if len({image.shape for image in images}) > 1:
+        return [torch.empty(0).new_empty(image.shape, device="meta") for image in images], labels
+    return torch.stack(images), labels
 
 
 def _check_fits(data_cfg, train_set, test_set, device) -> None:
