@@ -31,8 +31,9 @@ VARIANTS = {
     "gpu": {
         "trainlab": [],
         "trainlab, no CUDA graphs": ["trainer.cuda_graphs=false"],
-        "trainlab, NCHW layout": ["trainer.channels_last=false"],
-        "trainlab, bf16": ["trainer.precision=bf16"],
+        "trainlab, channels_last": ["trainer.channels_last=true"],
+        "trainlab, bf16 (channels_last)": ["trainer.precision=bf16"],
+        "trainlab, bf16 NCHW": ["trainer.precision=bf16", "trainer.channels_last=false"],
         "trainlab, nondeterministic cuDNN": ["trainer.deterministic=false"],
         "trainlab, batch 512 bf16": ["data.batch_size=512", "trainer.precision=bf16"],
     },

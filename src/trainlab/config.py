@@ -136,7 +136,7 @@ class TrainerConfig:
     log_images: bool = MISSING
     data_path: str = MISSING  # auto, resident, loader
     precision: str = MISSING  # fp32, bf16
-    channels_last: bool = MISSING
+    channels_last: Optional[bool] = MISSING  # null: chosen by device and precision
     compile: bool = MISSING
     cuda_graphs: bool = MISSING
 

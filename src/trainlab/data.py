@@ -106,12 +106,13 @@ def build_loaders(cfg, splits: DataSplits, seed: int) -> tuple:
 
 def collate(batch):
     """default_collate, with one clear line when the images of a batch differ in size."""
-    check_same_size([image for image, _ in batch])
+    check_same_size([image.shape for image, _ in batch])
     return default_collate(batch)
 
 
-def check_same_size(images) -> None:
-    sizes = sorted({"x".join(map(str, image.shape)) for image in images})
+def check_same_size(shapes) -> None:
+    """One clear line when images of several sizes would have to share a batch."""
+    sizes = sorted({"x".join(map(str, shape)) for shape in shapes})
     if len(sizes) > 1:
         raise TrainlabError(
             f"images differ in size ({', '.join(sizes[:3])}): choose a transform that gives them one size, "

@@ -122,7 +122,7 @@ def _decode(dataset, desc: str, progress: bool) -> tuple:
             check_same_size(batch)
         images.append(batch)
         targets.append(labels)
-    check_same_size([b[0] for b in images])
+    check_same_size([b.shape[1:] for b in images])
     return torch.cat(images), torch.cat(targets)
 
 
@@ -130,7 +130,7 @@ def _stack(items):
     """A worker's batch as one tensor (one shared buffer, not one per image), or its images' shapes if they differ."""
     images, labels = [image for image, _ in items], torch.tensor([label for _, label in items], dtype=torch.long)
     if len({image.shape for image in images}) > 1:
-        return [torch.empty(0).new_empty(image.shape, device="meta") for image in images], labels
+        return [tuple(image.shape) for image in images], labels
     return torch.stack(images), labels
 
 

@@ -38,13 +38,14 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     seed_everything(t.seed, t.deterministic)  # here: decoding draws from the global generator, a cache hit does not
     model = build_model(cfg.model, data.image_shape, len(data.classes))
     log.info(f"model {cfg.model.name}\n{summary_table(model, data.image_shape)}")
-    model.to(device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
+    channels_last = t.channels_last if t.channels_last is not None else (device.type == "cpu" or t.precision == "bf16")
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     net = torch.compile(model) if t.compile else model  # `model` keeps the plain state_dict keys for checkpoints
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, t.epochs * len(train_loader))
     loss_fn = build_loss(cfg.loss).to(device)
     graphs = t.cuda_graphs and (scheduler is None or interval == "epoch")  # a per-step lr cannot live in a graph
-    step = TrainStep(net, loss_fn, optimizer, device, t.precision, t.channels_last, cuda_graph=graphs)
+    step = TrainStep(net, loss_fn, optimizer, device, t.precision, channels_last, cuda_graph=graphs)
 
     writer = RunWriter(run_dir)
     writer.hparams(_hparams(cfg), [BEST_METRIC, "test/acc", "test/loss", "train/loss"])
@@ -70,7 +71,7 @@ def run(cfg: DictConfig, run_dir=None) -> float:
                 progress=t.progress_bar, desc=f"epoch {epoch}/{t.epochs}")
             if scheduler is not None and interval == "epoch":
                 scheduler.step()
-            test = evaluate(net, test_loader, loss_fn, device, t.precision, t.channels_last)
+            test = evaluate(net, test_loader, loss_fn, device, t.precision, channels_last)
             if test.acc > best_acc:
                 best_acc, best_epoch = test.acc, epoch
             writer.scalars({"train/acc": train.acc, "test/loss": test.loss, "test/acc": test.acc, "lr": lr,
