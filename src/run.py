@@ -3,14 +3,14 @@ import hydra
 from omegaconf import DictConfig
 
 from trainlab.config import register_configs
-from trainlab.errors import exit_on_user_error
+from trainlab.errors import report_errors
 from trainlab.train import run
 
 register_configs()
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-@exit_on_user_error
+@report_errors
 def main(cfg: DictConfig) -> float:
     return run(cfg)  # the best test accuracy: the objective a Hydra sweeper optimises
 

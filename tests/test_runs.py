@@ -34,7 +34,7 @@ def test_a_shapes_run_learns_and_leaves_a_complete_run_folder(tmp_path):
     values = scalars(tmp_path)
     assert [s for s, _ in values["train/loss"]] == list(range(1, 4 * steps + 1))
     for tag in ("train/acc", "test/loss", "test/acc", "lr", "hparams/best_test_acc"):
-        assert [s for s, _ in values[tag]] == [1, 2, 3, 4], tag
+        assert [s for s, _ in values[tag]] == [steps, 2 * steps, 3 * steps, 4 * steps], tag  # at each epoch's end
     tags = event_tags(tmp_path)
     assert tags["images"] == ["train/first_batch"] and tags["graph"]
     assert tags["hparams"] == ["_hparams_/experiment", "_hparams_/session_end_info", "_hparams_/session_start_info"]

@@ -1,14 +1,25 @@
-"""Checkpoints: written atomically, read back with weights_only=True so a file can never run code."""
+"""Checkpoints: written atomically with the previous one kept, read back with weights_only=True so a file can never
+run code, and holding everything that decides the rest of a run, so a resumed run ends bit for bit where an
+uninterrupted one would."""
+import logging
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from trainlab.errors import TrainlabError
 
+log = logging.getLogger("trainlab")
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write `state` to a temporary file beside `path`, flush it to disk, then rename: a crash leaves the old file."""
+LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
+
+
+def save_checkpoint(path: Path, state: dict, keep_previous: bool = False) -> None:
+    """Write `state` to a temporary file beside `path`, flush it to disk, then rename: a crash at any point leaves a
+    complete file behind (with keep_previous, the one before is kept as last.prev.pt: a fallback if this one is
+    later found damaged)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -16,6 +27,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
+    if keep_previous and path.exists():
+        os.replace(path, path.with_name(PREVIOUS))
     os.replace(tmp, path)
 
 
@@ -28,3 +41,55 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as e:  # unpickling refused, truncated file, not a checkpoint at all
         reason = " ".join(str(e).split())[:200]
         raise TrainlabError(f"{path} is not a readable trainlab checkpoint ({reason})") from None
+
+
+def load_latest(folder: Path) -> tuple:
+    """The newest valid checkpoint in a run's checkpoints/ folder -> (state, path); (None, None) when there is none.
+    A damaged newest one falls back to the one before, with a warning; with no valid one left, the run stops."""
+    candidates = [p for p in (Path(folder) / LAST, Path(folder) / PREVIOUS) if p.exists()]
+    for i, path in enumerate(candidates):
+        try:
+            state = load_checkpoint(path)
+            if "position" not in state:
+                raise TrainlabError(f"{path} holds no training position")
+        except TrainlabError as e:
+            if i + 1 < len(candidates):
+                log.warning(f"warning: {e}; resuming from {candidates[i + 1]} instead")
+                continue
+            raise TrainlabError(f"{e}; no valid checkpoint is left in {folder}: move the folder away to start over, "
+                                "or set trainer.resume=never") from None
+        return state, path
+    return None, None
+
+
+def check_finite(model: torch.nn.Module) -> None:
+    """Refuse to write weights that are NaN or infinite."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise TrainlabError(f"weight {name} is not finite; no checkpoint was written")
+
+
+def rng_states() -> dict:
+    """Every random generator a training step draws from (dropout, for one)."""
+    states = {"python": random.getstate(), "numpy": _numpy_state(), "torch": torch.random.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(_tuples(states["python"]))
+    np.random.set_state(tuple(states["numpy"]))
+    torch.random.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _numpy_state():
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]  # tensors load weights-only
+
+
+def _tuples(value):
+    """random.setstate wants the tuples that a save turned into lists back."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

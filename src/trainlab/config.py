@@ -132,6 +132,9 @@ class TrainerConfig:
     log_every_n_steps: int = MISSING
     progress_bar: bool = MISSING
     checkpoint: bool = MISSING
+    checkpoint_every_n_steps: int = MISSING  # 0: at each epoch's end only
+    resume: str = MISSING  # auto, never, or a run folder or checkpoint file
+    nonfinite: str = MISSING  # stop or skip
     log_graph: bool = MISSING
     log_images: bool = MISSING
     data_path: str = MISSING  # auto, resident, loader
@@ -187,9 +190,11 @@ def check_values(cfg: DictConfig) -> None:
         ("data.image_size", d.image_size, d.image_size >= 1, "at least 1"),
         ("trainer.epochs", t.epochs, t.epochs >= 1, "at least 1"),
         ("trainer.log_every_n_steps", t.log_every_n_steps, t.log_every_n_steps >= 1, "at least 1"),
+        ("trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps, t.checkpoint_every_n_steps >= 0,
+         "0 (epoch ends only) or more"),
     ]
     choices = [("trainer.data_path", t.data_path, ("auto", "resident", "loader")),
-               ("trainer.precision", t.precision, ("fp32", "bf16"))]
+               ("trainer.precision", t.precision, ("fp32", "bf16")), ("trainer.nonfinite", t.nonfinite, ("stop", "skip"))]
     rules += [(key, value, value in allowed, "one of " + ", ".join(allowed)) for key, value, allowed in choices]
     if "lr" in cfg.optimizer:
         rules.append(("optimizer.lr", cfg.optimizer.lr, cfg.optimizer.lr > 0, "greater than 0"))

@@ -1,4 +1,5 @@
 """Data sets by name -> train and test sets, with what the model needs to know: class names and image shape."""
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -6,7 +7,7 @@ from pathlib import Path
 from urllib.error import URLError
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
 from trainlab.errors import TrainlabError
 
@@ -91,17 +92,70 @@ def subset_indices(length: int, size) -> list:
 
 
 def build_loaders(cfg, splits: DataSplits, seed: int) -> tuple:
-    """-> (train loader, test loader); the shuffle order follows the seed."""
+    """-> (train loader, test loader). The training order and each image's random steps follow (seed, epoch, index)
+    alone, whatever the number of workers: `train_loader.sampler.start(epoch, batch)` picks up mid-epoch exactly."""
+    # Each loader draws its workers' base seed from a generator of its own, not from the global one that dropout
+    # uses, so starting an epoch (or resuming one) leaves the training's random stream as it was.
     workers = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, pin_memory=cfg.pin_memory,
                    collate_fn=collate)
-    train = DataLoader(splits.train, batch_size=cfg.batch_size, shuffle=cfg.shuffle, drop_last=cfg.drop_last,
-                       generator=torch.Generator().manual_seed(seed), **workers)
-    test = DataLoader(splits.test, batch_size=cfg.eval_batch_size, **workers)
-    if len(train) == 0:
+    sampler = EpochSampler(len(splits.train), cfg.batch_size, cfg.shuffle, cfg.drop_last, seed)
+    train = DataLoader(SeededItems(splits.train, seed), batch_size=cfg.batch_size, sampler=sampler,
+                       drop_last=cfg.drop_last, generator=torch.Generator().manual_seed(seed), **workers)
+    test = DataLoader(splits.test, batch_size=cfg.eval_batch_size, generator=torch.Generator().manual_seed(seed),
+                      **workers)
+    if sampler.batches == 0:
         raise TrainlabError(
             f"no training batch: {len(splits.train)} images with data.batch_size={cfg.batch_size} and "
             "data.drop_last=true; lower the batch size or set data.drop_last=false")
     return train, test
+
+
+def stream_seed(*keys) -> int:
+    """A 63-bit seed that depends on `keys` alone (not on Python's hash randomisation or on any earlier draw)."""
+    return int.from_bytes(hashlib.blake2b(repr(keys).encode(), digest_size=8).digest(), "little") >> 1
+
+
+class EpochSampler(Sampler):
+    """One epoch's (epoch, index) keys in the epoch's order, from batch `start(epoch, batch)` on."""
+
+    def __init__(self, length: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int):
+        self.length, self.batch_size, self.shuffle, self.seed = length, batch_size, shuffle, seed
+        self.batches = length // batch_size if drop_last else -(-length // batch_size)  # per epoch
+        self.epoch, self.first_batch = 1, 0
+
+    def start(self, epoch: int, batch: int = 0) -> None:
+        self.epoch, self.first_batch = epoch, batch
+
+    def __len__(self):
+        return min(self.length, self.batches * self.batch_size) - self.first_batch * self.batch_size
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, "order", self.epoch))
+            order = torch.randperm(self.length, generator=generator).tolist()
+        else:
+            order = list(range(self.length))
+        end = min(self.length, self.batches * self.batch_size)
+        return iter([(self.epoch, i) for i in order[self.first_batch * self.batch_size:end]])
+
+
+class SeededItems(Dataset):
+    """Items keyed (epoch, index); each item's random transform steps draw from a seed of (seed, epoch, index)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        state = torch.random.get_rng_state()  # the training process's own stream stays untouched
+        torch.manual_seed(stream_seed(self.seed, epoch, index))
+        try:
+            return self.dataset[index]
+        finally:
+            torch.random.set_rng_state(state)
 
 
 def collate(batch):

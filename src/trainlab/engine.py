@@ -20,6 +20,7 @@ class EpochStats:
     acc: float  # fraction correct
     seconds: float
     images: int
+    skipped: int = 0  # steps not applied: their loss or gradients were not finite
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,16 +79,23 @@ class TrainStep:
                 if "capturable" in group:
                     group["capturable"] = True  # Adam's step counter on the device, so a graph can advance it
 
-    def _step(self, images, targets):
+    def _step(self, images, targets, skip_nonfinite=False):
         with torch.autocast(**self.autocast):
             logits = self.model(images)
             loss = self.loss_fn(logits, targets)
         loss.backward()
+        if skip_nonfinite and not _all_finite(loss, self.optimizer):  # reads back every step: only when asked
+            self.optimizer.zero_grad(set_to_none=True)
+            return None, None
         self.optimizer.step()
         return loss.detach(), (logits.detach().argmax(1) == targets).sum()
 
-    def __call__(self, images, targets):
+    def __call__(self, images, targets, skip_nonfinite=False):
+        """-> (loss, number correct) on the device, or (None, None) for a step skipped as non-finite."""
         images = images.contiguous(memory_format=self.memory_format)
+        if skip_nonfinite:
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._step(images, targets, skip_nonfinite=True)
         if self.cuda_graph:
             if self.eager_steps < WARM_UP_STEPS:
                 return self._warm_up(images, targets)
@@ -121,38 +129,81 @@ class TrainStep:
             self.static_loss, self.static_correct = self._step(self.static_images, self.static_targets)
 
 
-def train_epoch(step: TrainStep, loader, device, *, scheduler=None, log_every=10, on_log=None, progress=False,
-                desc="") -> EpochStats:
-    """One pass over `loader`, a TrainStep per batch (and a per-step scheduler after each).
+class NonFiniteLoss(Exception):
+    """The loss became NaN or infinite; `step` is the first such step of the epoch (1-based)."""
 
-    on_log(batch number, mean loss since the last call) runs every `log_every` batches and after the last one; the
-    loss is read back from the device only then, so the other steps never wait for it.
+    def __init__(self, step: int):
+        super().__init__(f"non-finite loss at batch {step}")
+        self.step = step
+
+
+@dataclass
+class EpochTotals:
+    """Running sums of an epoch in progress, on the device: kept in checkpoints so a resumed epoch reports the same."""
+    loss: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    skipped: int = 0  # steps not applied because their loss was not finite (nonfinite=skip)
+
+    @classmethod
+    def zeros(cls, device):
+        return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device))
+
+
+def _all_finite(loss, optimizer) -> bool:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return bool(torch.isfinite(loss).item()) and all(bool(torch.isfinite(g).all().item()) for g in grads)
+
+
+def train_epoch(step: TrainStep, loader, device, *, batches: int, first_batch: int = 0, totals=None,
+                scheduler=None, log_every=10, on_log=None, after_step=None, skip_nonfinite=False, progress=False,
+                desc="") -> EpochStats:
+    """Batches first_batch+1 .. `batches` of an epoch, a TrainStep each (and a per-step scheduler after each).
+
+    on_log(batch, mean loss since the last call) runs every `log_every` batches and after the last one; the loss is
+    read back from the device only then, so the other steps never wait for it. A non-finite loss raises NonFiniteLoss
+    there (naming its batch), before anything else sees the weights; with skip_nonfinite such steps are skipped and
+    counted instead. after_step(batch, totals) runs after every step; returning True stops the epoch early (-> None).
     """
     step.model.train()
     start = time.perf_counter()
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    window, window_steps, seen = torch.zeros((), device=device), 0, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch", dynamic_ncols=True)
-    for i, (images, targets) in enumerate(bar, 1):
+    totals = totals or EpochTotals.zeros(device)
+    window, window_steps = torch.zeros((), device=device), 0
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    bar = tqdm(loader, desc=desc, initial=first_batch, total=batches, leave=False, disable=not progress,
+               unit="batch", dynamic_ncols=True)
+    for i, (images, targets) in enumerate(bar, first_batch + 1):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        loss, right = step(images, targets)
+        loss, right = step(images, targets, skip_nonfinite=skip_nonfinite)
         if scheduler is not None:
             scheduler.step()
-        total_loss += loss * len(targets)
-        correct += right
-        seen += len(targets)
-        window += loss
-        window_steps += 1
-        if i % log_every == 0 or i == len(loader):
-            mean = (window / window_steps).item()
+        if loss is None:  # skipped
+            totals.skipped += 1
+        else:
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
+            totals.loss += loss * len(targets)
+            totals.correct += right
+            totals.seen += len(targets)
+            window += loss
+            window_steps += 1
+        if i % log_every == 0 or i == batches:
+            if first_bad.item() >= 0:
+                raise NonFiniteLoss(first_bad.item())
+            mean = (window / max(window_steps, 1)).item()
             window.zero_()
             window_steps = 0
             bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
             if on_log is not None:
                 on_log(i, mean)
+        if after_step is not None and after_step(i, totals):
+            if first_bad.item() >= 0:
+                raise NonFiniteLoss(first_bad.item())
+            bar.close()
+            return None
     bar.close()
-    return EpochStats(total_loss.item() / seen, correct.item() / seen, time.perf_counter() - start, seen)
+    seen = max(totals.seen, 1)
+    return EpochStats(totals.loss.item() / seen, totals.correct.item() / seen, time.perf_counter() - start,
+                      totals.seen, totals.skipped)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from trainlab import __version__
 from trainlab.checkpoint import save_checkpoint
-from trainlab.data import DataSplits, build_datasets, check_same_size, source_stats, subset_indices
+from trainlab.data import DataSplits, build_datasets, check_same_size, source_stats, stream_seed, subset_indices
 from trainlab.errors import TrainlabError
 from trainlab.transforms import BatchedSteps, build_pipeline, split_for_device
 
@@ -39,21 +39,32 @@ class ResidentSplit:
 
 
 class ResidentLoader:
-    """Batches of (images, labels) already on the device, in a new order every epoch when shuffling."""
+    """Batches of (images, labels) already on the device. The order and each batch's random steps follow (seed,
+    epoch, batch) alone, so `start(epoch, batch)` picks up mid-epoch exactly."""
 
-    def __init__(self, split: ResidentSplit, batch_size: int, shuffle: bool, drop_last: bool, steps: BatchedSteps):
-        self.split, self.batch_size, self.shuffle, self.drop_last, self.steps = split, batch_size, shuffle, drop_last, steps
+    def __init__(self, split: ResidentSplit, batch_size: int, shuffle: bool, drop_last: bool, steps: BatchedSteps,
+                 seed: int):
+        self.split, self.batch_size, self.shuffle, self.steps, self.seed = split, batch_size, shuffle, steps, seed
+        n = len(split)
+        self.batches = n // batch_size if drop_last else -(-n // batch_size)  # per epoch
+        self.epoch, self.first_batch = 1, 0
+
+    def start(self, epoch: int, batch: int = 0) -> None:
+        self.epoch, self.first_batch = epoch, batch
 
     def __len__(self):
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return self.batches - self.first_batch
 
     def __iter__(self):
-        n, device = len(self.split), self.split.targets.device
-        order = (torch.randperm(n, device=device, generator=self.steps.generator) if self.shuffle
-                 else torch.arange(n, device=device))
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start:start + self.batch_size]
+        n, device, generator = len(self.split), self.split.targets.device, self.steps.generator
+        if self.shuffle:
+            generator.manual_seed(stream_seed(self.seed, "order", self.epoch))
+            order = torch.randperm(n, device=device, generator=generator)
+        else:
+            order = torch.arange(n, device=device)
+        for batch in range(self.first_batch, self.batches):
+            index = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+            generator.manual_seed(stream_seed(self.seed, self.epoch, batch))
             yield self.steps(self.split.images[index]), self.split.targets[index]
 
 
@@ -71,9 +82,9 @@ def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progr
     generator = torch.Generator(device=device).manual_seed(seed)
     train_steps, test_steps = BatchedSteps(tail_train, generator), BatchedSteps(tail_test, generator)
     image_shape = tuple(train_steps(train.images[:1]).shape[1:])
-    train_loader = ResidentLoader(train, data_cfg.batch_size, data_cfg.shuffle, data_cfg.drop_last, train_steps)
-    test_loader = ResidentLoader(test, data_cfg.eval_batch_size, False, False, test_steps)
-    if len(train_loader) == 0:
+    train_loader = ResidentLoader(train, data_cfg.batch_size, data_cfg.shuffle, data_cfg.drop_last, train_steps, seed)
+    test_loader = ResidentLoader(test, data_cfg.eval_batch_size, False, False, test_steps, seed)
+    if train_loader.batches == 0:
         raise TrainlabError(f"no training batch: {len(train)} images with data.batch_size={data_cfg.batch_size} "
                             "and data.drop_last=true; lower the batch size or set data.drop_last=false")
     return DataSplits(train, test, classes, image_shape), train_loader, test_loader

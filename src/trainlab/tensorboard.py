@@ -12,10 +12,11 @@ BEST_METRIC = "hparams/best_test_acc"  # the HPARAMS tab's column for the sweep'
 class RunWriter:
     """Event files in `log_dir`; `tensorboard --logdir outputs` shows each run folder as one run."""
 
-    def __init__(self, log_dir):
+    def __init__(self, log_dir, purge_step=None):
         from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard: about a second, so only here
 
-        self.writer = SummaryWriter(str(log_dir))
+        # purge_step: a resumed run drops what the stopped one logged after its checkpoint, so no step appears twice
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def scalars(self, values: dict, step: int) -> None:
         for tag, value in values.items():

@@ -1,5 +1,7 @@
 """The recipe for one run: data, model, optimizer, then the epochs, logging to the terminal, a file and TensorBoard."""
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -7,11 +9,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab import __version__
-from trainlab.checkpoint import save_checkpoint
+from trainlab.checkpoint import (BEST, LAST, check_finite, load_checkpoint, load_latest, rng_states, save_checkpoint,
+                                 set_rng_states)
 from trainlab.config import check_values
 from trainlab.data import build_data, build_loaders
-from trainlab.errors import TrainlabError
-from trainlab.engine import TrainStep, evaluate, resolve_device, seconds_since_launch, seed_everything, train_epoch
+from trainlab.engine import (EpochTotals, NonFiniteLoss, TrainStep, evaluate, resolve_device, seconds_since_launch,
+                             seed_everything, train_epoch)
+from trainlab.errors import Interrupted, TrainlabError
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.resident import NotResident, build_resident
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
@@ -22,18 +26,27 @@ log = logging.getLogger("trainlab")
 
 
 def run(cfg: DictConfig, run_dir=None) -> float:
-    """Train as `cfg` says, writing into `run_dir` (Hydra's output folder by default); -> the best test accuracy."""
+    """Train as `cfg` says, writing into `run_dir` (Hydra's output folder by default); -> the best test accuracy.
+
+    A run folder that already holds a checkpoint is resumed where it stopped (trainer.resume=auto), as is the run
+    folder or checkpoint that trainer.resume names; the result is the same, bit for bit, as a run never stopped.
+    """
     run_dir = Path(run_dir) if run_dir is not None else _hydra_output_dir()
     check_values(cfg)
     t = cfg.trainer
     device = resolve_device(t.device)
-
+    state, run_dir = _resume_state(t.resume, run_dir)
     transforms = check_transforms(cfg.transform)  # order and keys checked; torchvision not needed yet
     check_blocks(cfg.model)  # a misspelt block key fails now, not after the data has loaded
+    if state is not None:
+        _check_resumable(state, cfg)
     data, train_loader, test_loader, path = _build_data(cfg, transforms, device)
     shape = "x".join(map(str, data.image_shape))
     log.info(f"data {cfg.data.name}: {len(data.train):,} train / {len(data.test):,} test images, "
              f"{len(data.classes)} classes, {shape} · {path} · device {device} · trainlab {__version__}")
+    if state is not None and state["classes"] != list(data.classes):
+        raise TrainlabError(f"the checkpoint was trained on classes {state['classes'][:5]}..., this data has "
+                            f"{list(data.classes)[:5]}...: resume on the same data, or start a new run folder")
 
     seed_everything(t.seed, t.deterministic)  # here: decoding draws from the global generator, a cache hit does not
     model = build_model(cfg.model, data.image_shape, len(data.classes))
@@ -42,58 +55,178 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     net = torch.compile(model) if t.compile else model  # `model` keeps the plain state_dict keys for checkpoints
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    scheduler, interval = build_scheduler(cfg.scheduler, optimizer, t.epochs * len(train_loader))
+    steps_per_epoch = _sampler(train_loader).batches
+    scheduler, interval = build_scheduler(cfg.scheduler, optimizer, t.epochs * steps_per_epoch)
     loss_fn = build_loss(cfg.loss).to(device)
-    graphs = t.cuda_graphs and (scheduler is None or interval == "epoch")  # a per-step lr cannot live in a graph
-    step = TrainStep(net, loss_fn, optimizer, device, t.precision, channels_last, cuda_graph=graphs)
+    skip = t.nonfinite == "skip"
+    graphs = t.cuda_graphs and not skip and (scheduler is None or interval == "epoch")  # a per-step lr cannot be
+    step = TrainStep(net, loss_fn, optimizer, device, t.precision, channels_last, cuda_graph=graphs)  # in a graph
 
-    writer = RunWriter(run_dir)
-    writer.hparams(_hparams(cfg), [BEST_METRIC, "test/acc", "test/loss", "train/loss"])
-    first_batch = next(iter(train_loader))[0]
-    if t.log_images:
-        writer.image_grid(first_batch, normalization(transforms["train"]))
-    if t.log_graph:
-        writer.graph(model, first_batch[:1].to(device))
+    position = {"epoch": 1, "batch": 0}  # the next batch to train: epoch (1-based) and batches done in it
+    best = {"acc": -1.0, "epoch": 0}
+    totals = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        position, best = dict(state["position"]), dict(state["best"])
+        if state["totals"] is not None:
+            totals = EpochTotals(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in state["totals"].items()})
+        log.info(f"resuming {run_dir} at epoch {position['epoch']}, batch {position['batch']}")
+    if position["epoch"] > t.epochs:
+        log.info(f"nothing to do: {run_dir} finished its {t.epochs} epochs (raise trainer.epochs to train on); "
+                 f"best test acc {best['acc']:.2%} at epoch {best['epoch']}")
+        return best["acc"]
 
-    launch = seconds_since_launch()
-    if launch is not None:
-        log.info(f"start-up {launch:.1f}s (from the command to the first training step)")
-        writer.scalars({"time/startup_s": launch}, 0)
-    steps_per_epoch, best_acc, best_epoch, start = len(train_loader), -1.0, 0, time.perf_counter()
+    def save(position, totals):
+        check_finite(model)
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "position": position, "best": dict(best), "rng": rng_states(),
+                "totals": vars(totals).copy() if totals is not None else None,
+                "epoch": position["epoch"] - (position["batch"] == 0), "test_acc": best.get("last_acc"),
+                "best_acc": best["acc"], "config": OmegaConf.to_container(cfg, resolve=True),
+                "classes": list(data.classes), "image_shape": list(data.image_shape), "trainlab_version": __version__}
+
+    first_step = (position["epoch"] - 1) * steps_per_epoch + position["batch"]
+    writer = RunWriter(run_dir, purge_step=first_step + 1 if state is not None else None)
+    if state is None:
+        writer.hparams(_hparams(cfg), [BEST_METRIC, "test/acc", "test/loss", "train/loss"])
+        first_batch = next(iter(train_loader))[0]
+        if t.log_images:
+            writer.image_grid(first_batch, normalization(transforms["train"]))
+        if t.log_graph:
+            writer.graph(model, first_batch[:1].to(device))
+    _log_startup(writer)
+    if state is not None:
+        set_rng_states(state["rng"])  # last: everything above may draw from the generators
+    checkpoints = run_dir / "checkpoints"
+    start = time.perf_counter()
     try:
-        for epoch in range(1, t.epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
-            first_step = (epoch - 1) * steps_per_epoch
-            train = train_epoch(
-                step, train_loader, device,
-                scheduler=scheduler if interval == "step" else None, log_every=t.log_every_n_steps,
-                on_log=lambda i, loss: writer.scalars({"train/loss": loss}, first_step + i),
-                progress=t.progress_bar, desc=f"epoch {epoch}/{t.epochs}")
-            if scheduler is not None and interval == "epoch":
-                scheduler.step()
-            test = evaluate(net, test_loader, loss_fn, device, t.precision, channels_last)
-            if test.acc > best_acc:
-                best_acc, best_epoch = test.acc, epoch
-            writer.scalars({"train/acc": train.acc, "test/loss": test.loss, "test/acc": test.acc, "lr": lr,
-                            "train/images_per_s": train.images / train.seconds, BEST_METRIC: best_acc}, epoch)
-            log.info(f"epoch {epoch:>{len(str(t.epochs))}}/{t.epochs}  train loss {train.loss:.4f} "
-                     f"acc {train.acc:6.2%}  test loss {test.loss:.4f} acc {test.acc:6.2%}  lr {lr:.3g}  "
-                     f"{train.seconds + test.seconds:.1f}s ({train.images / train.seconds:,.0f} img/s)")
-            if t.checkpoint:
-                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                         "epoch": epoch, "test_acc": test.acc, "best_acc": best_acc,
-                         "config": OmegaConf.to_container(cfg, resolve=True), "classes": list(data.classes),
-                         "image_shape": list(data.image_shape), "trainlab_version": __version__}
-                save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
-                if best_epoch == epoch:
-                    save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+        with StopOnSignal() as stop:
+            for epoch in range(position["epoch"], t.epochs + 1):
+                lr = optimizer.param_groups[0]["lr"]
+                done_before = (epoch - 1) * steps_per_epoch
+
+                def after_step(batch, totals):
+                    position["stopped_at"] = batch
+                    every = t.checkpoint_every_n_steps
+                    if t.checkpoint and (stop.signal or every and (done_before + batch) % every == 0):
+                        save_checkpoint(checkpoints / LAST, save({"epoch": epoch, "batch": batch}, totals), True)
+                    return stop.signal is not None
+
+                first = position["batch"] if epoch == position["epoch"] else 0
+                _sampler(train_loader).start(epoch, first)
+                train = train_epoch(
+                    step, train_loader, device, batches=steps_per_epoch, first_batch=first,
+                    totals=totals if epoch == position["epoch"] else None,
+                    scheduler=scheduler if interval == "step" else None, log_every=t.log_every_n_steps,
+                    on_log=lambda i, loss: writer.scalars({"train/loss": loss}, done_before + i),
+                    after_step=after_step, skip_nonfinite=skip, progress=t.progress_bar,
+                    desc=f"epoch {epoch}/{t.epochs}")
+                if train is None:
+                    raise Interrupted(f"stopped by {stop.signal} at epoch {epoch}, batch {position['stopped_at']}; " + (
+                                          f"checkpoint written: rerun the same command, or add trainer.resume={run_dir}"
+                                          if t.checkpoint else "trainer.checkpoint=false: nothing was saved"))
+                if scheduler is not None and interval == "epoch":
+                    scheduler.step()
+                test = evaluate(net, test_loader, loss_fn, device, t.precision, channels_last)
+                best["last_acc"] = test.acc
+                if test.acc > best["acc"]:
+                    best.update(acc=test.acc, epoch=epoch)
+                writer.scalars({"train/acc": train.acc, "test/loss": test.loss, "test/acc": test.acc, "lr": lr,
+                                "train/images_per_s": train.images / train.seconds, BEST_METRIC: best["acc"]},
+                               epoch * steps_per_epoch)
+                skipped = f"  {train.skipped} non-finite steps skipped" if train.skipped else ""
+                log.info(f"epoch {epoch:>{len(str(t.epochs))}}/{t.epochs}  train loss {train.loss:.4f} "
+                         f"acc {train.acc:6.2%}  test loss {test.loss:.4f} acc {test.acc:6.2%}  lr {lr:.3g}  "
+                         f"{train.seconds + test.seconds:.1f}s ({train.images / train.seconds:,.0f} img/s){skipped}")
+                if t.checkpoint:
+                    done = save({"epoch": epoch + 1, "batch": 0}, None)
+                    save_checkpoint(checkpoints / LAST, done, keep_previous=True)
+                    if best["epoch"] == epoch:
+                        save_checkpoint(checkpoints / BEST, done)
+    except NonFiniteLoss as e:
+        global_step = (epoch - 1) * steps_per_epoch + e.step
+        raise TrainlabError(
+            f"the loss became NaN or infinite at step {global_step} (epoch {epoch}, batch {e.step}); no checkpoint "
+            "holds those weights: lower optimizer.lr, or set trainer.nonfinite=skip to skip such steps") from None
     finally:
         writer.close()
     minutes, seconds = divmod(time.perf_counter() - start, 60)
-    log.info(f"best test acc {best_acc:.2%} at epoch {best_epoch} · {t.epochs} epochs in "
+    log.info(f"best test acc {best['acc']:.2%} at epoch {best['epoch']} · epochs {position['epoch']}-{t.epochs} in "
              f"{int(minutes)}m{seconds:04.1f}s · {run_dir}")
-    return best_acc
+    return best["acc"]
+
+
+class StopOnSignal:
+    """SIGTERM or SIGINT asks the loop to stop after the current step (a second SIGINT stops at once)."""
+
+    def __enter__(self):
+        self.signal, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, number, frame):
+        if self.signal is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(number).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _sampler(loader):
+    """What knows a training loader's position: the DataLoader's sampler, or the resident loader itself."""
+    return getattr(loader, "sampler", loader)
+
+
+def _resume_state(resume: str, run_dir: Path) -> tuple:
+    """trainer.resume -> (checkpoint state or None, the run folder to write into)."""
+    if resume == "never":
+        return None, run_dir
+    if resume == "auto":
+        state, _ = load_latest(run_dir / "checkpoints")
+        return state, run_dir
+    target = Path(resume).expanduser()
+    if target.is_file():
+        state = load_checkpoint(target)
+        folder = target.parent.parent if target.parent.name == "checkpoints" else run_dir
+    elif target.is_dir():
+        state, _ = load_latest(target / "checkpoints")
+        folder = target
+    else:
+        raise TrainlabError(f"trainer.resume={resume}: no such run folder or checkpoint")
+    if state is None or "position" not in state:
+        raise TrainlabError(f"trainer.resume={resume}: no checkpoint to resume from there")
+    return state, folder
+
+
+def _check_resumable(state: dict, cfg: DictConfig) -> None:
+    """The checkpoint must come from the same model and data set as this config."""
+    saved = state["config"]
+    current = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("model", "data"):
+        before, now = saved[key]["name"], current[key]["name"]
+        if before != now or (key == "model" and saved[key]["blocks"] != current[key]["blocks"]):
+            raise TrainlabError(f"the checkpoint comes from {key} {before}, this run uses {key} {now} (or other "
+                                f"blocks): resume with the same {key}, or start a new run folder")
+
+
+def _log_startup(writer) -> None:
+    global _startup_logged
+    launch = seconds_since_launch()
+    if launch is not None and not _startup_logged:  # once a process: later jobs of a sweep start much later
+        _startup_logged = True
+        log.info(f"start-up {launch:.1f}s (from the command to the first training step)")
+        writer.scalars({"time/startup_s": launch}, 0)
+
+
+_startup_logged = False
 
 
 def _build_data(cfg: DictConfig, transforms: dict, device) -> tuple:

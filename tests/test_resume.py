@@ -1,0 +1,133 @@
+"""Runs survive being killed: exact resume, signals, damaged checkpoints, non-finite losses."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import QUICK, ROOT, compose, run_cli, scalars
+from trainlab.checkpoint import load_checkpoint
+from trainlab.train import run
+
+pytestmark = pytest.mark.slow
+
+# Dropout, batchnorm and random crops and flips: every kind of randomness a resumed run must replay.
+RECIPE = ["data=shapes", "data.num_train=480", "data.num_test=64", "data.batch_size=32", "model=vgg_small",
+          "transform=augment", "optimizer=adam", "trainer.epochs=2", "trainer.checkpoint_every_n_steps=3",
+          "trainer.log_every_n_steps=1", *QUICK, "trainer.log_images=false"]
+STEPS = 2 * 480 // 32
+
+
+def start(run_dir, *extra):
+    return subprocess.Popen([sys.executable, "src/run.py", *RECIPE, *extra, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(run_dir, process, after_step=4):
+    """Until the run has written a mid-epoch checkpoint past `after_step` (or ended)."""
+    path = run_dir / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if path.exists():
+            try:
+                position = load_checkpoint(path)["position"]
+                if (position["epoch"] - 1) * 15 + position["batch"] >= after_step:
+                    return
+            except Exception:
+                pass
+        time.sleep(0.05)
+    pytest.fail("the run never wrote its checkpoint")
+
+
+def final_weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The same recipe, never interrupted, per data path."""
+    made = {}
+
+    def get(*extra):
+        if extra not in made:
+            run_dir = tmp_path_factory.mktemp("reference")
+            run(compose(*RECIPE, *extra), run_dir)
+            made[extra] = final_weights(run_dir)
+        return made[extra]
+    return get
+
+
+@pytest.mark.parametrize("extra", [("trainer.data_path=resident",), ("trainer.data_path=loader",),
+                                   ("trainer.data_path=loader", "data.num_workers=2")])
+def test_killed_mid_epoch_then_rerun_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path, reference, extra):
+    process = start(tmp_path, *extra)
+    wait_for_checkpoint(tmp_path, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = run_cli(*RECIPE, *extra, f"hydra.run.dir={tmp_path}")  # the same command, the same folder
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming" in result.stdout and "nothing to do" not in result.stdout  # it was killed mid-run
+    expected, got = reference(*extra), final_weights(tmp_path)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    losses = scalars(tmp_path)["train/loss"]
+    assert [s for s, _ in losses] == list(range(1, STEPS + 1))  # none missing, none twice
+
+
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_75_then_resume_by_folder(tmp_path, reference):
+    process = start(tmp_path / "a", "trainer.checkpoint_every_n_steps=0")
+    log, deadline = tmp_path / "a" / "run.log", time.time() + 60
+    while not (log.exists() and "start-up" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the first epoch
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 75, output
+    assert "stopped by SIGTERM" in output and "trainer.resume=" in output and "Traceback" not in output
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["position"]["batch"] > 0
+    result = run_cli(*RECIPE, "trainer.checkpoint_every_n_steps=0", f"trainer.resume={tmp_path / 'a'}",
+                     f"hydra.run.dir={tmp_path / 'b'}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    expected, got = reference(), final_weights(tmp_path / "a")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    settings = [*RECIPE, "model=tudui", "trainer.epochs=1", "trainer.checkpoint_every_n_steps=0"]
+    run(compose(*settings), tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    run(compose(*settings[:-2], "trainer.epochs=2", "trainer.checkpoint_every_n_steps=0"), tmp_path)
+    assert (tmp_path / "checkpoints" / "last.prev.pt").exists()
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk
+    result = run_cli(*settings[:-2], "trainer.epochs=3", "trainer.checkpoint_every_n_steps=0",
+                     f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert "warning" in result.stdout and "last.prev.pt instead" in result.stdout
+    assert "resuming" in result.stdout and "at epoch 2, batch 0" in result.stdout
+    (tmp_path / "checkpoints" / "last.prev.pt").write_bytes(b"not a checkpoint")
+    last.write_bytes(b"")
+    result = run_cli(*settings, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2 and "no valid checkpoint is left" in result.stdout + result.stderr
+
+
+def test_a_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
+    settings = ["data=shapes", "data.num_train=256", "data.num_test=64", "trainer.epochs=1", *QUICK,
+                "optimizer.lr=1e30", "optimizer.momentum=0.9"]
+    result = run_cli(*settings, f"hydra.run.dir={tmp_path / 'stop'}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "the loss became NaN or infinite at step" in output, output
+    assert not (tmp_path / "stop" / "checkpoints" / "last.pt").exists()
+    result = run_cli(*settings, "trainer.nonfinite=skip", f"hydra.run.dir={tmp_path / 'skip'}")
+    assert result.returncode == 0 and "non-finite steps skipped" in result.stdout, result.stdout + result.stderr
+    weights = load_checkpoint(tmp_path / "skip" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_resuming_with_another_model_or_a_missing_run_is_refused(tmp_path):
+    run(compose("data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK), tmp_path)
+    for args, message in ((["model=lenet"], "the checkpoint comes from model tudui, this run uses model lenet"),
+                          ([f"trainer.resume={tmp_path / 'nope'}"], "no such run folder or checkpoint")):
+        result = run_cli("data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=2", *QUICK, *args,
+                         f"hydra.run.dir={tmp_path}")
+        assert result.returncode == 2 and message in result.stdout + result.stderr
