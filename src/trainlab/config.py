@@ -29,6 +29,7 @@ class DataConfig:
     pin_memory: bool = MISSING
     subset: Optional[int] = MISSING  # train on this many images (a fixed random choice); null: all
     test_subset: Optional[int] = MISSING
+    bad_images: str = MISSING  # fail or skip: what a file that cannot be decoded does
     # folder only
     train_dir: Optional[str] = None
     test_dir: Optional[str] = None
@@ -194,7 +195,8 @@ def check_values(cfg: DictConfig) -> None:
          "0 (epoch ends only) or more"),
     ]
     choices = [("trainer.data_path", t.data_path, ("auto", "resident", "loader")),
-               ("trainer.precision", t.precision, ("fp32", "bf16")), ("trainer.nonfinite", t.nonfinite, ("stop", "skip"))]
+               ("trainer.precision", t.precision, ("fp32", "bf16")), ("trainer.nonfinite", t.nonfinite, ("stop", "skip")),
+               ("data.bad_images", d.bad_images, ("fail", "skip"))]
     rules += [(key, value, value in allowed, "one of " + ", ".join(allowed)) for key, value, allowed in choices]
     if "lr" in cfg.optimizer:
         rules.append(("optimizer.lr", cfg.optimizer.lr, cfg.optimizer.lr > 0, "greater than 0"))

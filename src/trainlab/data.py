@@ -36,7 +36,7 @@ def build_data(cfg, train_tf, test_tf) -> DataSplits:
     train = Subset(train, subset_indices(len(train), cfg.subset)) if cfg.subset else train
     test = Subset(test, subset_indices(len(test), cfg.test_subset)) if cfg.test_subset else test
     try:
-        image, _ = train[0]
+        image = next(item[0] for item in (train[i] for i in range(len(train))) if item is not None)
     except (RuntimeError, ValueError, TypeError) as e:
         raise TrainlabError(f"transform.train cannot process a {cfg.name} image: {e}") from None
     return DataSplits(train, test, classes, tuple(image.shape))
@@ -159,7 +159,9 @@ class SeededItems(Dataset):
 
 
 def collate(batch):
-    """default_collate, with one clear line when the images of a batch differ in size."""
+    """default_collate, leaving out images that could not be decoded (None), with one clear line when the images of
+    a batch differ in size."""
+    batch = [item for item in batch if item is not None]
     check_same_size([image.shape for image, _ in batch])
     return default_collate(batch)
 
@@ -199,11 +201,11 @@ def _folder(cfg, train_tf, test_tf):
         raise TrainlabError(f"data.root {root} is not a folder: point data.root at your images")
 
     def image_folder(path, transform):
-        try:
-            return ImageFolder(str(path), transform=transform,
-                               is_valid_file=lambda f: f.lower().endswith(IMAGE_EXTENSIONS))
+        try:  # ImageFolder only lists the files here; ImageFiles reads them
+            found = ImageFolder(str(path), is_valid_file=lambda f: f.lower().endswith(IMAGE_EXTENSIONS))
         except (FileNotFoundError, RuntimeError) as e:
             raise TrainlabError(f"{path}: {' '.join(str(e).split())}; each class needs a folder of images") from None
+        return ImageFiles(found.samples, found.classes, transform, cfg.bad_images)
 
     if cfg.split is None:
         folders = [root / cfg.train_dir, root / cfg.test_dir]
@@ -228,3 +230,30 @@ def _folder(cfg, train_tf, test_tf):
         held_out += [members[j] for j in order[: round(cfg.split * len(members))]]
     kept = sorted(set(range(len(train))) - set(held_out))
     return Subset(train, kept), Subset(test, sorted(held_out)), train.classes
+
+
+class ImageFiles(Dataset):
+    """(path, label) pairs read as RGB images: grey, palette, RGBA and GIF files are converted. A file that cannot
+    be decoded stops the run naming it (bad_images=fail) or is left out of its batch with a warning (skip)."""
+
+    def __init__(self, samples: list, classes: list, transform, bad_images: str):
+        self.samples, self.classes, self.transform, self.bad_images = samples, classes, transform, bad_images
+        self.targets = [label for _, label in samples]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as file:
+                image = file.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+            if self.bad_images == "skip":
+                log.warning(f"warning: skipped {path}: cannot be decoded ({e})")
+                return None
+            raise TrainlabError(f"{path} cannot be decoded ({e}): remove or replace the file, "
+                                "or set data.bad_images=skip") from None
+        return (self.transform(image) if self.transform is not None else image), label

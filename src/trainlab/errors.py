@@ -42,7 +42,7 @@ def report_errors(main):
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             user_error = isinstance(e, (TrainlabError, OmegaConfBaseException))
-            message = " ".join(str(e).split()) if user_error else f"{type(e).__name__}: {e}"
+            message = _one_line(e) if user_error else f"{type(e).__name__}: {e}"
             job_dir = _sweep_job_dir()
             if job_dir is None:
                 if not user_error:
@@ -54,6 +54,14 @@ def report_errors(main):
             return float("nan")  # the sweep goes on; a sweeper reads NaN as a failed trial
 
     return wrapper
+
+
+def _one_line(error: Exception) -> str:
+    """The error's message on one line; for an error raised in a DataLoader worker, the worker's own message."""
+    text = str(error)
+    if "Original Traceback" in text:  # torch re-raises a worker's exception with the worker's traceback inside
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
 
 
 def _sweep_job_dir():

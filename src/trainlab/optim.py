@@ -9,6 +9,22 @@ from trainlab.errors import TrainlabError
 ALLOWED_TARGETS = ("torch.", "torchvision.", "trainlab.")  # a config must not be able to call os.system
 
 
+def check_targets(cfg) -> None:
+    """Every `_target_` anywhere in the config must come from an allowed module: checked before anything runs."""
+    def walk(node, where):
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if target is not None and not (isinstance(target, str) and target.startswith(ALLOWED_TARGETS)):
+                raise TrainlabError(f"{where}._target_ '{target}' is not allowed: targets must come from "
+                                    f"{', '.join(ALLOWED_TARGETS)}")
+            for key, value in node.items():
+                walk(value, f"{where}.{key}" if where else str(key))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}.{i}")
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+
+
 def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
     return _instantiate(cfg, "optimizer", params)
 

@@ -139,6 +139,7 @@ def _decode(dataset, desc: str, progress: bool) -> tuple:
 
 def _stack(items):
     """A worker's batch as one tensor (one shared buffer, not one per image), or its images' shapes if they differ."""
+    items = [item for item in items if item is not None]  # files that could not be decoded, skipped
     images, labels = [image for image, _ in items], torch.tensor([label for _, label in items], dtype=torch.long)
     if len({image.shape for image in images}) > 1:
         return [tuple(image.shape) for image in images], labels
@@ -146,7 +147,7 @@ def _stack(items):
 
 
 def _check_fits(data_cfg, train_set, test_set, device) -> None:
-    sample, _ = train_set[0]
+    sample = next(item[0] for item in (train_set[i] for i in range(len(train_set))) if item is not None)
     needed = (len(train_set) + len(test_set)) * sample.numel()  # one byte per uint8 value
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]

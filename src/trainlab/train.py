@@ -18,7 +18,7 @@ from trainlab.engine import (EpochTotals, NonFiniteLoss, TrainStep, evaluate, re
 from trainlab.errors import Interrupted, TrainlabError
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.resident import NotResident, build_resident
-from trainlab.optim import build_loss, build_optimizer, build_scheduler
+from trainlab.optim import build_loss, build_optimizer, build_scheduler, check_targets
 from trainlab.tensorboard import BEST_METRIC, RunWriter
 from trainlab.transforms import build_transforms, check_transforms, normalization
 
@@ -33,6 +33,7 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     """
     run_dir = Path(run_dir) if run_dir is not None else _hydra_output_dir()
     check_values(cfg)
+    check_targets(cfg)  # no `_target_` outside torch, torchvision and trainlab, before anything runs
     t = cfg.trainer
     device = resolve_device(t.device)
     state, run_dir = _resume_state(t.resume, run_dir)
