@@ -113,7 +113,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 def test_a_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
     settings = ["data=shapes", "data.num_train=256", "data.num_test=64", "trainer.epochs=1", *QUICK,
-                "optimizer.lr=1e30", "optimizer.momentum=0.9"]
+                "optimizer.lr=1e30", "optimizer.momentum=0.9", "trainer.checkpoint_every_n_steps=1",
+                "trainer.log_every_n_steps=100"]  # the check before each checkpoint must catch it, not the log
     result = run_cli(*settings, f"hydra.run.dir={tmp_path / 'stop'}")
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "the loss became NaN or infinite at step" in output, output
@@ -127,6 +128,7 @@ def test_a_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
 def test_resuming_with_another_model_or_a_missing_run_is_refused(tmp_path):
     run(compose("data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK), tmp_path)
     for args, message in ((["model=lenet"], "the checkpoint comes from model tudui, this run uses model lenet"),
+                          (["data=folder", f"data.root={tmp_path}"], "the checkpoint comes from data shapes"),
                           ([f"trainer.resume={tmp_path / 'nope'}"], "no such run folder or checkpoint")):
         result = run_cli("data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=2", *QUICK, *args,
                          f"hydra.run.dir={tmp_path}")

@@ -96,8 +96,8 @@ def build_loaders(cfg, splits: DataSplits, seed: int) -> tuple:
     alone, whatever the number of workers: `train_loader.sampler.start(epoch, batch)` picks up mid-epoch exactly."""
     # Each loader draws its workers' base seed from a generator of its own, not from the global one that dropout
     # uses, so starting an epoch (or resuming one) leaves the training's random stream as it was.
-    workers = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, pin_memory=cfg.pin_memory,
-                   collate_fn=collate)
+    count = worker_processes(cfg.num_workers)
+    workers = dict(num_workers=count, persistent_workers=count > 0, pin_memory=cfg.pin_memory, collate_fn=collate)
     sampler = EpochSampler(len(splits.train), cfg.batch_size, cfg.shuffle, cfg.drop_last, seed)
     train = DataLoader(SeededItems(splits.train, seed), batch_size=cfg.batch_size, sampler=sampler,
                        drop_last=cfg.drop_last, generator=torch.Generator().manual_seed(seed), **workers)
@@ -108,6 +108,17 @@ def build_loaders(cfg, splits: DataSplits, seed: int) -> tuple:
             f"no training batch: {len(splits.train)} images with data.batch_size={cfg.batch_size} and "
             "data.drop_last=true; lower the batch size or set data.drop_last=false")
     return train, test
+
+
+def worker_processes(wanted: int) -> int:
+    """`wanted`, or 0 inside a job that a parallel launcher started in a worker process of its own, which may not
+    start processes itself (each such job has only its share of the cores anyway)."""
+    import multiprocessing
+
+    if wanted and multiprocessing.current_process().name != "MainProcess":
+        log.info(f"data: decoding in this process: a launcher's worker process cannot start {wanted} workers")
+        return 0
+    return wanted
 
 
 def stream_seed(*keys) -> int:

@@ -23,10 +23,18 @@ class EpochStats:
     skipped: int = 0  # steps not applied: their loss or gradients were not finite
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> the GPU when there is one, else the CPU; otherwise the named device, checked."""
+def resolve_device(name: str, job: int = 0, jobs_at_once: int = 1) -> torch.device:
+    """'auto' -> the GPU when there is one, else the CPU; otherwise the named device, checked.
+
+    With several jobs at once on one machine (a parallel launcher), job `job` takes GPU job % GPUs under 'auto', or,
+    on the CPU, its 1/jobs_at_once share of the threads, so the jobs do not fight over the same cores.
+    """
+    if jobs_at_once > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs_at_once))
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", job % torch.cuda.device_count() if jobs_at_once > 1 else 0)
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -150,6 +158,11 @@ class EpochTotals:
         return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device))
 
 
+def _raise_if_bad(first_bad: torch.Tensor) -> None:
+    if first_bad.item() >= 0:
+        raise NonFiniteLoss(first_bad.item())
+
+
 def _all_finite(loss, optimizer) -> bool:
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     return bool(torch.isfinite(loss).item()) and all(bool(torch.isfinite(g).all().item()) for g in grads)
@@ -163,7 +176,8 @@ def train_epoch(step: TrainStep, loader, device, *, batches: int, first_batch: i
     on_log(batch, mean loss since the last call) runs every `log_every` batches and after the last one; the loss is
     read back from the device only then, so the other steps never wait for it. A non-finite loss raises NonFiniteLoss
     there (naming its batch), before anything else sees the weights; with skip_nonfinite such steps are skipped and
-    counted instead. after_step(batch, totals) runs after every step; returning True stops the epoch early (-> None).
+    counted instead. after_step(batch, totals, check) runs after every step (check() raises NonFiniteLoss if a step so
+    far was not finite: call it before saving anything); returning True stops the epoch early (-> None).
     """
     step.model.train()
     start = time.perf_counter()
@@ -187,17 +201,14 @@ def train_epoch(step: TrainStep, loader, device, *, batches: int, first_batch: i
             window += loss
             window_steps += 1
         if i % log_every == 0 or i == batches:
-            if first_bad.item() >= 0:
-                raise NonFiniteLoss(first_bad.item())
+            _raise_if_bad(first_bad)
             mean = (window / max(window_steps, 1)).item()
             window.zero_()
             window_steps = 0
             bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
             if on_log is not None:
                 on_log(i, mean)
-        if after_step is not None and after_step(i, totals):
-            if first_bad.item() >= 0:
-                raise NonFiniteLoss(first_bad.item())
+        if after_step is not None and after_step(i, totals, lambda: _raise_if_bad(first_bad)):
             bar.close()
             return None
     bar.close()

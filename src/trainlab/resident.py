@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from trainlab import __version__
 from trainlab.checkpoint import save_checkpoint
-from trainlab.data import DataSplits, build_datasets, check_same_size, source_stats, stream_seed, subset_indices
+from trainlab.data import DataSplits, worker_processes, build_datasets, check_same_size, source_stats, stream_seed, subset_indices
 from trainlab.errors import TrainlabError
 from trainlab.transforms import BatchedSteps, build_pipeline, split_for_device
 
@@ -126,7 +126,8 @@ def _decode(dataset, desc: str, progress: bool) -> tuple:
     """Every item of `dataset` (uint8 tensors, one size) -> ((N, C, H, W) uint8, (N,) int64), in parallel workers."""
     from tqdm import tqdm
 
-    loader = DataLoader(dataset, batch_size=256, num_workers=min(8, os.cpu_count() or 1), collate_fn=_stack)
+    loader = DataLoader(dataset, batch_size=256, num_workers=worker_processes(min(8, os.cpu_count() or 1)),
+                        collate_fn=_stack)
     images, targets = [], []
     for batch, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         if isinstance(batch, list):  # the sizes differed: reported here, by this process, as one line

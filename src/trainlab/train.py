@@ -1,5 +1,6 @@
 """The recipe for one run: data, model, optimizer, then the epochs, logging to the terminal, a file and TensorBoard."""
 import logging
+import os
 import signal
 import threading
 import time
@@ -35,7 +36,8 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     check_values(cfg)
     check_targets(cfg)  # no `_target_` outside torch, torchvision and trainlab, before anything runs
     t = cfg.trainer
-    device = resolve_device(t.device)
+    job, jobs_at_once = _parallel_job()
+    device = resolve_device(t.device, job, jobs_at_once)
     state, run_dir = _resume_state(t.resume, run_dir)
     transforms = check_transforms(cfg.transform)  # order and keys checked; torchvision not needed yet
     check_blocks(cfg.model)  # a misspelt block key fails now, not after the data has loaded
@@ -44,7 +46,9 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     data, train_loader, test_loader, path = _build_data(cfg, transforms, device)
     shape = "x".join(map(str, data.image_shape))
     log.info(f"data {cfg.data.name}: {len(data.train):,} train / {len(data.test):,} test images, "
-             f"{len(data.classes)} classes, {shape} · {path} · device {device} · trainlab {__version__}")
+             f"{len(data.classes)} classes, {shape} · {path} · device {device}"
+             + (f" ({torch.get_num_threads()} threads: job {job}, {jobs_at_once} at once)" if jobs_at_once > 1 else "")
+             + f" · trainlab {__version__}")
     if state is not None and state["classes"] != list(data.classes):
         raise TrainlabError(f"the checkpoint was trained on classes {state['classes'][:5]}..., this data has "
                             f"{list(data.classes)[:5]}...: resume on the same data, or start a new run folder")
@@ -110,10 +114,11 @@ def run(cfg: DictConfig, run_dir=None) -> float:
                 lr = optimizer.param_groups[0]["lr"]
                 done_before = (epoch - 1) * steps_per_epoch
 
-                def after_step(batch, totals):
+                def after_step(batch, totals, check_finite_so_far):
                     position["stopped_at"] = batch
                     every = t.checkpoint_every_n_steps
                     if t.checkpoint and (stop.signal or every and (done_before + batch) % every == 0):
+                        check_finite_so_far()
                         save_checkpoint(checkpoints / LAST, save({"epoch": epoch, "batch": batch}, totals), True)
                     return stop.signal is not None
 
@@ -262,6 +267,18 @@ def _hparams(cfg: DictConfig) -> dict:
         if isinstance(value, (int, float, str, bool)):
             values[key] = value
     return values
+
+
+def _parallel_job() -> tuple:
+    """(this job's number, jobs running at once) under a parallel Hydra launcher (n_jobs), else (0, 1)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return 0, 1
+    hydra = HydraConfig.get()
+    n_jobs = hydra.launcher.get("n_jobs", 1) or 1
+    return hydra.job.num, (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
 
 
 def _hydra_overrides() -> list:

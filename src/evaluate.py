@@ -1,0 +1,17 @@
+"""A checkpoint's accuracy on its data set's test split, with a confusion matrix in TensorBoard:
+python src/evaluate.py checkpoint=PATH  (data.root=FOLDER to test on other images of the same classes)"""
+import hydra
+from omegaconf import DictConfig
+
+from trainlab.errors import report_errors
+from trainlab.predict import evaluate_checkpoint
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@report_errors
+def main(cfg: DictConfig) -> float:
+    return evaluate_checkpoint(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""The classes of new images, from a trained checkpoint:  python src/predict.py checkpoint=PATH image=FILE_OR_FOLDER"""
+import hydra
+from omegaconf import DictConfig
+
+from trainlab.errors import report_errors
+from trainlab.predict import predict
+
+
+@hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Search and scale: named experiments, the Optuna search, and Hydra's parallel and submitit launchers."""
+import os
+
+import pytest
+import torch
+import yaml
+
+from conftest import QUICK, ROOT, compose, run_cli
+from trainlab.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+TINY = ["data=shapes", "data.num_train=200", "data.num_test=50", "trainer.epochs=1", *QUICK]
+
+
+def test_experiment_tutorial_is_the_tutorials_exact_recipe():
+    cfg = compose("experiment=tutorial")
+    assert (cfg.data.name, cfg.model.name, cfg.optimizer._target_) == ("cifar10", "tudui", "torch.optim.SGD")
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.data.batch_size, cfg.trainer.epochs) == (0.01, 0.0, 64, 10)
+    assert [step["type"] for step in cfg.transform.train] == ["to_tensor"] and "_target_" not in cfg.scheduler
+
+
+def test_optuna_search_reports_the_best_trial(tmp_path):
+    result = run_cli("-m", "hparams_search=tudui_optuna", *TINY, "hydra.sweeper.n_trials=3",
+                     "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Best parameters" in result.stdout and "Best value" in result.stdout
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"optimizer", "optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
+    trials = [load_checkpoint(tmp_path / str(i) / "checkpoints" / "best.pt")["best_acc"] for i in range(3)]
+    assert best["best_value"] == pytest.approx(max(trials))
+
+
+def test_parallel_jobs_each_take_their_share_of_the_cpu(tmp_path):
+    result = run_cli("-m", "hydra/launcher=parallel", *TINY, "optimizer=sgd,adam", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    for job in ("0", "1"):
+        assert (tmp_path / job / "checkpoints" / "last.pt").exists()
+        assert f"({threads} threads: job {job}, 2 at once)" in (tmp_path / job / "run.log").read_text()
+
+
+def test_submitit_local_executor_runs_the_sweep(tmp_path):
+    env = {"PYTHONPATH": str(ROOT / "src")}  # the executor's fresh processes import trainlab as installed code would
+    result = run_cli("-m", "hydra/launcher=submitit_local", *TINY, "optimizer=sgd,adam", "hydra.launcher.timeout_min=5",
+                     f"hydra.sweep.dir={tmp_path}", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for job in ("0", "1"):
+        assert "best test acc" in (tmp_path / job / "run.log").read_text()
+        assert torch.is_tensor(load_checkpoint(tmp_path / job / "checkpoints" / "last.pt")["model"]["0.weight"])
