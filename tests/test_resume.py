@@ -118,7 +118,11 @@ def test_a_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
     result = run_cli(*settings, f"hydra.run.dir={tmp_path / 'stop'}")
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "the loss became NaN or infinite at step" in output, output
-    assert not (tmp_path / "stop" / "checkpoints" / "last.pt").exists()
+    for name in ("last.pt", "best.pt"):  # checkpoints from before the bad step only
+        path = tmp_path / "stop" / "checkpoints" / name
+        if path.exists():
+            weights = load_checkpoint(path)["model"]
+            assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
     result = run_cli(*settings, "trainer.nonfinite=skip", f"hydra.run.dir={tmp_path / 'skip'}")
     assert result.returncode == 0 and "non-finite steps skipped" in result.stdout, result.stdout + result.stderr
     weights = load_checkpoint(tmp_path / "skip" / "checkpoints" / "last.pt")["model"]
