@@ -39,7 +39,7 @@ def load_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise TrainlabError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # unpickling refused, truncated file, not a checkpoint at all
-        reason = " ".join(str(e).split())[:200]
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         raise TrainlabError(f"{path} is not a readable trainlab checkpoint ({reason})") from None
 
 

@@ -168,6 +168,9 @@ def register_configs() -> None:
 
     Stored outside the groups so that `--help` lists only the options a user picks.
     """
+    from trainlab.distributed import launch_stamp
+
+    OmegaConf.register_new_resolver("run_stamp", launch_stamp, replace=True)  # conf/config.yaml's run folder name
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, schemas in SCHEMAS.items():

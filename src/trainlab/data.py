@@ -91,15 +91,15 @@ def subset_indices(length: int, size) -> list:
     return sorted(torch.randperm(length, generator=torch.Generator().manual_seed(0))[:size].tolist())
 
 
-def build_loaders(cfg, splits: DataSplits, seed: int) -> tuple:
+def build_loaders(cfg, splits: DataSplits, seed: int, shard: tuple = (0, 1)) -> tuple:
     """-> (train loader, test loader). The training order and each image's random steps follow (seed, epoch, index)
     alone, whatever the number of workers: `train_loader.sampler.start(epoch, batch)` picks up mid-epoch exactly."""
     # Each loader draws its workers' base seed from a generator of its own, not from the global one that dropout
     # uses, so starting an epoch (or resuming one) leaves the training's random stream as it was.
     count = worker_processes(cfg.num_workers)
     workers = dict(num_workers=count, persistent_workers=count > 0, pin_memory=cfg.pin_memory, collate_fn=collate)
-    sampler = EpochSampler(len(splits.train), cfg.batch_size, cfg.shuffle, cfg.drop_last, seed)
-    train = DataLoader(SeededItems(splits.train, seed), batch_size=cfg.batch_size, sampler=sampler,
+    sampler = EpochSampler(len(splits.train), cfg.batch_size, cfg.shuffle, cfg.drop_last, seed, shard)
+    train = DataLoader(SeededItems(splits.train, seed), batch_size=cfg.batch_size // shard[1], sampler=sampler,
                        drop_last=cfg.drop_last, generator=torch.Generator().manual_seed(seed), **workers)
     test = DataLoader(splits.test, batch_size=cfg.eval_batch_size, generator=torch.Generator().manual_seed(seed),
                       **workers)
@@ -127,10 +127,11 @@ def stream_seed(*keys) -> int:
 
 
 class EpochSampler(Sampler):
-    """One epoch's (epoch, index) keys in the epoch's order, from batch `start(epoch, batch)` on."""
+    """One epoch's (epoch, index) keys in the epoch's order, from batch `start(epoch, batch)` on; with shard (rank,
+    processes), this process's part of every batch of batch_size."""
 
-    def __init__(self, length: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int):
-        self.length, self.batch_size, self.shuffle, self.seed = length, batch_size, shuffle, seed
+    def __init__(self, length: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, shard=(0, 1)):
+        self.length, self.batch_size, self.shuffle, self.seed, self.shard = length, batch_size, shuffle, seed, shard
         self.batches = length // batch_size if drop_last else -(-length // batch_size)  # per epoch
         self.epoch, self.first_batch = 1, 0
 
@@ -138,16 +139,23 @@ class EpochSampler(Sampler):
         self.epoch, self.first_batch = epoch, batch
 
     def __len__(self):
-        return min(self.length, self.batches * self.batch_size) - self.first_batch * self.batch_size
+        return len(self._keys())
 
     def __iter__(self):
+        return iter(self._keys())
+
+    def _keys(self):
         if self.shuffle:
             generator = torch.Generator().manual_seed(stream_seed(self.seed, "order", self.epoch))
             order = torch.randperm(self.length, generator=generator).tolist()
         else:
             order = list(range(self.length))
-        end = min(self.length, self.batches * self.batch_size)
-        return iter([(self.epoch, i) for i in order[self.first_batch * self.batch_size:end]])
+        rank, processes = self.shard
+        keys = []
+        for batch in range(self.first_batch, self.batches):
+            chosen = order[batch * self.batch_size:(batch + 1) * self.batch_size][rank::processes]
+            keys += [(self.epoch, i) for i in chosen]
+        return keys
 
 
 class SeededItems(Dataset):

@@ -170,7 +170,7 @@ def _all_finite(loss, optimizer) -> bool:
 
 def train_epoch(step: TrainStep, loader, device, *, batches: int, first_batch: int = 0, totals=None,
                 scheduler=None, log_every=10, on_log=None, after_step=None, skip_nonfinite=False, progress=False,
-                desc="") -> EpochStats:
+                desc="", combine=None) -> EpochStats:
     """Batches first_batch+1 .. `batches` of an epoch, a TrainStep each (and a per-step scheduler after each).
 
     on_log(batch, mean loss since the last call) runs every `log_every` batches and after the last one; the loss is
@@ -178,6 +178,7 @@ def train_epoch(step: TrainStep, loader, device, *, batches: int, first_batch: i
     there (naming its batch), before anything else sees the weights; with skip_nonfinite such steps are skipped and
     counted instead. after_step(batch, totals, check) runs after every step (check() raises NonFiniteLoss if a step so
     far was not finite: call it before saving anything); returning True stops the epoch early (-> None).
+    combine(loss sum, correct, seen) sums the epoch's totals over the processes of a distributed run.
     """
     step.model.train()
     start = time.perf_counter()
@@ -212,9 +213,12 @@ def train_epoch(step: TrainStep, loader, device, *, batches: int, first_batch: i
             bar.close()
             return None
     bar.close()
-    seen = max(totals.seen, 1)
-    return EpochStats(totals.loss.item() / seen, totals.correct.item() / seen, time.perf_counter() - start,
-                      totals.seen, totals.skipped)
+    loss, correct, seen = totals.loss.clone(), totals.correct.clone(), torch.tensor(totals.seen, device=device)
+    if combine is not None:
+        loss, correct, seen = combine(loss, correct, seen)
+    seen = int(seen.item())
+    return EpochStats(loss.item() / max(seen, 1), correct.item() / max(seen, 1), time.perf_counter() - start, seen,
+                      totals.skipped)
 
 
 @torch.no_grad()

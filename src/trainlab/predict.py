@@ -77,9 +77,6 @@ def check_required(cfg: DictConfig) -> None:
         raise TrainlabError(f"{missing[0]} is not set: add {missing[0]}=... to the command")
 
 
-# ---------------------------------------------------------------------------------------------------- predict
-
-
 def predict(cfg: DictConfig) -> list:
     """cfg: checkpoint, image (a file, a folder, or a list of them), top_k -> [(path, [(class, probability), ...])],
     each image's top_k classes, most probable first; each image's block is logged as it is done."""
@@ -149,8 +146,8 @@ def open_image(path: Path, mode: str):
     try:
         with Image.open(path) as file:
             return file.convert(mode)  # grey, palette (GIF) and RGBA files alike
-    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        raise TrainlabError(f"{path} cannot be decoded ({e}): give an image file, or remove it from the folder") from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError, truncated files: OSErrors
+        raise TrainlabError(f"{path} cannot be decoded ({e}): give an image file, or move it out of the way") from None
 
 
 def _size(shape) -> str:
@@ -165,9 +162,6 @@ def top_classes(trained: Trained, batch: torch.Tensor, k: int) -> list:
     probabilities = out if isinstance(trained.model[-1], torch.nn.Softmax) else out.softmax(dim=1)
     values, indices = probabilities[0].topk(k)
     return [(trained.classes[i], p) for i, p in zip(indices.tolist(), values.tolist())]
-
-
-# --------------------------------------------------------------------------------------------------- evaluate
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> float:

@@ -43,8 +43,9 @@ class ResidentLoader:
     epoch, batch) alone, so `start(epoch, batch)` picks up mid-epoch exactly."""
 
     def __init__(self, split: ResidentSplit, batch_size: int, shuffle: bool, drop_last: bool, steps: BatchedSteps,
-                 seed: int):
+                 seed: int, shard: tuple = (0, 1)):
         self.split, self.batch_size, self.shuffle, self.steps, self.seed = split, batch_size, shuffle, steps, seed
+        self.shard = shard  # (rank, processes): this process takes every processes-th image of each batch
         n = len(split)
         self.batches = n // batch_size if drop_last else -(-n // batch_size)  # per epoch
         self.epoch, self.first_batch = 1, 0
@@ -63,12 +64,12 @@ class ResidentLoader:
         else:
             order = torch.arange(n, device=device)
         for batch in range(self.first_batch, self.batches):
-            index = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+            index = order[batch * self.batch_size:(batch + 1) * self.batch_size][self.shard[0]::self.shard[1]]
             generator.manual_seed(stream_seed(self.seed, self.epoch, batch))
             yield self.steps(self.split.images[index]), self.split.targets[index]
 
 
-def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progress: bool) -> tuple:
+def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progress: bool, shard=(0, 1)) -> tuple:
     """Checked transform steps (train and test) -> (DataSplits, train loader, test loader) on the resident path;
     NotResident says why it cannot be taken."""
     try:
@@ -82,7 +83,8 @@ def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progr
     generator = torch.Generator(device=device).manual_seed(seed)
     train_steps, test_steps = BatchedSteps(tail_train, generator), BatchedSteps(tail_test, generator)
     image_shape = tuple(train_steps(train.images[:1]).shape[1:])
-    train_loader = ResidentLoader(train, data_cfg.batch_size, data_cfg.shuffle, data_cfg.drop_last, train_steps, seed)
+    train_loader = ResidentLoader(train, data_cfg.batch_size, data_cfg.shuffle, data_cfg.drop_last, train_steps, seed,
+                                  shard)
     test_loader = ResidentLoader(test, data_cfg.eval_batch_size, False, False, test_steps, seed)
     if train_loader.batches == 0:
         raise TrainlabError(f"no training batch: {len(train)} images with data.batch_size={data_cfg.batch_size} "

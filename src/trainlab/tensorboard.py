@@ -12,7 +12,10 @@ BEST_METRIC = "hparams/best_test_acc"  # the HPARAMS tab's column for the sweep'
 class RunWriter:
     """Event files in `log_dir`; `tensorboard --logdir outputs` shows each run folder as one run."""
 
-    def __init__(self, log_dir, purge_step=None):
+    def __init__(self, log_dir, purge_step=None, enabled=True):
+        if not enabled:  # a distributed run's other processes: every method does nothing
+            self.writer = _NoWriter()
+            return
         from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard: about a second, so only here
 
         # purge_step: a resumed run drops what the stopped one logged after its checkpoint, so no step appears twice
@@ -45,6 +48,8 @@ class RunWriter:
         values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
         # Written into this run's own folder (add_hparams would make a new sub-run), so the HPARAMS table links
         # each row to the run's curves.
+        if isinstance(self.writer, _NoWriter):
+            return
         for summary in hparams_summaries(values, {tag: 0.0 for tag in metrics}):
             self.writer.file_writer.add_summary(summary)
 
@@ -62,3 +67,8 @@ def _grid(images: torch.Tensor, columns: int, gap: int = 2) -> torch.Tensor:
         top, left = gap + (i // columns) * (h + gap), gap + (i % columns) * (w + gap)
         grid[:, top:top + h, left:left + w] = image
     return grid
+
+
+class _NoWriter:
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import __version__
+from trainlab import __version__, distributed
 from trainlab.checkpoint import (BEST, LAST, check_finite, load_checkpoint, load_latest, rng_states, save_checkpoint,
                                  set_rng_states)
 from trainlab.config import check_values
@@ -36,14 +36,17 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     check_values(cfg)
     check_targets(cfg)  # no `_target_` outside torch, torchvision and trainlab, before anything runs
     t = cfg.trainer
+    ranks, device = distributed.setup(t.device)  # under torchrun: this process's rank and device
+    if not ranks.main:
+        log.setLevel(logging.WARNING)  # one process speaks for all
     job, jobs_at_once = _parallel_job()
-    device = resolve_device(t.device, job, jobs_at_once)
+    device = device or resolve_device(t.device, job, jobs_at_once)
     state, run_dir = _resume_state(t.resume, run_dir)
     transforms = check_transforms(cfg.transform)  # order and keys checked; torchvision not needed yet
     check_blocks(cfg.model)  # a misspelt block key fails now, not after the data has loaded
     if state is not None:
         _check_resumable(state, cfg)
-    data, train_loader, test_loader, path = _build_data(cfg, transforms, device)
+    data, train_loader, test_loader, path = _build_data(cfg, transforms, device, ranks)
     shape = "x".join(map(str, data.image_shape))
     log.info(f"data {cfg.data.name}: {len(data.train):,} train / {len(data.test):,} test images, "
              f"{len(data.classes)} classes, {shape} · {path} · device {device}"
@@ -59,12 +62,14 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     channels_last = t.channels_last if t.channels_last is not None else (device.type == "cpu" or t.precision == "bf16")
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     net = torch.compile(model) if t.compile else model  # `model` keeps the plain state_dict keys for checkpoints
+    if ranks.world > 1:  # gradients averaged over the processes in backward
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     steps_per_epoch = _sampler(train_loader).batches
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, t.epochs * steps_per_epoch)
     loss_fn = build_loss(cfg.loss).to(device)
     skip = t.nonfinite == "skip"
-    graphs = t.cuda_graphs and not skip and (scheduler is None or interval == "epoch")  # a per-step lr cannot be
+    graphs = t.cuda_graphs and not skip and ranks.world == 1 and (scheduler is None or interval == "epoch")  # a per-step lr cannot be
     step = TrainStep(net, loss_fn, optimizer, device, t.precision, channels_last, cuda_graph=graphs)  # in a graph
 
     position = {"epoch": 1, "batch": 0}  # the next batch to train: epoch (1-based) and batches done in it
@@ -95,7 +100,7 @@ def run(cfg: DictConfig, run_dir=None) -> float:
                 "classes": list(data.classes), "image_shape": list(data.image_shape), "trainlab_version": __version__}
 
     first_step = (position["epoch"] - 1) * steps_per_epoch + position["batch"]
-    writer = RunWriter(run_dir, purge_step=first_step + 1 if state is not None else None)
+    writer = RunWriter(run_dir, purge_step=first_step + 1 if state is not None else None, enabled=ranks.main)
     if state is None:
         writer.hparams(_hparams(cfg), [BEST_METRIC, "test/acc", "test/loss", "train/loss"])
         first_batch = next(iter(train_loader))[0]
@@ -107,6 +112,7 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     if state is not None:
         set_rng_states(state["rng"])  # last: everything above may draw from the generators
     checkpoints = run_dir / "checkpoints"
+    saving = t.checkpoint and ranks.main
     start = time.perf_counter()
     try:
         with StopOnSignal() as stop:
@@ -117,10 +123,12 @@ def run(cfg: DictConfig, run_dir=None) -> float:
                 def after_step(batch, totals, check_finite_so_far):
                     position["stopped_at"] = batch
                     every = t.checkpoint_every_n_steps
-                    if t.checkpoint and (stop.signal or every and (done_before + batch) % every == 0):
+                    stopping = distributed.any_process(stop.signal is not None, device) if ranks.world > 1 \
+                        else stop.signal is not None
+                    if saving and (stopping or every and (done_before + batch) % every == 0):
                         check_finite_so_far()
                         save_checkpoint(checkpoints / LAST, save({"epoch": epoch, "batch": batch}, totals), True)
-                    return stop.signal is not None
+                    return stopping
 
                 first = position["batch"] if epoch == position["epoch"] else 0
                 _sampler(train_loader).start(epoch, first)
@@ -129,10 +137,12 @@ def run(cfg: DictConfig, run_dir=None) -> float:
                     totals=totals if epoch == position["epoch"] else None,
                     scheduler=scheduler if interval == "step" else None, log_every=t.log_every_n_steps,
                     on_log=lambda i, loss: writer.scalars({"train/loss": loss}, done_before + i),
-                    after_step=after_step, skip_nonfinite=skip, progress=t.progress_bar,
+                    after_step=after_step, skip_nonfinite=skip, progress=t.progress_bar and ranks.main,
+                    combine=distributed.all_sum if ranks.world > 1 else None,
                     desc=f"epoch {epoch}/{t.epochs}")
                 if train is None:
-                    raise Interrupted(f"stopped by {stop.signal} at epoch {epoch}, batch {position['stopped_at']}; " + (
+                    raise Interrupted(f"stopped by {stop.signal or 'a signal to another process'} at epoch {epoch}, "
+                                      f"batch {position['stopped_at']}; " + (
                                           f"checkpoint written: rerun the same command, or add trainer.resume={run_dir}"
                                           if t.checkpoint else "trainer.checkpoint=false: nothing was saved"))
                 if scheduler is not None and interval == "epoch":
@@ -148,7 +158,7 @@ def run(cfg: DictConfig, run_dir=None) -> float:
                 log.info(f"epoch {epoch:>{len(str(t.epochs))}}/{t.epochs}  train loss {train.loss:.4f} "
                          f"acc {train.acc:6.2%}  test loss {test.loss:.4f} acc {test.acc:6.2%}  lr {lr:.3g}  "
                          f"{train.seconds + test.seconds:.1f}s ({train.images / train.seconds:,.0f} img/s){skipped}")
-                if t.checkpoint:
+                if saving:
                     done = save({"epoch": epoch + 1, "batch": 0}, None)
                     save_checkpoint(checkpoints / LAST, done, keep_previous=True)
                     if best["epoch"] == epoch:
@@ -160,6 +170,7 @@ def run(cfg: DictConfig, run_dir=None) -> float:
             "holds those weights: lower optimizer.lr, or set trainer.nonfinite=skip to skip such steps") from None
     finally:
         writer.close()
+        distributed.teardown()
     minutes, seconds = divmod(time.perf_counter() - start, 60)
     log.info(f"best test acc {best['acc']:.2%} at epoch {best['epoch']} · epochs {position['epoch']}-{t.epochs} in "
              f"{int(minutes)}m{seconds:04.1f}s · {run_dir}")
@@ -235,20 +246,23 @@ def _log_startup(writer) -> None:
 _startup_logged = False
 
 
-def _build_data(cfg: DictConfig, transforms: dict, device) -> tuple:
+def _build_data(cfg: DictConfig, transforms: dict, device, ranks=distributed.Ranks()) -> tuple:
     """-> (DataSplits, train loader, test loader, which path and why): resident on the device when the pipelines
     allow it and the data fits (trainer.data_path=auto), else the DataLoader."""
     t = cfg.trainer
     reason = "trainer.data_path=loader"
+    shard = (ranks.rank, ranks.world)
+    distributed.shard_size(cfg.data.batch_size, ranks)  # the batch must split evenly
     if t.data_path != "loader":
         try:
-            return (*build_resident(cfg.data, transforms, device, t.seed, t.progress_bar), "resident on the device")
+            return (*build_resident(cfg.data, transforms, device, t.seed, t.progress_bar, shard),
+                    "resident on the device")
         except NotResident as e:
             if t.data_path == "resident":
                 raise TrainlabError(f"trainer.data_path=resident cannot be used: {e}; use auto or loader") from None
             reason = str(e)
     data = build_data(cfg.data, *build_transforms(transforms))
-    return (data, *build_loaders(cfg.data, data, t.seed), f"DataLoader ({reason})")
+    return (data, *build_loaders(cfg.data, data, t.seed, shard), f"DataLoader ({reason})")
 
 
 def _hparams(cfg: DictConfig) -> dict:
