@@ -46,8 +46,7 @@ def test_images_of_any_mode_are_converted_to_the_models_channels(messy_folder, t
     assert "15 train / 12 test images, 2 classes, 3x8x8" in result.stdout
 
 
-@pytest.mark.parametrize("extra", [["trainer.data_path=resident"], ["trainer.data_path=loader"],
-                                   ["trainer.data_path=loader", "data.num_workers=2"]])
+@pytest.mark.parametrize("extra", [["trainer.data_path=resident"], ["trainer.data_path=loader", "data.num_workers=2"]])
 def test_a_file_that_cannot_be_decoded_is_named_or_skipped(messy_folder, tmp_path, extra):
     broken = messy_folder / "train" / "red" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
