@@ -1,5 +1,10 @@
 """Search and scale: named experiments, the Optuna search, and Hydra's parallel and submitit launchers."""
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +12,7 @@ import yaml
 
 from conftest import QUICK, ROOT, compose, run_cli
 from trainlab.checkpoint import load_checkpoint
+from trainlab.train import run
 
 pytestmark = pytest.mark.slow
 
@@ -48,3 +54,37 @@ def test_submitit_local_executor_runs_the_sweep(tmp_path):
     for job in ("0", "1"):
         assert "best test acc" in (tmp_path / job / "run.log").read_text()
         assert torch.is_tensor(load_checkpoint(tmp_path / job / "checkpoints" / "last.pt")["model"]["0.weight"])
+
+
+def test_a_preempted_submitit_job_checkpoints_is_requeued_and_resumes_exactly(tmp_path):
+    recipe = ["data=shapes", "data.num_train=1600", "data.num_test=64", "model=mlp", "transform=augment",
+              "trainer.epochs=3", "trainer.checkpoint_every_n_steps=0", *QUICK]
+    sweep = tmp_path / "sweep"
+    process = subprocess.Popen(
+        [sys.executable, "src/run.py", "-m", "hydra/launcher=submitit_local", *recipe, "hydra.launcher.timeout_min=5",
+         f"hydra.sweep.dir={sweep}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    log, deadline = sweep / "0" / "run.log", time.time() + 120
+    while not (log.exists() and "epoch 1/3" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    jobs = [pid for pid, line in _processes() if "submitit.core._submit" in line and str(sweep) in line]
+    assert jobs, "the submitit job process was not found"
+    for pid in jobs:
+        os.kill(pid, signal.SIGUSR2)  # what SLURM sends (through submitit) before preempting a job
+    output = process.communicate(timeout=240)[0]
+    assert process.returncode == 0, output
+    text = log.read_text()
+    assert "Requeued job" in text and "resuming" in text and "epoch 3/3" in text
+    run(compose(*recipe), tmp_path / "reference")
+    expected = load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pt")["model"]
+    got = load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def _processes():
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue

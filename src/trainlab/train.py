@@ -141,6 +141,7 @@ def run(cfg: DictConfig, run_dir=None) -> float:
                     combine=distributed.all_sum if ranks.world > 1 else None,
                     desc=f"epoch {epoch}/{t.epochs}")
                 if train is None:
+                    stop.hand_on()
                     raise Interrupted(f"stopped by {stop.signal or 'a signal to another process'} at epoch {epoch}, "
                                       f"batch {position['stopped_at']}; " + (
                                           f"checkpoint written: rerun the same command, or add trainer.resume={run_dir}"
@@ -178,19 +179,31 @@ def run(cfg: DictConfig, run_dir=None) -> float:
 
 
 class StopOnSignal:
-    """SIGTERM or SIGINT asks the loop to stop after the current step (a second SIGINT stops at once)."""
+    """SIGTERM or SIGINT asks the loop to stop after the current step (a second SIGINT stops at once). A cluster
+    launcher's preemption signal (submitit's SIGUSR2) does too, and is then handed on to the launcher's own handler,
+    which requeues the job: it resumes from the checkpoint just written."""
+
+    HANDED_ON = (signal.SIGUSR2,)
 
     def __enter__(self):
-        self.signal, self.previous = None, {}
+        self.signal, self.number, self.previous = None, None, {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, *self.HANDED_ON):
+                if sig in self.HANDED_ON and not callable(signal.getsignal(sig)):
+                    continue  # nobody to hand it on to: leave it alone
                 self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, number, frame):
         if self.signal is not None and number == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signal = signal.Signals(number).name
+        self.signal, self.number = signal.Signals(number).name, number
+
+    def hand_on(self) -> None:
+        """After the checkpoint: let the launcher whose signal it was act on it (it may requeue and exit)."""
+        previous = self.previous.get(self.number)
+        if self.number in self.HANDED_ON and callable(previous):
+            previous(self.number, None)
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
