@@ -14,7 +14,7 @@ RECIPE = ["data=shapes", "data.num_train=512", "data.num_test=128", "data.batch_
           "optimizer=sgd", "optimizer.momentum=0.9", "trainer.device=cpu", *QUICK]  # Adam magnifies rounding
 
 
-@pytest.mark.parametrize("path", ["resident", "loader"])
+@pytest.mark.parametrize("path", ["resident"])  # the DataLoader path's sharding: test_the_sampler_shards_each_batch
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, path):
     both = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "src/run.py",
                            *RECIPE, f"trainer.data_path={path}", f"hydra.run.dir={tmp_path / 'ddp'}"],
@@ -27,3 +27,13 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, path
     for key in a["model"]:  # the same steps; only the order of floating-point sums differs
         assert torch.allclose(a["model"][key], b["model"][key], atol=1e-5), key
     assert a["best_acc"] == pytest.approx(b["best_acc"], abs=1 / 128)
+
+
+def test_the_sampler_shards_each_batch_between_the_processes():
+    from trainlab.data import EpochSampler
+
+    whole = list(EpochSampler(100, 8, True, False, seed=3))
+    parts = [list(EpochSampler(100, 8, True, False, seed=3, shard=(rank, 2))) for rank in range(2)]
+    for batch in range(13):  # each process's batch of 4 is its half of the global batch of 8
+        merged = parts[0][batch * 4:(batch + 1) * 4] + parts[1][batch * 4:(batch + 1) * 4]
+        assert sorted(merged) == sorted(whole[batch * 8:(batch + 1) * 8])

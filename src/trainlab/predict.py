@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainlab.checkpoint import BEST, load_checkpoint
 from trainlab.data import IMAGE_EXTENSIONS, build_data, build_loaders
-from trainlab.engine import resolve_device
+from trainlab.engine import resolve_device, use_channels_last
 from trainlab.errors import TrainlabError
 from trainlab.models import build_model
 from trainlab.tensorboard import RunWriter
@@ -204,9 +204,7 @@ def _run_folder(checkpoint: Path) -> Path:
 def confusion_matrix(trained: Trained, loader, trainer: DictConfig) -> np.ndarray:
     """-> (classes, classes) counts: row the true class, column the predicted one. Evaluated in the run's precision
     and memory layout, so the same device gives the accuracy the run logged, to the image."""
-    channels_last = trainer.channels_last
-    if channels_last is None:  # chosen as train.run chooses it
-        channels_last = trained.device.type == "cpu" or trainer.precision == "bf16"
+    channels_last = use_channels_last(trainer.channels_last, trained.device, trainer.precision)  # as the run chose
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     model, device, n = trained.model.to(memory_format=memory_format), trained.device, len(trained.classes)
     counts = torch.zeros(n * n, dtype=torch.long, device=device)
@@ -232,7 +230,7 @@ def write_tensorboard(log_dir: Path, confusion: np.ndarray, classes: list, acc: 
     try:
         values = {f"eval/acc/{name}": a for name, a in zip(classes, per_class) if not np.isnan(a)}
         writer.scalars({"eval/acc": acc, **values}, step)
-        writer.writer.add_image("eval/confusion_matrix", draw_confusion(confusion, classes), step)
+        writer.image("eval/confusion_matrix", draw_confusion(confusion, classes), step)
     finally:
         writer.close()
 

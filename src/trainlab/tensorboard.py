@@ -33,6 +33,10 @@ class RunWriter:
             images = images * std + mean
         self.writer.add_image("train/first_batch", _grid(images.clamp(0, 1), columns=8), 0)
 
+    def image(self, tag: str, picture: torch.Tensor, step: int) -> None:
+        """A (3, H, W) picture with values in [0, 1]."""
+        self.writer.add_image(tag, picture, step)
+
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         try:
             with warnings.catch_warnings():

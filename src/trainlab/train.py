@@ -15,7 +15,7 @@ from trainlab.checkpoint import (BEST, LAST, check_finite, load_checkpoint, load
 from trainlab.config import check_values
 from trainlab.data import build_data, build_loaders
 from trainlab.engine import (EpochTotals, NonFiniteLoss, TrainStep, evaluate, resolve_device, seconds_since_launch,
-                             seed_everything, train_epoch)
+                             seed_everything, train_epoch, use_channels_last)
 from trainlab.errors import Interrupted, TrainlabError
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.resident import NotResident, build_resident
@@ -59,7 +59,7 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     seed_everything(t.seed, t.deterministic)  # here: decoding draws from the global generator, a cache hit does not
     model = build_model(cfg.model, data.image_shape, len(data.classes))
     log.info(f"model {cfg.model.name}\n{summary_table(model, data.image_shape)}")
-    channels_last = t.channels_last if t.channels_last is not None else (device.type == "cpu" or t.precision == "bf16")
+    channels_last = use_channels_last(t.channels_last, device, t.precision)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     net = torch.compile(model) if t.compile else model  # `model` keeps the plain state_dict keys for checkpoints
     if ranks.world > 1:  # gradients averaged over the processes in backward
