@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow
 
 # Dropout and random crops and flips: the randomness a resumed run must replay.
 RECIPE = ["data=shapes", "data.num_train=480", "data.num_test=64", "data.batch_size=32", "model=mlp",
-          "transform=augment", "optimizer=adam", "trainer.epochs=2", "trainer.checkpoint_every_n_steps=3",
+          "transform=augment", "optimizer=adam", "trainer.epochs=6", "trainer.checkpoint_every_n_steps=3",
           "trainer.log_every_n_steps=1", *QUICK, "trainer.log_images=false"]
-STEPS = 2 * 480 // 32
+STEPS = 6 * 480 // 32  # long enough (seconds) that the kill always lands mid-run
 
 
 def start(run_dir, *extra):
@@ -76,20 +76,19 @@ def test_killed_mid_epoch_then_rerun_ends_bit_for_bit_like_an_uninterrupted_run(
 
 
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_75_then_resume_by_folder(tmp_path, reference):
-    process = start(tmp_path / "a", "trainer.checkpoint_every_n_steps=0")
+    longer = ("trainer.epochs=12", "trainer.checkpoint_every_n_steps=0")  # seconds of training to interrupt
+    process = start(tmp_path / "a", *longer)
     log, deadline = tmp_path / "a" / "run.log", time.time() + 60
-    while not (log.exists() and "start-up" in log.read_text()) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # into the first epoch
+    while not (log.exists() and "epoch  1/12" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 75, output
     assert "stopped by SIGTERM" in output and "trainer.resume=" in output and "Traceback" not in output
-    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["position"]["batch"] > 0
-    result = run_cli(*RECIPE, "trainer.checkpoint_every_n_steps=0", f"trainer.resume={tmp_path / 'a'}",
-                     f"hydra.run.dir={tmp_path / 'b'}")
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["position"]["epoch"] < 12
+    result = run_cli(*RECIPE, *longer, f"trainer.resume={tmp_path / 'a'}", f"hydra.run.dir={tmp_path / 'b'}")
     assert result.returncode == 0, result.stdout + result.stderr
-    expected, got = reference(), final_weights(tmp_path / "a")
+    expected, got = reference(*longer), final_weights(tmp_path / "a")
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 

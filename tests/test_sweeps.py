@@ -58,14 +58,14 @@ def test_submitit_local_executor_runs_the_sweep(tmp_path):
 
 def test_a_preempted_submitit_job_checkpoints_is_requeued_and_resumes_exactly(tmp_path):
     recipe = ["data=shapes", "data.num_train=1600", "data.num_test=64", "model=mlp", "transform=augment",
-              "trainer.epochs=3", "trainer.checkpoint_every_n_steps=0", *QUICK]
+              "trainer.epochs=5", "trainer.checkpoint_every_n_steps=0", *QUICK]
     sweep = tmp_path / "sweep"
     process = subprocess.Popen(
         [sys.executable, "src/run.py", "-m", "hydra/launcher=submitit_local", *recipe, "hydra.launcher.timeout_min=5",
          f"hydra.sweep.dir={sweep}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     log, deadline = sweep / "0" / "run.log", time.time() + 120
-    while not (log.exists() and "epoch 1/3" in log.read_text()) and time.time() < deadline:
+    while not (log.exists() and "epoch 1/5" in log.read_text()) and time.time() < deadline:
         time.sleep(0.05)
     jobs = [pid for pid, line in _processes() if "submitit.core._submit" in line and str(sweep) in line]
     assert jobs, "the submitit job process was not found"
@@ -74,7 +74,7 @@ def test_a_preempted_submitit_job_checkpoints_is_requeued_and_resumes_exactly(tm
     output = process.communicate(timeout=240)[0]
     assert process.returncode == 0, output
     text = log.read_text()
-    assert "Requeued job" in text and "resuming" in text and "epoch 3/3" in text
+    assert "Requeued job" in text and "resuming" in text and "epoch 5/5" in text
     run(compose(*recipe), tmp_path / "reference")
     expected = load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pt")["model"]
     got = load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")["model"]
