@@ -97,7 +97,8 @@ def describe_machine(torch, device) -> str:
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} + {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}"
 
 
 def peer(data: Path, epochs: int) -> dict:
@@ -172,7 +173,7 @@ def read_scalars(run_dir: Path) -> dict:
 def print_table(results: dict, peer_epochs: int, epochs: int) -> None:
     peer_rate, ceiling_rate = results["peer"]["images_per_s"], results["ceiling"]["images_per_s"]
     print(f"\n{results['machine']}; trainlab {epochs} epoch(s), peer {peer_epochs}; medians over epochs")
-    print(f"| run | images/s | s/epoch | train s | test acc | start-up s | wall s | x peer | of ceiling |")
+    print("| run | images/s | s/epoch | train s | test acc | start-up s | wall s | x peer | of ceiling |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     peer = results["peer"]
     print(f"| peer (tutorial loop) | {peer_rate:,} | {peer['s_per_epoch']} | {peer['train_s']} | "
@@ -180,8 +181,8 @@ def print_table(results: dict, peer_epochs: int, epochs: int) -> None:
     print(f"| ceiling (fwd+bwd in memory) | {ceiling_rate:,} | {50000 / ceiling_rate:.2f} | | | | | "
           f"{ceiling_rate / peer_rate:.2f} | 100% |")
     cl_rate = results["ceiling, channels_last"]["images_per_s"]
-    print(f"| ceiling, channels_last layout | {cl_rate:,} | {50000 / cl_rate:.2f} | | | | | {cl_rate / peer_rate:.2f} | "
-          f"{cl_rate / ceiling_rate:.0%} |")
+    print(f"| ceiling, channels_last layout | {cl_rate:,} | {50000 / cl_rate:.2f} | | | | | "
+          f"{cl_rate / peer_rate:.2f} | {cl_rate / ceiling_rate:.0%} |")
     startup = results["start-up"].get("startup_s")
     print(f"| trainlab start-up, cached data | | | | | {startup} | {results['start-up'].get('wall_s')} | | |")
     for name, r in results.items():

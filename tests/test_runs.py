@@ -114,7 +114,8 @@ def test_more_bad_input_is_a_trainlab_error_naming_the_fix(tmp_path, args, messa
 
 
 def test_photos_of_many_sizes_without_a_resize_get_one_clear_line(tmp_path, ants_bees):
-    result = run_cli("data=folder", f"data.root={ants_bees}", "transform=to_tensor", *QUICK, f"hydra.run.dir={tmp_path}")
+    result = run_cli("data=folder", f"data.root={ants_bees}", "transform=to_tensor", *QUICK,
+                     f"hydra.run.dir={tmp_path}")
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in output
     assert "error: images differ in size" in output and "transform=resize" in output

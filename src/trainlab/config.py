@@ -4,7 +4,7 @@ Values and their reasons live in conf/*.yaml; these classes only say which keys 
 misspelt key, an unknown option or a wrong type fails when Hydra composes the config, before any data is touched.
 `MISSING` marks a key the YAML must set; `None` marks a key that only some options use.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -198,7 +198,8 @@ def check_values(cfg: DictConfig) -> None:
          "0 (epoch ends only) or more"),
     ]
     choices = [("trainer.data_path", t.data_path, ("auto", "resident", "loader")),
-               ("trainer.precision", t.precision, ("fp32", "bf16")), ("trainer.nonfinite", t.nonfinite, ("stop", "skip")),
+               ("trainer.precision", t.precision, ("fp32", "bf16")),
+               ("trainer.nonfinite", t.nonfinite, ("stop", "skip")),
                ("data.bad_images", d.bad_images, ("fail", "skip"))]
     rules += [(key, value, value in allowed, "one of " + ", ".join(allowed)) for key, value, allowed in choices]
     if "lr" in cfg.optimizer:

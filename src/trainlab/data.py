@@ -15,7 +15,8 @@ log = logging.getLogger("trainlab")
 
 # A data set's split counts as there when its files are; what to fetch by hand when offline (torchvision's names).
 TORCHVISION_SETS = {
-    "cifar10": ("CIFAR10", "cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) in {root}"),
+    "cifar10": ("CIFAR10",
+                "cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) in {root}"),
     "mnist": ("MNIST", "the four MNIST .gz files (train/t10k images and labels) in {root}/MNIST/raw"),
     "fashion_mnist": ("FashionMNIST", "the four Fashion-MNIST .gz files in {root}/FashionMNIST/raw"),
 }
@@ -36,10 +37,15 @@ def build_data(cfg, train_tf, test_tf) -> DataSplits:
     train = Subset(train, subset_indices(len(train), cfg.subset)) if cfg.subset else train
     test = Subset(test, subset_indices(len(test), cfg.test_subset)) if cfg.test_subset else test
     try:
-        image = next(item[0] for item in (train[i] for i in range(len(train))) if item is not None)
+        image = first_image(train)
     except (RuntimeError, ValueError, TypeError) as e:
         raise TrainlabError(f"transform.train cannot process a {cfg.name} image: {e}") from None
     return DataSplits(train, test, classes, tuple(image.shape))
+
+
+def first_image(dataset):
+    """The first item's image that could be decoded (an undecodable file is None with data.bad_images=skip)."""
+    return next(item[0] for item in (dataset[i] for i in range(len(dataset))) if item is not None)
 
 
 def build_datasets(cfg, train_tf, test_tf) -> tuple:

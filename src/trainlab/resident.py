@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from trainlab import __version__
 from trainlab.checkpoint import save_checkpoint
-from trainlab.data import DataSplits, worker_processes, build_datasets, check_same_size, source_stats, stream_seed, subset_indices
+from trainlab.data import (DataSplits, build_datasets, check_same_size, first_image,
+                           source_stats, stream_seed, subset_indices, worker_processes)
 from trainlab.errors import TrainlabError
 from trainlab.transforms import BatchedSteps, build_pipeline, split_for_device
 
@@ -150,7 +151,7 @@ def _stack(items):
 
 
 def _check_fits(data_cfg, train_set, test_set, device) -> None:
-    sample = next(item[0] for item in (train_set[i] for i in range(len(train_set))) if item is not None)
+    sample = first_image(train_set)
     needed = (len(train_set) + len(test_set)) * sample.numel()  # one byte per uint8 value
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]

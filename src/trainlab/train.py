@@ -44,8 +44,9 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     state, run_dir = _resume_state(t.resume, run_dir)
     transforms = check_transforms(cfg.transform)  # order and keys checked; torchvision not needed yet
     check_blocks(cfg.model)  # a misspelt block key fails now, not after the data has loaded
+    config = OmegaConf.to_container(cfg, resolve=True)  # plain: what checkpoints carry and resuming compares
     if state is not None:
-        _check_resumable(state, cfg)
+        _check_resumable(state, config)
     data, train_loader, test_loader, path = _build_data(cfg, transforms, device, ranks)
     shape = "x".join(map(str, data.image_shape))
     log.info(f"data {cfg.data.name}: {len(data.train):,} train / {len(data.test):,} test images, "
@@ -69,8 +70,9 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, t.epochs * steps_per_epoch)
     loss_fn = build_loss(cfg.loss).to(device)
     skip = t.nonfinite == "skip"
-    graphs = t.cuda_graphs and not skip and ranks.world == 1 and (scheduler is None or interval == "epoch")  # a per-step lr cannot be
-    step = TrainStep(net, loss_fn, optimizer, device, t.precision, channels_last, cuda_graph=graphs)  # in a graph
+    # A graph bakes the learning rate in, so per-step schedules, skipped steps and DDP's hooks run without one.
+    graphs = t.cuda_graphs and not skip and ranks.world == 1 and (scheduler is None or interval == "epoch")
+    step = TrainStep(net, loss_fn, optimizer, device, t.precision, channels_last, cuda_graph=graphs)
 
     position = {"epoch": 1, "batch": 0}  # the next batch to train: epoch (1-based) and batches done in it
     best = {"acc": -1.0, "epoch": 0}
@@ -96,7 +98,7 @@ def run(cfg: DictConfig, run_dir=None) -> float:
                 "position": position, "best": dict(best), "rng": rng_states(),
                 "totals": vars(totals).copy() if totals is not None else None,
                 "epoch": position["epoch"] - (position["batch"] == 0), "test_acc": best.get("last_acc"),
-                "best_acc": best["acc"], "config": OmegaConf.to_container(cfg, resolve=True),
+                "best_acc": best["acc"], "config": config,
                 "classes": list(data.classes), "image_shape": list(data.image_shape), "trainlab_version": __version__}
 
     first_step = (position["epoch"] - 1) * steps_per_epoch + position["batch"]
@@ -236,10 +238,9 @@ def _resume_state(resume: str, run_dir: Path) -> tuple:
     return state, folder
 
 
-def _check_resumable(state: dict, cfg: DictConfig) -> None:
-    """The checkpoint must come from the same model and data set as this config."""
+def _check_resumable(state: dict, current: dict) -> None:
+    """The checkpoint must come from the same model and data set as this (plain) config."""
     saved = state["config"]
-    current = OmegaConf.to_container(cfg, resolve=True)
     for key in ("model", "data"):
         before, now = saved[key]["name"], current[key]["name"]
         if before != now or (key == "model" and saved[key]["blocks"] != current[key]["blocks"]):
