@@ -8,6 +8,12 @@ In one run, on the real CIFAR-10 (the JPEG copy in ../shared/data, extracted to 
   trainlab  the same recipe through src/run.py (data=folder transform=to_tensor model=tudui optimizer=sgd)
   ceiling   Tudui's forward, backward and SGD step alone on tensors already in memory, batch 64
 Prints images/s, seconds per epoch, test accuracy after the same epochs, start-up, and the ratios.
+
+Test accuracy after a few epochs swings with the seed (one epoch of Tudui: 23 % to 45 % on this data), so the recipe
+runs with --seeds seeds and the peer's figure is set against their range. The peer seeds itself with 0; with
+--peer-seeds N it also runs, still unchanged, under seeds 1..N-1 (a wrapper hands its torch.manual_seed another number). Start-up is set against
+the floor every PyTorch script pays: the interpreter, `import torch` and the first torch.optim step (which imports
+torch._dynamo).
 """
 import argparse
 import json
@@ -27,7 +33,16 @@ RECIPE = ["data=folder", "data.test_dir=test", "transform=to_tensor", "model=tud
           "trainer.log_images=false"]
 # name -> extra overrides; the first is the recipe as it is, the rest try the trainer's speed options on a GPU
 VARIANTS = {
-    "cpu": {"trainlab": [], "trainlab, bf16": ["trainer.precision=bf16"]},
+    "cpu": {"trainlab": [], "trainlab, bf16": ["trainer.precision=bf16"],
+            "trainlab, DataLoader path": ["trainer.data_path=loader"]},
+    # slower to run; `--variants cpu-more`
+    "cpu-more": {
+        "trainlab": [],
+        "trainlab, NCHW": ["trainer.channels_last=false"],
+        "trainlab, compile": ["trainer.compile=true"],
+        "trainlab, DataLoader path": ["trainer.data_path=loader"],
+        "trainlab, DataLoader path, 2 workers": ["trainer.data_path=loader", "data.num_workers=2"],
+    },
     "gpu": {
         "trainlab": [],
         "trainlab, no CUDA graphs": ["trainer.cuda_graphs=false"],
@@ -51,6 +66,9 @@ def main():
     parser.add_argument("--peer-epochs", type=int, default=None, help="epochs for the peer (default: --epochs)")
     parser.add_argument("--variants", choices=sorted(VARIANTS), default=None, help="default: gpu when present")
     parser.add_argument("--data", type=Path, default=None, help="an extracted cifar10/ folder (default: extract)")
+    parser.add_argument("--seeds", type=int, default=3, help="runs of trainlab's recipe, seeds 0..N-1")
+    parser.add_argument("--peer-seeds", type=int, default=1, help="runs of the peer, seeds 0..N-1")
+    parser.add_argument("--startup-runs", type=int, default=5, help="start-ups timed, each for trainlab and the floor")
     parser.add_argument("--ceiling-steps", type=int, default=300)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -66,7 +84,7 @@ def main():
 
     results = {"machine": machine, "epochs": args.epochs}
     peer_epochs = args.peer_epochs or args.epochs
-    results["peer"] = peer(data, peer_epochs)
+    results["peer"] = over_seeds([peer(data, peer_epochs, seed) for seed in range(args.peer_seeds)])
     print(f"peer: {results['peer']}", flush=True)
     results["ceiling"] = ceiling(device, args.ceiling_steps)
     results["ceiling, channels_last"] = ceiling(device, args.ceiling_steps, channels_last=True)
@@ -74,9 +92,13 @@ def main():
     # one short run first decodes the JPEGs into the resident cache, as a user's first run does
     results["cache build"] = trainlab(data, work / "warm", 1, ["data.subset=64", "data.test_subset=64"])
     print(f"cache build and start-up: {results['cache build']}", flush=True)
-    results["start-up"] = trainlab(data, work / "startup", 1, ["data.subset=64", "data.test_subset=64"])
+    results["start-up"] = startup(data, work, args.startup_runs)
+    print(f"start-up: {results['start-up']}", flush=True)
     for name, extra in variants.items():
-        results[name] = trainlab(data, work / name.replace(" ", "_").replace(",", ""), args.epochs, extra)
+        folder = work / name.replace(" ", "_").replace(",", "")
+        seeds = range(args.seeds if name == "trainlab" else 1)  # the recipe itself; the speed options once
+        results[name] = over_seeds([trainlab(data, folder / f"seed{seed}", args.epochs, [*extra, f"trainer.seed={seed}"])
+                                    for seed in seeds])
         print(f"{name}: {results[name]}", flush=True)
     print_table(results, peer_epochs, args.epochs)
     if args.json:
@@ -101,10 +123,22 @@ def describe_machine(torch, device) -> str:
     return f"{cpu}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}"
 
 
-def peer(data: Path, epochs: int) -> dict:
+RESEEDED = """
+import runpy, sys, torch
+seed, sys.argv = int(sys.argv[1]), sys.argv[2:]
+seed_with = torch.manual_seed
+torch.manual_seed = lambda _: seed_with(seed)  # the file seeds once, with 0, before anything random; only that changes
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def peer(data: Path, epochs: int, seed: int = 0) -> dict:
+    """The tutorial's loop, the file unchanged; seed 0 is its own, another seed goes in through RESEEDED."""
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, str(SHARED / "bench" / "tutorial_baseline.py"), "--root", str(data),
-                          "--epochs", str(epochs)], capture_output=True, text=True, check=True).stdout
+    command = [str(SHARED / "bench" / "tutorial_baseline.py"), "--root", str(data), "--epochs", str(epochs)]
+    if seed:
+        command = ["-c", RESEEDED, str(seed), *command]
+    out = subprocess.run([sys.executable, *command], capture_output=True, text=True, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     seconds = result["train_s_per_epoch"]
     return {"images_per_s": round(result["images_per_s"]), "s_per_epoch": round(statistics.median(seconds), 2),
@@ -162,6 +196,46 @@ def trainlab(data: Path, run_dir: Path, epochs: int, extra: list) -> dict:
             "wall_s": round(wall, 1)}
 
 
+def over_seeds(runs: list) -> dict:
+    """One run's figures, or several runs' medians with the range of their test accuracies."""
+    failed = [r for r in runs if "failed" in r]
+    if failed or len(runs) == 1:
+        return (failed or runs)[0]
+    merged = {key: statistics.median(r[key] for r in runs) for key in runs[0] if runs[0][key] is not None}
+    merged["test_acc_range"] = [min(r["test_acc"] for r in runs), max(r["test_acc"] for r in runs)]
+    merged["seeds"] = len(runs)
+    return merged
+
+
+FLOOR = """
+import time
+import torch
+net = torch.nn.Linear(4, 2)
+optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+net(torch.zeros(1, 4)).sum().backward()
+optimizer.step()
+stepped = time.time()
+from trainlab.engine import seconds_since_launch
+print(seconds_since_launch() - (time.time() - stepped))
+"""
+
+
+def startup(data: Path, work: Path, runs: int) -> dict:
+    """Medians of `runs` start-ups with cached data, from the command to the first step, taken in turns with the
+    floor: a bare script that imports torch and takes one torch.optim step."""
+    ours, floor = [], []
+    for run in range(runs):
+        result = trainlab(data, work / f"startup{run}", 1, ["data.subset=64", "data.test_subset=64"])
+        if "failed" in result:
+            return result
+        ours.append(result["startup_s"])
+        out = subprocess.run([sys.executable, "-c", FLOOR], env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                             capture_output=True, text=True, check=True).stdout
+        floor.append(float(out.strip().splitlines()[-1]))
+    return {"trainlab_s": round(statistics.median(ours), 2), "floor_s": round(statistics.median(floor), 2),
+            "trainlab_runs": ours, "floor_runs": [round(f, 2) for f in floor]}
+
+
 def read_scalars(run_dir: Path) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -172,28 +246,46 @@ def read_scalars(run_dir: Path) -> dict:
 
 def print_table(results: dict, peer_epochs: int, epochs: int) -> None:
     peer_rate, ceiling_rate = results["peer"]["images_per_s"], results["ceiling"]["images_per_s"]
-    print(f"\n{results['machine']}; trainlab {epochs} epoch(s), peer {peer_epochs}; medians over epochs")
-    print("| run | images/s | s/epoch | train s | test acc | start-up s | wall s | x peer | of ceiling |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"\n{results['machine']}; trainlab {epochs} epoch(s), peer {peer_epochs}; medians over epochs and seeds")
+    print("| run | images/s | s/epoch | train s | test acc | wall s | x peer | of ceiling |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     peer = results["peer"]
-    print(f"| peer (tutorial loop) | {peer_rate:,} | {peer['s_per_epoch']} | {peer['train_s']} | "
-          f"{peer['test_acc']:.2%} | | {peer['wall_s']} | 1.00 | {peer_rate / ceiling_rate:.0%} |")
-    print(f"| ceiling (fwd+bwd in memory) | {ceiling_rate:,} | {50000 / ceiling_rate:.2f} | | | | | "
+    print(f"| peer (tutorial loop) | {round(peer_rate):,} | {peer['s_per_epoch']:.3g} | {peer['train_s']:.3g} | "
+          f"{accuracy(peer)} | {peer['wall_s']} | 1.00 | {peer_rate / ceiling_rate:.0%} |")
+    print(f"| ceiling (fwd+bwd in memory) | {ceiling_rate:,} | {50000 / ceiling_rate:.2f} | | | | "
           f"{ceiling_rate / peer_rate:.2f} | 100% |")
     cl_rate = results["ceiling, channels_last"]["images_per_s"]
-    print(f"| ceiling, channels_last layout | {cl_rate:,} | {50000 / cl_rate:.2f} | | | | | "
+    print(f"| ceiling, channels_last layout | {cl_rate:,} | {50000 / cl_rate:.2f} | | | | "
           f"{cl_rate / peer_rate:.2f} | {cl_rate / ceiling_rate:.0%} |")
-    startup = results["start-up"].get("startup_s")
-    print(f"| trainlab start-up, cached data | | | | | {startup} | {results['start-up'].get('wall_s')} | | |")
     for name, r in results.items():
         if name in ("machine", "epochs", "peer", "ceiling", "ceiling, channels_last", "cache build", "start-up"):
             continue
         if "failed" in r:
-            print(f"| {name} | failed: {r['failed']} | | | | | | | |")
+            print(f"| {name} | failed: {r['failed']} | | | | | | |")
             continue
-        print(f"| {name} | {r['images_per_s']:,} | {r['s_per_epoch']} | {r['train_s']} | {r['test_acc']:.2%} | "
-              f"{r['startup_s']} | {r['wall_s']} | {r['images_per_s'] / peer_rate:.2f} | "
-              f"{r['images_per_s'] / ceiling_rate:.0%} |")
+        print(f"| {name} | {round(r['images_per_s']):,} | {r['s_per_epoch']:.3g} | {r['train_s']:.3g} | {accuracy(r)} | "
+              f"{r['wall_s']} | {r['images_per_s'] / peer_rate:.2f} | {r['images_per_s'] / ceiling_rate:.0%} |")
+    ours = results.get("trainlab", {})
+    if "test_acc" in ours:
+        low, high = ours.get("test_acc_range", [ours["test_acc"]] * 2)
+        peer_low, peer_high = peer.get("test_acc_range", [peer["test_acc"]] * 2)
+        overlap = "overlap" if peer_low <= high and low <= peer_high else "do NOT overlap"
+        print(f"\ntest accuracy after {epochs} epoch(s), over seeds: peer {accuracy(peer)}, trainlab {accuracy(ours)}: "
+              f"the ranges {overlap}")
+    up = results["start-up"]
+    if "failed" in up:
+        print(f"start-up: failed: {up['failed']}")
+    else:
+        print(f"start-up, command to first step with cached data (median of {len(up['trainlab_runs'])}): trainlab "
+              f"{up['trainlab_s']} s; floor {up['floor_s']} s (python, import torch, one torch.optim step); "
+              f"trainlab's own share {up['trainlab_s'] - up['floor_s']:.2f} s")
+
+def accuracy(result: dict) -> str:
+    """'42.0%', or with several seeds '42.0% (40.7%-42.3%, 3 seeds)': the median and the range."""
+    if "seeds" not in result:
+        return f"{result['test_acc']:.1%}"
+    low, high = result["test_acc_range"]
+    return f"{result['test_acc']:.1%} ({low:.1%}-{high:.1%}, {result['seeds']} seeds)"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from PIL import Image
 
 from conftest import ROOT, compose
 from trainlab.data import build_data
+from trainlab.engine import TrainStep
 from trainlab.models import build_model
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
 from trainlab.transforms import build_transforms, check_transforms
@@ -73,6 +74,37 @@ def test_tudui_is_the_tutorials_network_exactly():
     convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [(32, (5, 5), (2, 2)), (32, (5, 5), (2, 2)),
                                                                             (64, (5, 5), (2, 2))]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_trainlab_step_is_the_tutorials_step(channels_last):
+    """From the same weights on the same batches, the tutorial's loop and TrainStep end at the same weights: bit for
+    bit in the tutorial's layout, to rounding in channels_last (the CPU's default). Speed changed the pace, not the
+    arithmetic."""
+    torch.manual_seed(0)
+    cfg = compose("model=tudui", "optimizer=sgd", "loss=cross_entropy")
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    ours = build_model(cfg.model, (3, 32, 32), 10).to(memory_format=layout)
+    nn = torch.nn
+    tutorial = nn.Sequential(nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(2), nn.Conv2d(32, 32, 5, padding=2),
+                             nn.MaxPool2d(2), nn.Conv2d(32, 64, 5, padding=2), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(1024, 64), nn.Linear(64, 10))
+    tutorial.load_state_dict(ours.state_dict())
+    start = {k: v.clone() for k, v in tutorial.state_dict().items()}
+    step = TrainStep(ours, build_loss(cfg.loss), build_optimizer(cfg.optimizer, ours.parameters()),
+                     torch.device("cpu"), channels_last=channels_last)
+    loss_fn, sgd = nn.CrossEntropyLoss(), torch.optim.SGD(tutorial.parameters(), lr=0.01)  # the tutorial's
+    for _ in range(20):
+        images, targets = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
+        step(images, targets)
+        loss = loss_fn(tutorial(images), targets)
+        sgd.zero_grad()
+        loss.backward()
+        sgd.step()
+    mine, theirs = ours.state_dict(), tutorial.state_dict()
+    assert max((theirs[k] - start[k]).abs().max() for k in theirs) > 1e-3  # the steps moved the weights
+    tolerance = 1e-6 if channels_last else 0.0
+    assert all(torch.allclose(mine[k], theirs[k], rtol=0, atol=tolerance) for k in theirs)
 
 
 def test_onehot_losses_compare_softmax_with_one_hot_targets():

@@ -176,7 +176,9 @@ class SeededItems(Dataset):
     def __getitem__(self, key):
         epoch, index = key
         state = torch.random.get_rng_state()  # the training process's own stream stays untouched
-        torch.manual_seed(stream_seed(self.seed, epoch, index))
+        # the CPU generator alone, which the transform steps draw from: torch.manual_seed also seeds every
+        # accelerator's generator, and cost more per image than decoding it
+        torch.default_generator.manual_seed(stream_seed(self.seed, epoch, index))
         try:
             return self.dataset[index]
         finally:
