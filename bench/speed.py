@@ -1,7 +1,7 @@
 """Speed, measured side by side: the tutorial's own loop, trainlab on the same recipe, and the hardware's ceiling.
 
     python bench/speed.py                      # CPU: 1 epoch each; a GPU is used when there is one
-    python bench/speed.py --epochs 10 --peer-epochs 1 --seeds 1 --startup-runs 1    # a GPU's short lease
+    python bench/speed.py --epochs 10 --peer-epochs 1 --seeds 1 --peer-seeds 1 --startup-runs 1  # a short GPU lease
 
 In one run, on the real CIFAR-10 (the JPEG copy in ../shared/data, extracted to a temporary folder):
   peer      ../shared/bench/tutorial_baseline.py, unchanged (Tudui, SGD lr 0.01, batch 64, ToTensor per sample)
@@ -69,7 +69,7 @@ def main():
     parser.add_argument("--variants", choices=sorted(VARIANTS), default=None, help="default: gpu when present")
     parser.add_argument("--data", type=Path, default=None, help="an extracted cifar10/ folder (default: extract)")
     parser.add_argument("--seeds", type=int, default=3, help="runs of trainlab's recipe, seeds 0..N-1")
-    parser.add_argument("--peer-seeds", type=int, default=1, help="runs of the peer, seeds 0..N-1")
+    parser.add_argument("--peer-seeds", type=int, default=3, help="runs of the peer, seeds 0..N-1")
     parser.add_argument("--startup-runs", type=int, default=5, help="start-ups timed, each for trainlab and the floor")
     parser.add_argument("--ceiling-steps", type=int, default=300)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
