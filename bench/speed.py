@@ -33,6 +33,7 @@ SHARED = Path(os.environ.get("TRAINLAB_SHARED", ROOT.parent / "shared"))  # ../s
 RECIPE = ["data=folder", "data.test_dir=test", "transform=to_tensor", "model=tudui", "optimizer=sgd",
           "optimizer.lr=0.01", "data.batch_size=64", "trainer.progress_bar=false", "trainer.log_graph=false",
           "trainer.log_images=false"]
+TINY = ["data.subset=64", "data.test_subset=64"]  # a run that is all start-up: 64 images each way
 # name -> extra overrides; the first is the recipe as it is, the rest try the trainer's speed options on a GPU
 VARIANTS = {
     "cpu": {"trainlab": [], "trainlab, bf16": ["trainer.precision=bf16"],
@@ -92,7 +93,7 @@ def main():
     results["ceiling, channels_last"] = ceiling(device, args.ceiling_steps, channels_last=True)
     print(f"ceiling: {results['ceiling']}, channels_last: {results['ceiling, channels_last']}", flush=True)
     # one short run first decodes the JPEGs into the resident cache, as a user's first run does
-    results["cache build"] = trainlab(data, work / "warm", 1, ["data.subset=64", "data.test_subset=64"])
+    results["cache build"] = trainlab(data, work / "warm", 1, TINY)
     print(f"cache build and start-up: {results['cache build']}", flush=True)
     results["start-up"] = startup(data, work, args.startup_runs)
     print(f"start-up: {results['start-up']}", flush=True)
@@ -227,7 +228,7 @@ def startup(data: Path, work: Path, runs: int) -> dict:
     floor: a bare script that imports torch and takes one torch.optim step."""
     ours, floor = [], []
     for run in range(runs):
-        result = trainlab(data, work / f"startup{run}", 1, ["data.subset=64", "data.test_subset=64"])
+        result = trainlab(data, work / f"startup{run}", 1, TINY)
         if "failed" in result:
             return result
         ours.append(result["startup_s"])

@@ -164,8 +164,8 @@ def _check_fits(data_cfg, train_set, test_set, device) -> None:
 
 def _cache_path(data_cfg, bake_train: list, bake_test: list):
     """<root>/.trainlab-cache/<name>-<fingerprint>.pt (or ~/.cache/trainlab when root is read-only); None for a
-    generated data set, which is drawn faster than it would load. The fingerprint covers the source files (names,
-    sizes, times), the settings that choose the images and the baked steps, so any change of those rebuilds it."""
+    generated data set, which is drawn faster than it would load. The fingerprint covers the source files (see
+    source_stats), the settings that choose the images and the baked steps, so any change of those rebuilds it."""
     stats = source_stats(data_cfg)
     if not stats:
         return None

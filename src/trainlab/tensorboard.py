@@ -57,6 +57,9 @@ class RunWriter:
         for summary in hparams_summaries(values, {tag: 0.0 for tag in metrics}):
             self.writer.file_writer.add_summary(summary)
 
+    def flush(self) -> None:
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 

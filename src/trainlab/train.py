@@ -91,8 +91,13 @@ def run(cfg: DictConfig, run_dir=None) -> float:
                  f"best test acc {best['acc']:.2%} at epoch {best['epoch']}")
         return best["acc"]
 
+    first_step = (position["epoch"] - 1) * steps_per_epoch + position["batch"]
+    writer = RunWriter(run_dir, purge_step=first_step + 1 if state is not None else None, enabled=ranks.main)
+
     def save(position, totals):
+        """The checkpoint's state; the events logged so far go to disk first, as a resume continues after it."""
         check_finite(model)
+        writer.flush()
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "position": position, "best": dict(best), "rng": rng_states(),
@@ -101,11 +106,10 @@ def run(cfg: DictConfig, run_dir=None) -> float:
                 "best_acc": best["acc"], "config": config,
                 "classes": list(data.classes), "image_shape": list(data.image_shape), "trainlab_version": __version__}
 
-    first_step = (position["epoch"] - 1) * steps_per_epoch + position["batch"]
-    writer = RunWriter(run_dir, purge_step=first_step + 1 if state is not None else None, enabled=ranks.main)
     if state is None:
         writer.hparams(_hparams(cfg), [BEST_METRIC, "test/acc", "test/loss", "train/loss"])
-        first_batch = next(iter(train_loader))[0]
+        # drawn only for what logs it: on the DataLoader path it decodes a batch (and starts the workers)
+        first_batch = next(iter(train_loader))[0] if t.log_images or t.log_graph else None
         if t.log_images:
             writer.image_grid(first_batch, normalization(transforms["train"]))
         if t.log_graph:
