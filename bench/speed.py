@@ -12,10 +12,11 @@ Prints images/s, seconds per epoch, test accuracy after the same epochs, start-u
 Test accuracy after a few epochs swings with the seed (one epoch of Tudui: 23 % to 31 % on this data), so the recipe
 runs under --seeds seeds and the peer's figure is set against their range. The peer seeds itself with 0; with
 --peer-seeds N it also runs, still unchanged, under seeds 1..N-1 (a wrapper hands its torch.manual_seed another
-number). Start-up is set against the floor every PyTorch script pays: the interpreter, `import torch` and the first
+number). The peer, the ceilings and the recipe run in rounds, one seed each, and the ratios are taken within a
+round and then their median: a slow spell of a shared machine then slows all three alike. Start-up is set against the floor every PyTorch script pays: the interpreter, `import torch` and the first
 torch.optim step (which imports torch._dynamo).
 
-    python bench/speed.py --epochs 3 --seeds 5 --peer-seeds 5    # the README's CPU table (about 20 minutes)
+    python bench/speed.py --epochs 3 --seeds 5 --peer-seeds 5    # the README's CPU table (about 25 minutes)
 """
 import argparse
 import json
@@ -87,22 +88,38 @@ def main():
 
     results = {"machine": machine, "epochs": args.epochs}
     peer_epochs = args.peer_epochs or args.epochs
-    results["peer"] = over_seeds([peer(data, peer_epochs, seed) for seed in range(args.peer_seeds)])
-    print(f"peer: {results['peer']}", flush=True)
-    results["ceiling"] = ceiling(device, args.ceiling_steps)
-    results["ceiling, channels_last"] = ceiling(device, args.ceiling_steps, channels_last=True)
-    print(f"ceiling: {results['ceiling']}, channels_last: {results['ceiling, channels_last']}", flush=True)
     # one short run first decodes the JPEGs into the resident cache, as a user's first run does
     results["cache build"] = trainlab(data, work / "warm", 1, TINY)
     print(f"cache build and start-up: {results['cache build']}", flush=True)
     results["start-up"] = startup(data, work, args.startup_runs)
     print(f"start-up: {results['start-up']}", flush=True)
-    for name, extra in variants.items():
-        folder = work / name.replace(" ", "_").replace(",", "")
-        seeds = range(args.seeds if name == "trainlab" else 1)  # the recipe itself; the speed options once
-        runs = [trainlab(data, folder / f"seed{seed}", args.epochs, [*extra, f"trainer.seed={seed}"]) for seed in seeds]
-        results[name] = over_seeds(runs)
-        print(f"{name}: {results[name]}", flush=True)
+    # The peer, the ceilings and trainlab's recipe run in rounds, one seed each, so that a slow spell of a shared
+    # machine lands on all three alike; the ratios are taken within each round, then their median.
+    rounds = {"peer": [], "ceiling": [], "ceiling, channels_last": [], "trainlab": []}
+    ratios = {"x peer": [], "of ceiling": []}
+    recipe = work / "trainlab"
+    for seed in range(max(args.seeds, args.peer_seeds)):
+        this = {}
+        if seed < args.peer_seeds:
+            this["peer"] = peer(data, peer_epochs, seed)
+        this["ceiling"] = ceiling(device, args.ceiling_steps)
+        this["ceiling, channels_last"] = ceiling(device, args.ceiling_steps, channels_last=True)
+        if seed < args.seeds:
+            this["trainlab"] = trainlab(data, recipe / f"seed{seed}", args.epochs, [f"trainer.seed={seed}"])
+        for name, result in this.items():
+            rounds[name].append(result)
+        if "peer" in this and "images_per_s" in this.get("trainlab", {}):
+            ratios["x peer"].append(round(this["trainlab"]["images_per_s"] / this["peer"]["images_per_s"], 3))
+        if "images_per_s" in this.get("trainlab", {}):
+            ratios["of ceiling"].append(round(this["trainlab"]["images_per_s"] / this["ceiling"]["images_per_s"], 3))
+        print(f"round {seed}: {this}", flush=True)
+    results.update({name: over_seeds(runs) for name, runs in rounds.items()})
+    results["ratios"] = ratios
+    for name, extra in variants.items():  # the speed options: once each, seed 0
+        if name != "trainlab":
+            folder = work / name.replace(" ", "_").replace(",", "")
+            results[name] = trainlab(data, folder, args.epochs, [*extra, "trainer.seed=0"])
+            print(f"{name}: {results[name]}", flush=True)
     print_table(results, peer_epochs, args.epochs)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -205,8 +222,9 @@ def over_seeds(runs: list) -> dict:
     if failed or len(runs) == 1:
         return (failed or runs)[0]
     merged = {key: statistics.median(r[key] for r in runs) for key in runs[0] if runs[0][key] is not None}
-    merged["test_acc_range"] = [min(r["test_acc"] for r in runs), max(r["test_acc"] for r in runs)]
-    merged["seeds"] = len(runs)
+    if "test_acc" in merged:
+        merged["test_acc_range"] = [min(r["test_acc"] for r in runs), max(r["test_acc"] for r in runs)]
+        merged["seeds"] = len(runs)
     return merged
 
 
@@ -254,21 +272,30 @@ def print_table(results: dict, peer_epochs: int, epochs: int) -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     peer = results["peer"]
     print(f"| peer (tutorial loop) | {round(peer_rate):,} | {peer['s_per_epoch']:.3g} | {peer['train_s']:.3g} | "
-          f"{accuracy(peer)} | {peer['wall_s']} | 1.00 | {peer_rate / ceiling_rate:.0%} |")
-    print(f"| ceiling (fwd+bwd in memory) | {ceiling_rate:,} | {50000 / ceiling_rate:.2f} | | | | "
+          f"{accuracy(peer)} | {round(peer['wall_s'])} | 1.00 | {peer_rate / ceiling_rate:.0%} |")
+    print(f"| ceiling (fwd+bwd in memory) | {round(ceiling_rate):,} | {50000 / ceiling_rate:.2f} | | | | "
           f"{ceiling_rate / peer_rate:.2f} | 100% |")
     cl_rate = results["ceiling, channels_last"]["images_per_s"]
-    print(f"| ceiling, channels_last layout | {cl_rate:,} | {50000 / cl_rate:.2f} | | | | "
+    print(f"| ceiling, channels_last layout | {round(cl_rate):,} | {50000 / cl_rate:.2f} | | | | "
           f"{cl_rate / peer_rate:.2f} | {cl_rate / ceiling_rate:.0%} |")
     for name, r in results.items():
-        if name in ("machine", "epochs", "peer", "ceiling", "ceiling, channels_last", "cache build", "start-up"):
+        if name in ("machine", "epochs", "peer", "ceiling", "ceiling, channels_last", "cache build", "start-up",
+                    "ratios"):
             continue
         if "failed" in r:
             print(f"| {name} | failed: {r['failed']} | | | | | | |")
             continue
+        x_peer, of_ceiling = r["images_per_s"] / peer_rate, r["images_per_s"] / ceiling_rate
+        if name == "trainlab" and results["ratios"]["x peer"]:  # within each round, then the median
+            x_peer = statistics.median(results["ratios"]["x peer"])
+            of_ceiling = statistics.median(results["ratios"]["of ceiling"])
         print(f"| {name} | {round(r['images_per_s']):,} | {r['s_per_epoch']:.3g} | {r['train_s']:.3g} | "
-              f"{accuracy(r)} | {r['wall_s']} | {r['images_per_s'] / peer_rate:.2f} | "
-              f"{r['images_per_s'] / ceiling_rate:.0%} |")
+              f"{accuracy(r)} | {round(r['wall_s'])} | {x_peer:.2f} | {of_ceiling:.0%} |")
+    ratios = results["ratios"]
+    if len(ratios["x peer"]) > 1:
+        print(f"\ntrainlab's recipe, round by round (peer, ceilings and trainlab in turns): x peer "
+              f"{', '.join(f'{x:.2f}' for x in ratios['x peer'])}; of the NCHW ceiling "
+              f"{', '.join(f'{x:.0%}' for x in ratios['of ceiling'])}")
     ours = results.get("trainlab", {})
     if "test_acc" in ours and ("seeds" in ours or "seeds" in peer):
         low, high = ours.get("test_acc_range", [ours["test_acc"]] * 2)
