@@ -311,7 +311,7 @@ def print_table(results: dict, peer_epochs: int, epochs: int) -> None:
     else:
         print(f"start-up, command to first step with cached data (median of {len(up['trainlab_runs'])}): trainlab "
               f"{up['trainlab_s']} s; floor {up['floor_s']} s (python, import torch, one torch.optim step); "
-              f"trainlab's own share {up['trainlab_s'] - up['floor_s']:.2f} s")
+              f"trainlab minus the floor {up['trainlab_s'] - up['floor_s']:+.2f} s")
 
 def accuracy(result: dict) -> str:
     """'42.0%', or with several seeds '42.0% (40.7%-42.3%, 3 seeds)': the median and the range."""

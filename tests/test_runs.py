@@ -1,4 +1,6 @@
 """Real runs of src/run.py, as a user types them; assertions on what a user would look at."""
+import gc
+
 import pytest
 import torch
 import yaml
@@ -6,6 +8,7 @@ import yaml
 from conftest import QUICK, compose, event_tags, run_cli, scalars
 from trainlab.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
+import trainlab.train
 from trainlab.train import run
 
 pytestmark = pytest.mark.slow
@@ -80,6 +83,26 @@ def test_same_seed_same_numbers_and_run_returns_the_best_accuracy(tmp_path, path
     run(compose(*settings, "trainer.seed=1"), tmp_path / "c")
     c = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")["model"]
     assert not torch.equal(a["0.weight"], c["0.weight"])
+
+
+def test_the_collector_src_run_turns_off_for_start_up_is_on_for_every_epoch(tmp_path, monkeypatch):
+    epochs_ran_with = []
+    train_epoch = trainlab.train.train_epoch
+
+    def watched(*args, **kwargs):
+        epochs_ran_with.append(gc.isenabled())
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainlab.train, "train_epoch", watched)
+    gc.disable()  # as src/run.py does before its imports
+    try:
+        run(compose(*SHAPES, "data.num_train=64", "data.num_test=32", "trainer.epochs=2", *QUICK,
+                    "trainer.log_images=false"), tmp_path)
+        assert epochs_ran_with == [True, True]
+        assert gc.get_freeze_count() > 0  # start-up's objects, out of every later collection
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 @pytest.mark.parametrize("options", [["trainer.precision=bf16", "model=lenet"], ["trainer.channels_last=false"]])
