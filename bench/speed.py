@@ -13,8 +13,9 @@ Test accuracy after a few epochs swings with the seed (one epoch of Tudui: 23 % 
 runs under --seeds seeds and the peer's figure is set against their range. The peer seeds itself with 0; with
 --peer-seeds N it also runs, still unchanged, under seeds 1..N-1 (a wrapper hands its torch.manual_seed another
 number). The peer, the ceilings and the recipe run in rounds, one seed each, and the ratios are taken within a
-round and then their median: a slow spell of a shared machine then slows all three alike. Start-up is set against the floor every PyTorch script pays: the interpreter, `import torch` and the first
-torch.optim step (which imports torch._dynamo).
+round and then their median: a slow spell of a shared machine then slows all three alike. Start-up is set against
+the floor every PyTorch script pays: the interpreter, `import torch` and the first torch.optim step (which imports
+torch._dynamo).
 
     python bench/speed.py --epochs 3 --seeds 5 --peer-seeds 5    # the README's CPU table (about 25 minutes)
 """
@@ -35,20 +36,17 @@ RECIPE = ["data=folder", "data.test_dir=test", "transform=to_tensor", "model=tud
           "optimizer.lr=0.01", "data.batch_size=64", "trainer.progress_bar=false", "trainer.log_graph=false",
           "trainer.log_images=false"]
 TINY = ["data.subset=64", "data.test_subset=64"]  # a run that is all start-up: 64 images each way
-# name -> extra overrides; the first is the recipe as it is, the rest try the trainer's speed options on a GPU
+# name -> extra overrides: the trainer's speed options, each run once (seed 0) after the recipe's rounds
 VARIANTS = {
-    "cpu": {"trainlab": [], "trainlab, bf16": ["trainer.precision=bf16"],
-            "trainlab, DataLoader path": ["trainer.data_path=loader"]},
+    "cpu": {"trainlab, bf16": ["trainer.precision=bf16"], "trainlab, DataLoader path": ["trainer.data_path=loader"]},
     # slower to run; `--variants cpu-more`
     "cpu-more": {
-        "trainlab": [],
         "trainlab, NCHW": ["trainer.channels_last=false"],
         "trainlab, compile": ["trainer.compile=true"],
         "trainlab, DataLoader path": ["trainer.data_path=loader"],
         "trainlab, DataLoader path, 2 workers": ["trainer.data_path=loader", "data.num_workers=2"],
     },
     "gpu": {
-        "trainlab": [],
         "trainlab, no CUDA graphs": ["trainer.cuda_graphs=false"],
         "trainlab, channels_last": ["trainer.channels_last=true"],
         "trainlab, bf16 (channels_last)": ["trainer.precision=bf16"],
@@ -108,18 +106,18 @@ def main():
             this["trainlab"] = trainlab(data, recipe / f"seed{seed}", args.epochs, [f"trainer.seed={seed}"])
         for name, result in this.items():
             rounds[name].append(result)
-        if "peer" in this and "images_per_s" in this.get("trainlab", {}):
-            ratios["x peer"].append(round(this["trainlab"]["images_per_s"] / this["peer"]["images_per_s"], 3))
-        if "images_per_s" in this.get("trainlab", {}):
-            ratios["of ceiling"].append(round(this["trainlab"]["images_per_s"] / this["ceiling"]["images_per_s"], 3))
+        ours = this.get("trainlab", {}).get("images_per_s")  # None where it failed or sat this round out
+        if ours:
+            ratios["of ceiling"].append(round(ours / this["ceiling"]["images_per_s"], 3))
+            if "peer" in this:
+                ratios["x peer"].append(round(ours / this["peer"]["images_per_s"], 3))
         print(f"round {seed}: {this}", flush=True)
     results.update({name: over_seeds(runs) for name, runs in rounds.items()})
     results["ratios"] = ratios
-    for name, extra in variants.items():  # the speed options: once each, seed 0
-        if name != "trainlab":
-            folder = work / name.replace(" ", "_").replace(",", "")
-            results[name] = trainlab(data, folder, args.epochs, [*extra, "trainer.seed=0"])
-            print(f"{name}: {results[name]}", flush=True)
+    for name, extra in variants.items():
+        folder = work / name.replace(" ", "_").replace(",", "")
+        results[name] = trainlab(data, folder, args.epochs, [*extra, "trainer.seed=0"])
+        print(f"{name}: {results[name]}", flush=True)
     print_table(results, peer_epochs, args.epochs)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -270,7 +268,7 @@ def print_table(results: dict, peer_epochs: int, epochs: int) -> None:
     print(f"\n{results['machine']}; trainlab {epochs} epoch(s), peer {peer_epochs}; medians over epochs and seeds")
     print("| run | images/s | s/epoch | train s | test acc | wall s | x peer | of ceiling |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    peer = results["peer"]
+    peer, ratios = results["peer"], results["ratios"]
     print(f"| peer (tutorial loop) | {round(peer_rate):,} | {peer['s_per_epoch']:.3g} | {peer['train_s']:.3g} | "
           f"{accuracy(peer)} | {round(peer['wall_s'])} | 1.00 | {peer_rate / ceiling_rate:.0%} |")
     print(f"| ceiling (fwd+bwd in memory) | {round(ceiling_rate):,} | {50000 / ceiling_rate:.2f} | | | | "
@@ -286,12 +284,11 @@ def print_table(results: dict, peer_epochs: int, epochs: int) -> None:
             print(f"| {name} | failed: {r['failed']} | | | | | | |")
             continue
         x_peer, of_ceiling = r["images_per_s"] / peer_rate, r["images_per_s"] / ceiling_rate
-        if name == "trainlab" and results["ratios"]["x peer"]:  # within each round, then the median
-            x_peer = statistics.median(results["ratios"]["x peer"])
-            of_ceiling = statistics.median(results["ratios"]["of ceiling"])
+        if name == "trainlab":  # the recipe's ratios: within each round, then the median
+            x_peer = statistics.median(ratios["x peer"] or [x_peer])
+            of_ceiling = statistics.median(ratios["of ceiling"] or [of_ceiling])
         print(f"| {name} | {round(r['images_per_s']):,} | {r['s_per_epoch']:.3g} | {r['train_s']:.3g} | "
               f"{accuracy(r)} | {round(r['wall_s'])} | {x_peer:.2f} | {of_ceiling:.0%} |")
-    ratios = results["ratios"]
     if len(ratios["x peer"]) > 1:
         print(f"\ntrainlab's recipe, round by round (peer, ceilings and trainlab in turns): x peer "
               f"{', '.join(f'{x:.2f}' for x in ratios['x peer'])}; of the NCHW ceiling "
@@ -312,6 +309,7 @@ def print_table(results: dict, peer_epochs: int, epochs: int) -> None:
         print(f"start-up, command to first step with cached data (median of {len(up['trainlab_runs'])}): trainlab "
               f"{up['trainlab_s']} s; floor {up['floor_s']} s (python, import torch, one torch.optim step); "
               f"trainlab minus the floor {up['trainlab_s'] - up['floor_s']:+.2f} s")
+
 
 def accuracy(result: dict) -> str:
     """'42.0%', or with several seeds '42.0% (40.7%-42.3%, 3 seeds)': the median and the range."""
