@@ -70,12 +70,15 @@ def test_killed_mid_epoch_then_rerun_ends_bit_for_bit_like_an_uninterrupted_run(
     process.send_signal(signal.SIGKILL)
     process.wait()
     result = run_cli(*RECIPE, *extra, f"hydra.run.dir={tmp_path}")  # the same command, the same folder
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "resuming" in result.stdout and "nothing to do" not in result.stdout  # it was killed mid-run
+    # both runs' log (run.log is appended to), for a failure to be read from CI's output alone
+    story = f"run.log:\n{(tmp_path / 'run.log').read_text()}\nrerun's output:\n{result.stdout}{result.stderr}"
+    assert result.returncode == 0, story
+    assert "resuming" in result.stdout and "nothing to do" not in result.stdout, story  # it was killed mid-run
     expected, got = reference(*extra), final_weights(tmp_path)
-    assert all(torch.equal(expected[k], got[k]) for k in expected)
-    losses = scalars(tmp_path)["train/loss"]
-    assert [s for s, _ in losses] == list(range(1, 2 * STEPS + 1))  # none missing, none twice
+    differ = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not differ, f"weights differ from the uninterrupted run's: {differ}\n{story}"
+    steps = [s for s, _ in scalars(tmp_path)["train/loss"]]
+    assert steps == list(range(1, 2 * STEPS + 1)), f"logged steps {steps}\n{story}"  # none missing, none twice
 
 
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_75_then_resume_by_folder(tmp_path, reference):
