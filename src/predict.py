@@ -5,8 +5,11 @@ import gc
 import hydra
 from omegaconf import DictConfig
 
+from trainlab.allowlist import guard_hydra
 from trainlab.errors import report_errors
 from trainlab.predict import predict
+
+guard_hydra()  # every config Hydra composes is checked against the allow-list: see src/run.py
 
 
 @hydra.main(config_path="../conf", config_name="predict", version_base="1.3")

@@ -9,11 +9,13 @@ gc.disable()
 import hydra  # noqa: E402 (after the line above, which must come first)
 from omegaconf import DictConfig
 
+from trainlab.allowlist import guard_hydra
 from trainlab.config import register_configs
 from trainlab.errors import report_errors
 from trainlab.train import run
 
 register_configs()
+guard_hydra()  # every config Hydra composes is checked against the allow-list before anything is built
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

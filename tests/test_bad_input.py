@@ -79,7 +79,7 @@ def test_impossible_values_are_refused_before_any_data_is_read(tmp_path, args, e
         run(compose("data=folder", "data.root=/data/that/is/never/read", *args), tmp_path)
 
 
-def test_no_config_can_instantiate_outside_torch_torchvision_and_trainlab(tmp_path):
+def test_a_target_off_the_allow_list_is_refused_from_the_command_line_and_a_file(tmp_path):
     marker = tmp_path / "ran"
     result = run_cli("data=shapes", "optimizer._target_=os.system", f"hydra.run.dir={tmp_path / 'a'}")
     assert_one_clear_line(result, "optimizer._target_ 'os.system' is not allowed")

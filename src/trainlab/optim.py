@@ -1,28 +1,11 @@
-"""Optimizer, learning-rate scheduler and loss from conf/: instantiated by `_target_`, from allowed modules only."""
+"""Optimizer, learning-rate scheduler and loss from conf/: instantiated by `_target_`, on the allow-list only."""
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from trainlab.allowlist import check_config
 from trainlab.errors import TrainlabError
-
-ALLOWED_TARGETS = ("torch.", "torchvision.", "trainlab.")  # a config must not be able to call os.system
-
-
-def check_targets(cfg) -> None:
-    """Every `_target_` anywhere in the config must come from an allowed module: checked before anything runs."""
-    def walk(node, where):
-        if isinstance(node, dict):
-            target = node.get("_target_")
-            if target is not None and not (isinstance(target, str) and target.startswith(ALLOWED_TARGETS)):
-                raise TrainlabError(f"{where}._target_ '{target}' is not allowed: targets must come from "
-                                    f"{', '.join(ALLOWED_TARGETS)}")
-            for key, value in node.items():
-                walk(value, f"{where}.{key}" if where else str(key))
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                walk(value, f"{where}.{i}")
-    walk(OmegaConf.to_container(cfg, resolve=False), "")
 
 
 def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
@@ -63,11 +46,10 @@ class SoftmaxL1Loss(SoftmaxMSELoss):
 
 
 def _instantiate(cfg: DictConfig, group: str, *args):
-    """Build cfg's `_target_`; a partial (`_partial_: true`) is then called with args."""
+    """Build cfg's `_target_`; a partial (`_partial_: true`) is then called with args. Checked here too, not only
+    when Hydra composes: the config may come from a checkpoint or a notebook."""
+    check_config(cfg, group)
     target = cfg.get("_target_")
-    if not isinstance(target, str) or not target.startswith(ALLOWED_TARGETS):
-        raise TrainlabError(
-            f"{group}._target_ '{target}' is not allowed: targets must come from {', '.join(ALLOWED_TARGETS)}")
     try:
         made = instantiate(cfg)
         return made(*args) if args else made

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab import __version__, distributed
+from trainlab.allowlist import check_config
 from trainlab.checkpoint import (BEST, LAST, check_finite, load_checkpoint, load_latest, rng_states, save_checkpoint,
                                  set_rng_states)
 from trainlab.config import check_values
@@ -20,7 +21,7 @@ from trainlab.engine import (EpochTotals, NonFiniteLoss, TrainStep, evaluate, re
 from trainlab.errors import Interrupted, TrainlabError
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.resident import NotResident, build_resident
-from trainlab.optim import build_loss, build_optimizer, build_scheduler, check_targets
+from trainlab.optim import build_loss, build_optimizer, build_scheduler
 from trainlab.tensorboard import BEST_METRIC, RunWriter
 from trainlab.transforms import build_transforms, check_transforms, normalization
 
@@ -35,7 +36,7 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     """
     run_dir = Path(run_dir) if run_dir is not None else _hydra_output_dir()
     check_values(cfg)
-    check_targets(cfg)  # no `_target_` outside torch, torchvision and trainlab, before anything runs
+    check_config(cfg)  # nothing outside the allow-list (trainlab/allowlist.py), before anything runs
     t = cfg.trainer
     ranks, device = distributed.setup(t.device)  # under torchrun: this process's rank and device
     if not ranks.main:
