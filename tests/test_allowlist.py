@@ -211,6 +211,19 @@ def test_a_sweep_whose_jobs_would_call_torch_hub_load_is_refused_before_any_job_
     assert not marker.exists() and not list((tmp_path / "sweep").glob("*/checkpoints"))
 
 
+@pytest.mark.slow
+def test_an_optuna_trial_composed_in_a_parallel_worker_is_refused_there(tmp_path, hub):
+    """Optuna's sweeper leaves each trial's config to the launcher: the joblib launcher composes it in its worker."""
+    folder, marker = hub
+    params = {"loss._target_": "choice(torch.hub.load)", **{k: v for k, v in (a.split("=", 1) for a in hub_keys(
+        "loss", folder))}}
+    args = yaml_attack(tmp_path, "experiment", {"hydra": {"sweeper": {"params": params}}})
+    result = run_cli("-m", "hparams_search=tudui_optuna", "hydra.sweeper.n_trials=2", "hydra/launcher=parallel",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY, *args)
+    assert_one_clear_line(result, "loss._target_ 'torch.hub.load' is not allowed")
+    assert "Launching jobs" in result.stdout and not marker.exists()  # refused in the job, not before
+
+
 def test_the_loader_a_launcher_carries_to_a_jobs_process_checks_there_too(tmp_path, hub):
     """The joblib and submitit launchers pickle Hydra's config loader and compose each job's config in the job's own
     process: the loader that arrives there must be the checking one."""

@@ -9,11 +9,46 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainlab.engine import TrainState
 from trainlab.errors import TrainlabError
 
 log = logging.getLogger("trainlab")
 
 LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
+
+
+class Checkpointer:
+    """The run's checkpoints/: last.pt at each epoch's end, every `every_n_steps` steps and when a signal stops the
+    run (the one before kept as last.prev.pt), and best.pt when an epoch sets the best test accuracy.
+
+    What a checkpoint holds is decided here: the state of the model, optimizer, scheduler, run and generators, and
+    `about` (the plain config, the class names, the image shape). Weights that are not finite are never written, and
+    the events logged so far reach the disk first, since a resumed run logs only what comes after its checkpoint.
+    """
+
+    def __init__(self, folder: Path, model, optimizer, scheduler, writer, about: dict, every_n_steps: int = 0,
+                 enabled: bool = True):
+        self.folder, self.model, self.optimizer, self.scheduler = folder, model, optimizer, scheduler
+        self.writer = writer
+        self.about, self.every_n_steps, self.enabled = about, every_n_steps, enabled
+
+    def due(self, step: int) -> bool:
+        """Whether global step `step` (1-based) is one of every_n_steps."""
+        return bool(self.every_n_steps) and step % self.every_n_steps == 0
+
+    def save(self, state: TrainState, best: bool = False) -> None:
+        if not self.enabled:
+            return
+        check_finite(self.model)
+        self.writer.flush()
+        record = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                  **state.state_dict(), "rng": rng_states(),
+                  "epoch": state.epoch - (state.batch == 0), "test_acc": state.last_acc, "best_acc": state.best_acc,
+                  **self.about}
+        save_checkpoint(self.folder / LAST, record, keep_previous=True)
+        if best:
+            save_checkpoint(self.folder / BEST, record)
 
 
 def save_checkpoint(path: Path, state: dict, keep_previous: bool = False) -> None:

@@ -6,6 +6,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -164,9 +165,45 @@ class EpochTotals:
         return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device))
 
 
-def _raise_if_bad(first_bad: torch.Tensor) -> None:
-    if first_bad.item() >= 0:
-        raise NonFiniteLoss(first_bad.item())
+@dataclass
+class TrainState:
+    """Where a run stands: all a resume needs besides the weights, the optimizer, the scheduler and the generators.
+
+    (epoch, batch) is the next batch to train: epoch 1-based, `batch` batches of it done. totals are the running sums
+    of an epoch stopped part-way, so that the resumed epoch reports what an uninterrupted one would.
+    """
+    epoch: int = 1
+    batch: int = 0
+    best_acc: float = -1.0  # the best test accuracy of an epoch so far, and that epoch
+    best_epoch: int = 0
+    last_acc: Optional[float] = None  # the latest epoch's test accuracy
+    totals: Optional[EpochTotals] = None
+
+    def record(self, acc: float, epoch: int) -> bool:
+        """An epoch's test accuracy; -> whether it is the best so far."""
+        self.last_acc = acc
+        if acc > self.best_acc:
+            self.best_acc, self.best_epoch = acc, epoch
+        return self.best_epoch == epoch
+
+    def end_epoch(self) -> None:
+        self.epoch, self.batch, self.totals = self.epoch + 1, 0, None
+
+    def state_dict(self) -> dict:
+        best = {"acc": self.best_acc, "epoch": self.best_epoch}
+        if self.last_acc is not None:
+            best["last_acc"] = self.last_acc
+        return {"position": {"epoch": self.epoch, "batch": self.batch}, "best": best,
+                "totals": vars(self.totals).copy() if self.totals is not None else None}
+
+    @classmethod
+    def from_state_dict(cls, saved: dict, device) -> "TrainState":
+        totals = saved["totals"]
+        if totals is not None:
+            totals = EpochTotals(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in totals.items()})
+        best = saved["best"]
+        return cls(saved["position"]["epoch"], saved["position"]["batch"], best["acc"], best["epoch"],
+                   best.get("last_acc"), totals)
 
 
 def _all_finite(loss, optimizer) -> bool:
@@ -174,57 +211,91 @@ def _all_finite(loss, optimizer) -> bool:
     return bool(torch.isfinite(loss).item()) and all(bool(torch.isfinite(g).all().item()) for g in grads)
 
 
-def train_epoch(step: TrainStep, loader, device, *, batches: int, first_batch: int = 0, totals=None,
-                scheduler=None, log_every=10, on_log=None, after_step=None, skip_nonfinite=False, progress=False,
-                desc="", combine=None) -> EpochStats:
-    """Batches first_batch+1 .. `batches` of an epoch, a TrainStep each (and a per-step scheduler after each).
+@dataclass(frozen=True)
+class Loop:
+    """How every epoch of a run trains: fixed for the run."""
+    epochs: int
+    batches: int  # steps in an epoch
+    log_every: int = 10  # steps between two train/loss values (and the only read-backs of the loss)
+    skip_nonfinite: bool = False  # skip (and count) steps whose loss or gradients are not finite, instead of stopping
+    progress: bool = False  # a tqdm bar per epoch
+    scheduler: object = None  # a scheduler stepped after every step (interval: step)
+    combine: Optional[Callable] = None  # (loss sum, correct, seen) -> the same summed over a distributed run
 
-    on_log(batch, mean loss since the last call) runs every `log_every` batches and after the last one; the loss is
+
+def train_epoch(step: TrainStep, loader, state: TrainState, loop: Loop, on_log=None) -> "TrainEpoch":
+    """The rest of the epoch state.epoch, from batch state.batch + 1: iterate over it to train (see TrainEpoch)."""
+    return TrainEpoch(step, loader, state, loop, on_log)
+
+
+class TrainEpoch:
+    """Iterating trains one batch a step, keeping state.batch and state.totals current, and yields the batch's
+    number: between two steps the caller may checkpoint the state or stop. stats() once it is exhausted.
+
+    on_log(batch, mean loss since the last call) runs every loop.log_every batches and after the last one; the loss is
     read back from the device only then, so the other steps never wait for it. A non-finite loss raises NonFiniteLoss
-    there (naming its batch), before anything else sees the weights; with skip_nonfinite such steps are skipped and
-    counted instead. after_step(batch, totals, check) runs after every step (check() raises NonFiniteLoss if a step so
-    far was not finite: call it before saving anything); returning True stops the epoch early (-> None).
-    combine(loss sum, correct, seen) sums the epoch's totals over the processes of a distributed run.
+    there (naming its batch), before anything else sees the weights; check_finite() does the same at once (call it
+    before saving anything mid-epoch).
     """
-    step.model.train()
-    start = time.perf_counter()
-    totals = totals or EpochTotals.zeros(device)
-    window, window_steps = torch.zeros((), device=device), 0
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    bar = tqdm(loader, desc=desc, initial=first_batch, total=batches, leave=False, disable=not progress,
-               unit="batch", dynamic_ncols=True)
-    for i, (images, targets) in enumerate(bar, first_batch + 1):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        loss, right = step(images, targets, skip_nonfinite=skip_nonfinite)
-        if scheduler is not None:
-            scheduler.step()
-        if loss is None:  # skipped
-            totals.skipped += 1
-        else:
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
-            totals.loss += loss * len(targets)
-            totals.correct += right
-            totals.seen += len(targets)
-            window += loss
-            window_steps += 1
-        if i % log_every == 0 or i == batches:
-            _raise_if_bad(first_bad)
-            mean = (window / max(window_steps, 1)).item()
-            window.zero_()
-            window_steps = 0
-            bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
-            if on_log is not None:
-                on_log(i, mean)
-        if after_step is not None and after_step(i, totals, lambda: _raise_if_bad(first_bad)):
+
+    def __init__(self, step: TrainStep, loader, state: TrainState, loop: Loop, on_log=None):
+        self.step, self.loader, self.state, self.loop, self.on_log = step, loader, state, loop, on_log
+        self.device = step.device
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # the first non-finite batch
+        self.start = None
+
+    def __iter__(self):
+        step, state, loop, device = self.step, self.state, self.loop, self.device
+        step.model.train()
+        self.start = time.perf_counter()
+        totals = state.totals = state.totals or EpochTotals.zeros(device)
+        window, window_steps = torch.zeros((), device=device), 0
+        bar = tqdm(self.loader, desc=f"epoch {state.epoch}/{loop.epochs}", initial=state.batch, total=loop.batches,
+                   leave=False, disable=not loop.progress, unit="batch", dynamic_ncols=True)
+        try:
+            for i, (images, targets) in enumerate(bar, state.batch + 1):
+                images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                loss, right = step(images, targets, skip_nonfinite=loop.skip_nonfinite)
+                if loop.scheduler is not None:
+                    loop.scheduler.step()
+                if loss is None:  # skipped
+                    totals.skipped += 1
+                else:
+                    bad = (self.first_bad < 0) & ~torch.isfinite(loss)
+                    self.first_bad = torch.where(bad, i, self.first_bad)
+                    totals.loss += loss * len(targets)
+                    totals.correct += right
+                    totals.seen += len(targets)
+                    window += loss
+                    window_steps += 1
+                if i % loop.log_every == 0 or i == loop.batches:
+                    self.check_finite()
+                    mean = (window / max(window_steps, 1)).item()
+                    window.zero_()
+                    window_steps = 0
+                    bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
+                    if self.on_log is not None:
+                        self.on_log(i, mean)
+                state.batch = i
+                yield i
+        finally:
             bar.close()
-            return None
-    bar.close()
-    loss, correct, seen = totals.loss.clone(), totals.correct.clone(), torch.tensor(totals.seen, device=device)
-    if combine is not None:
-        loss, correct, seen = combine(loss, correct, seen)
-    seen = int(seen.item())
-    return EpochStats(loss.item() / max(seen, 1), correct.item() / max(seen, 1), time.perf_counter() - start, seen,
-                      totals.skipped)
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteLoss if a step of this epoch so far had a non-finite loss."""
+        if self.first_bad.item() >= 0:
+            raise NonFiniteLoss(self.first_bad.item())
+
+    def stats(self) -> EpochStats:
+        """The whole epoch's mean loss and accuracy (over every process of a distributed run)."""
+        totals = self.state.totals
+        loss, correct = totals.loss.clone(), totals.correct.clone()
+        seen = torch.tensor(totals.seen, device=self.device)
+        if self.loop.combine is not None:
+            loss, correct, seen = self.loop.combine(loss, correct, seen)
+        seen = int(seen.item())
+        mean_loss, acc = loss.item() / max(seen, 1), correct.item() / max(seen, 1)
+        return EpochStats(mean_loss, acc, time.perf_counter() - self.start, seen, totals.skipped)
 
 
 @torch.no_grad()

@@ -12,12 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainlab import __version__, distributed
 from trainlab.allowlist import check_config
-from trainlab.checkpoint import (BEST, LAST, check_finite, load_checkpoint, load_latest, rng_states, save_checkpoint,
-                                 set_rng_states)
+from trainlab.checkpoint import Checkpointer, load_checkpoint, load_latest, set_rng_states
 from trainlab.config import check_values
 from trainlab.data import build_data, build_loaders
-from trainlab.engine import (EpochTotals, NonFiniteLoss, TrainStep, evaluate, resolve_device, seconds_since_launch,
-                             seed_everything, train_epoch, use_channels_last)
+from trainlab.engine import (Loop, NonFiniteLoss, TrainState, TrainStep, evaluate, resolve_device,
+                             seconds_since_launch, seed_everything, train_epoch, use_channels_last)
 from trainlab.errors import Interrupted, TrainlabError
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.resident import NotResident, build_resident
@@ -34,6 +33,7 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     A run folder that already holds a checkpoint is resumed where it stopped (trainer.resume=auto), as is the run
     folder or checkpoint that trainer.resume names; the result is the same, bit for bit, as a run never stopped.
     """
+    # settings, device, and the checkpoint to resume from
     run_dir = Path(run_dir) if run_dir is not None else _hydra_output_dir()
     check_values(cfg)
     check_config(cfg)  # nothing outside the allow-list (trainlab/allowlist.py), before anything runs
@@ -43,22 +43,25 @@ def run(cfg: DictConfig, run_dir=None) -> float:
         log.setLevel(logging.WARNING)  # one process speaks for all
     job, jobs_at_once = _parallel_job()
     device = device or resolve_device(t.device, job, jobs_at_once)
-    state, run_dir = _resume_state(t.resume, run_dir)
+    saved, run_dir = _resume_state(t.resume, run_dir)  # a checkpoint to resume from, or None
     transforms = check_transforms(cfg.transform)  # order and keys checked; torchvision not needed yet
     check_blocks(cfg.model)  # a misspelt block key fails now, not after the data has loaded
     config = OmegaConf.to_container(cfg, resolve=True)  # plain: what checkpoints carry and resuming compares
-    if state is not None:
-        _check_resumable(state, config)
+    if saved is not None:
+        _check_resumable(saved, config)
+
+    # data
     data, train_loader, test_loader, path = _build_data(cfg, transforms, device, ranks)
     shape = "x".join(map(str, data.image_shape))
     log.info(f"data {cfg.data.name}: {len(data.train):,} train / {len(data.test):,} test images, "
              f"{len(data.classes)} classes, {shape} · {path} · device {device}"
              + (f" ({torch.get_num_threads()} threads: job {job}, {jobs_at_once} at once)" if jobs_at_once > 1 else "")
              + f" · trainlab {__version__}")
-    if state is not None and state["classes"] != list(data.classes):
-        raise TrainlabError(f"the checkpoint was trained on classes {state['classes'][:5]}..., this data has "
+    if saved is not None and saved["classes"] != list(data.classes):
+        raise TrainlabError(f"the checkpoint was trained on classes {saved['classes'][:5]}..., this data has "
                             f"{list(data.classes)[:5]}...: resume on the same data, or start a new run folder")
 
+    # model
     seed_everything(t.seed, t.deterministic)  # here: decoding draws from the global generator, a cache hit does not
     model = build_model(cfg.model, data.image_shape, len(data.classes))
     log.info(f"model {cfg.model.name}\n{summary_table(model, data.image_shape)}")
@@ -67,6 +70,8 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     net = torch.compile(model) if t.compile else model  # `model` keeps the plain state_dict keys for checkpoints
     if ranks.world > 1:  # gradients averaged over the processes in backward
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+
+    # optimizer, schedule, loss and the step
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     steps_per_epoch = _sampler(train_loader).batches
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, t.epochs * steps_per_epoch)
@@ -75,40 +80,31 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     # A graph bakes the learning rate in, so per-step schedules, skipped steps and DDP's hooks run without one.
     graphs = t.cuda_graphs and not skip and ranks.world == 1 and (scheduler is None or interval == "epoch")
     step = TrainStep(net, loss_fn, optimizer, device, t.precision, channels_last, cuda_graph=graphs)
+    loop = Loop(t.epochs, steps_per_epoch, t.log_every_n_steps, skip, t.progress_bar and ranks.main,
+                scheduler if interval == "step" else None, distributed.all_sum if ranks.world > 1 else None)
 
-    position = {"epoch": 1, "batch": 0}  # the next batch to train: epoch (1-based) and batches done in it
-    best = {"acc": -1.0, "epoch": 0}
-    totals = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        position, best = dict(state["position"]), dict(state["best"])
-        if state["totals"] is not None:
-            totals = EpochTotals(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in state["totals"].items()})
-        log.info(f"resuming {run_dir} at epoch {position['epoch']}, batch {position['batch']}")
-    if position["epoch"] > t.epochs:
+    # where the run stands: a new run, or the checkpoint's state
+    state = TrainState()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved["scheduler"] is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        state = TrainState.from_state_dict(saved, device)
+        log.info(f"resuming {run_dir} at epoch {state.epoch}, batch {state.batch}")
+    if state.epoch > t.epochs:
         log.info(f"nothing to do: {run_dir} finished its {t.epochs} epochs (raise trainer.epochs to train on); "
-                 f"best test acc {best['acc']:.2%} at epoch {best['epoch']}")
-        return best["acc"]
+                 f"best test acc {state.best_acc:.2%} at epoch {state.best_epoch}")
+        return state.best_acc
 
-    first_step = (position["epoch"] - 1) * steps_per_epoch + position["batch"]
-    writer = RunWriter(run_dir, purge_step=first_step + 1 if state is not None else None, enabled=ranks.main)
-
-    def save(position, totals):
-        """The checkpoint's state; the events logged so far go to disk first, as a resume continues after it."""
-        check_finite(model)
-        writer.flush()
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "position": position, "best": dict(best), "rng": rng_states(),
-                "totals": vars(totals).copy() if totals is not None else None,
-                "epoch": position["epoch"] - (position["batch"] == 0), "test_acc": best.get("last_acc"),
-                "best_acc": best["acc"], "config": config,
-                "classes": list(data.classes), "image_shape": list(data.image_shape), "trainlab_version": __version__}
-
-    if state is None:
+    # logging and checkpoints
+    first_step = (state.epoch - 1) * steps_per_epoch + state.batch
+    writer = RunWriter(run_dir, purge_step=first_step + 1 if saved is not None else None, enabled=ranks.main)
+    checkpointer = Checkpointer(run_dir / "checkpoints", model, optimizer, scheduler, writer,
+                                {"config": config, "classes": list(data.classes), "image_shape": list(data.image_shape),
+                                 "trainlab_version": __version__},
+                                t.checkpoint_every_n_steps, enabled=t.checkpoint and ranks.main)
+    if saved is None:
         writer.hparams(_hparams(cfg), [BEST_METRIC, "test/acc", "test/loss", "train/loss"])
         # drawn only for what logs it: on the DataLoader path it decodes a batch (and starts the workers)
         first_batch = next(iter(train_loader))[0] if t.log_images or t.log_graph else None
@@ -117,73 +113,57 @@ def run(cfg: DictConfig, run_dir=None) -> float:
         if t.log_graph:
             writer.graph(model, first_batch[:1].to(device))
     _log_startup(writer)
-    if state is not None:
-        set_rng_states(state["rng"])  # last: everything above may draw from the generators
-    checkpoints = run_dir / "checkpoints"
-    saving = t.checkpoint and ranks.main
-    start = time.perf_counter()
+    if saved is not None:
+        set_rng_states(saved["rng"])  # last: everything above may draw from the generators
+
+    # the loop
+    first_epoch, start = state.epoch, time.perf_counter()
     try:
         with StopOnSignal() as stop:
-            for epoch in range(position["epoch"], t.epochs + 1):
+            for epoch in range(first_epoch, t.epochs + 1):
                 lr = optimizer.param_groups[0]["lr"]
                 done_before = (epoch - 1) * steps_per_epoch
-
-                def after_step(batch, totals, check_finite_so_far):
-                    position["stopped_at"] = batch
-                    every = t.checkpoint_every_n_steps
-                    stopping = distributed.any_process(stop.signal is not None, device) if ranks.world > 1 \
-                        else stop.signal is not None
-                    if saving and (stopping or every and (done_before + batch) % every == 0):
-                        check_finite_so_far()
-                        save_checkpoint(checkpoints / LAST, save({"epoch": epoch, "batch": batch}, totals), True)
-                    return stopping
-
-                first = position["batch"] if epoch == position["epoch"] else 0
-                _sampler(train_loader).start(epoch, first)
-                train = train_epoch(
-                    step, train_loader, device, batches=steps_per_epoch, first_batch=first,
-                    totals=totals if epoch == position["epoch"] else None,
-                    scheduler=scheduler if interval == "step" else None, log_every=t.log_every_n_steps,
-                    on_log=lambda i, loss: writer.scalars({"train/loss": loss}, done_before + i),
-                    after_step=after_step, skip_nonfinite=skip, progress=t.progress_bar and ranks.main,
-                    combine=distributed.all_sum if ranks.world > 1 else None,
-                    desc=f"epoch {epoch}/{t.epochs}")
-                if train is None:
-                    stop.hand_on()
-                    raise Interrupted(f"stopped by {stop.signal or 'a signal to another process'} at epoch {epoch}, "
-                                      f"batch {position['stopped_at']}; " + (
-                                          f"checkpoint written: rerun the same command, or add trainer.resume={run_dir}"
-                                          if t.checkpoint else "trainer.checkpoint=false: nothing was saved"))
+                _sampler(train_loader).start(epoch, state.batch)
+                steps = train_epoch(step, train_loader, state, loop,
+                                    on_log=lambda i, loss: writer.scalars({"train/loss": loss}, done_before + i))
+                for batch in steps:
+                    stopping = stop.requested(device, ranks.world)
+                    if checkpointer.enabled and (stopping or checkpointer.due(done_before + batch)):
+                        steps.check_finite()  # no checkpoint holds weights that a non-finite step made
+                        checkpointer.save(state)
+                    if stopping:
+                        stop.hand_on()
+                        how = (f"checkpoint written: rerun the same command, or add trainer.resume={run_dir}"
+                               if t.checkpoint else "trainer.checkpoint=false: nothing was saved")
+                        raise Interrupted(f"stopped by {stop.signal or 'a signal to another process'} at epoch "
+                                          f"{epoch}, batch {batch}; {how}")
+                train = steps.stats()
                 if scheduler is not None and interval == "epoch":
                     scheduler.step()
                 test = evaluate(net, test_loader, loss_fn, device, t.precision, channels_last)
-                best["last_acc"] = test.acc
-                if test.acc > best["acc"]:
-                    best.update(acc=test.acc, epoch=epoch)
+                best = state.record(test.acc, epoch)
                 writer.scalars({"train/acc": train.acc, "test/loss": test.loss, "test/acc": test.acc, "lr": lr,
-                                "train/images_per_s": train.images / train.seconds, BEST_METRIC: best["acc"]},
+                                "train/images_per_s": train.images / train.seconds, BEST_METRIC: state.best_acc},
                                epoch * steps_per_epoch)
                 skipped = f"  {train.skipped} non-finite steps skipped" if train.skipped else ""
                 log.info(f"epoch {epoch:>{len(str(t.epochs))}}/{t.epochs}  train loss {train.loss:.4f} "
                          f"acc {train.acc:6.2%}  test loss {test.loss:.4f} acc {test.acc:6.2%}  lr {lr:.3g}  "
                          f"{train.seconds + test.seconds:.1f}s ({train.images / train.seconds:,.0f} img/s){skipped}")
-                if saving:
-                    done = save({"epoch": epoch + 1, "batch": 0}, None)
-                    save_checkpoint(checkpoints / LAST, done, keep_previous=True)
-                    if best["epoch"] == epoch:
-                        save_checkpoint(checkpoints / BEST, done)
+                state.end_epoch()
+                checkpointer.save(state, best=best)
     except NonFiniteLoss as e:
-        global_step = (epoch - 1) * steps_per_epoch + e.step
+        global_step = (state.epoch - 1) * steps_per_epoch + e.step
         raise TrainlabError(
-            f"the loss became NaN or infinite at step {global_step} (epoch {epoch}, batch {e.step}); no checkpoint "
-            "holds those weights: lower optimizer.lr, or set trainer.nonfinite=skip to skip such steps") from None
+            f"the loss became NaN or infinite at step {global_step} (epoch {state.epoch}, batch {e.step}); no "
+            "checkpoint holds those weights: lower optimizer.lr, or set trainer.nonfinite=skip to skip such steps"
+        ) from None
     finally:
         writer.close()
         distributed.teardown()
     minutes, seconds = divmod(time.perf_counter() - start, 60)
-    log.info(f"best test acc {best['acc']:.2%} at epoch {best['epoch']} · epochs {position['epoch']}-{t.epochs} in "
+    log.info(f"best test acc {state.best_acc:.2%} at epoch {state.best_epoch} · epochs {first_epoch}-{t.epochs} in "
              f"{int(minutes)}m{seconds:04.1f}s · {run_dir}")
-    return best["acc"]
+    return state.best_acc
 
 
 class StopOnSignal:
@@ -206,6 +186,12 @@ class StopOnSignal:
         if self.signal is not None and number == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal, self.number = signal.Signals(number).name, number
+
+    def requested(self, device, processes: int = 1) -> bool:
+        """Whether a signal asked to stop, in this process or, in a distributed run, in any of them."""
+        if processes > 1:
+            return distributed.any_process(self.signal is not None, device)
+        return self.signal is not None
 
     def hand_on(self) -> None:
         """After the checkpoint: let the launcher whose signal it was act on it (it may requeue and exit)."""
