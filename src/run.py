@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 
 from trainlab.allowlist import guard_hydra
 from trainlab.config import register_configs
-from trainlab.errors import report_errors
+from trainlab.cli import report_errors
+from trainlab.launch import Launch
 from trainlab.train import run
 
 register_configs()
@@ -21,7 +22,7 @@ guard_hydra()  # every config Hydra composes is checked against the allow-list b
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @report_errors
 def main(cfg: DictConfig) -> float:
-    return run(cfg)  # the best test accuracy: the objective a Hydra sweeper optimises
+    return run(cfg, Launch.from_hydra())  # the best test accuracy: the objective a Hydra sweeper optimises
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ EXCLUDED = {"torchvision.transforms.Lambda", "torch.optim.lr_scheduler.LambdaLR"
 
 EXACT_TARGETS = {
     # trainlab's own
-    "trainlab.optim.SoftmaxMSELoss", "trainlab.optim.SoftmaxL1Loss", "trainlab.errors.SweepReport",
+    "trainlab.optim.SoftmaxMSELoss", "trainlab.optim.SoftmaxL1Loss", "trainlab.cli.SweepReport",
     # Hydra's sweepers and launchers, as the project ships them (Hydra builds only registered plugins of these)
     "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from trainlab.engine import TrainState
-from trainlab.errors import TrainlabError
+from trainlab.errors import TrainlabError, one_line
 
 log = logging.getLogger("trainlab")
 
@@ -74,7 +74,7 @@ def load_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise TrainlabError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # unpickling refused, truncated file, not a checkpoint at all
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        reason = one_line(f"{type(e).__name__}: {e}", 200)
         raise TrainlabError(f"{path} is not a readable trainlab checkpoint ({reason})") from None
 
 

@@ -9,7 +9,7 @@ from urllib.error import URLError
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
-from trainlab.errors import TrainlabError
+from trainlab.errors import TrainlabError, one_line
 
 log = logging.getLogger("trainlab")
 
@@ -213,7 +213,7 @@ def _torchvision_set(cfg, train_tf, test_tf):
         test = dataset(root, train=False, transform=test_tf, download=cfg.download)
     except (RuntimeError, URLError, OSError) as e:
         how = "connect to the internet once" if cfg.download else "set data.download=true while online"
-        reason = " ".join(str(e).split())[:200]
+        reason = one_line(e, 200)
         raise TrainlabError(
             f"{cfg.name} is not in {root.resolve()} and could not be fetched ({reason}): {how}, "
             f"or put {manual.format(root=root)}") from None
@@ -231,7 +231,7 @@ def _folder(cfg, train_tf, test_tf):
         try:  # ImageFolder only lists the files here; ImageFiles reads them
             found = ImageFolder(str(path), is_valid_file=lambda f: f.lower().endswith(IMAGE_EXTENSIONS))
         except (FileNotFoundError, RuntimeError) as e:
-            raise TrainlabError(f"{path}: {' '.join(str(e).split())}; each class needs a folder of images") from None
+            raise TrainlabError(f"{path}: {one_line(e)}; each class needs a folder of images") from None
         return ImageFiles(found.samples, found.classes, transform, cfg.bad_images)
 
     if cfg.split is None:

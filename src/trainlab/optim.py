@@ -5,7 +5,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trainlab.allowlist import check_config
-from trainlab.errors import TrainlabError
+from trainlab.errors import TrainlabError, one_line
 
 
 def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
@@ -54,5 +54,5 @@ def _instantiate(cfg: DictConfig, group: str, *args):
         made = instantiate(cfg)
         return made(*args) if args else made
     except Exception as e:  # Hydra wraps the constructor's own error; its message names the bad argument
-        reason = " ".join(str(e.__cause__ or e).split())
+        reason = one_line(e.__cause__ or e)
         raise TrainlabError(f"{group} ({target}) could not be built: {reason}") from None

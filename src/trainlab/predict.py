@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainlab.checkpoint import BEST, load_checkpoint
 from trainlab.data import IMAGE_EXTENSIONS, build_data, build_loaders
 from trainlab.engine import resolve_device, use_channels_last
-from trainlab.errors import TrainlabError
+from trainlab.errors import TrainlabError, one_line
 from trainlab.models import build_model
 from trainlab.tensorboard import RunWriter
 from trainlab.transforms import build_pipeline, build_transforms, check_transforms
@@ -55,7 +55,7 @@ def load_trained(path) -> Trained:
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        reason = " ".join(str(e).split())[:200]
+        reason = one_line(e, 200)
         raise TrainlabError(f"{path}: the weights do not fit the model its config describes ({reason})") from None
     device = resolve_device("auto")
     return Trained(path, model.to(device).eval(), state["config"], classes, shape, state.get("epoch"),

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from trainlab.errors import ERROR_LOG, TrainlabError
+from trainlab.cli import ERROR_LOG
+from trainlab.errors import TrainlabError
 
 CSV_NAME = "report.csv"
 PLOT_NAME = "test_acc.png"

@@ -1,7 +1,6 @@
 """The recipe for one run: data, model, optimizer, then the epochs, logging to the terminal, a file and TensorBoard."""
 import gc
 import logging
-import os
 import signal
 import threading
 import time
@@ -18,6 +17,7 @@ from trainlab.data import build_data, build_loaders
 from trainlab.engine import (Loop, NonFiniteLoss, TrainState, TrainStep, evaluate, resolve_device,
                              seconds_since_launch, seed_everything, train_epoch, use_channels_last)
 from trainlab.errors import Interrupted, TrainlabError
+from trainlab.launch import Launch
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.resident import NotResident, build_resident
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
@@ -27,23 +27,23 @@ from trainlab.transforms import build_transforms, check_transforms, normalizatio
 log = logging.getLogger("trainlab")
 
 
-def run(cfg: DictConfig, run_dir=None) -> float:
-    """Train as `cfg` says, writing into `run_dir` (Hydra's output folder by default); -> the best test accuracy.
+def run(cfg: DictConfig, launch=None) -> float:
+    """Train as `cfg` says; -> the best test accuracy. `launch` says where the run writes and what launched it: a
+    Launch (src/run.py passes Hydra's), or just a run folder, or None for a new one under outputs/runs.
 
     A run folder that already holds a checkpoint is resumed where it stopped (trainer.resume=auto), as is the run
     folder or checkpoint that trainer.resume names; the result is the same, bit for bit, as a run never stopped.
     """
     # settings, device, and the checkpoint to resume from
-    run_dir = Path(run_dir) if run_dir is not None else _hydra_output_dir()
+    launch = Launch.of(launch)
     check_values(cfg)
     check_config(cfg)  # nothing outside the allow-list (trainlab/allowlist.py), before anything runs
     t = cfg.trainer
     ranks, device = distributed.setup(t.device)  # under torchrun: this process's rank and device
     if not ranks.main:
         log.setLevel(logging.WARNING)  # one process speaks for all
-    job, jobs_at_once = _parallel_job()
-    device = device or resolve_device(t.device, job, jobs_at_once)
-    saved, run_dir = _resume_state(t.resume, run_dir)  # a checkpoint to resume from, or None
+    device = device or resolve_device(t.device, launch.job, launch.jobs_at_once)
+    saved, run_dir = _resume_state(t.resume, launch.run_dir)  # a checkpoint to resume from, or None
     transforms = check_transforms(cfg.transform)  # order and keys checked; torchvision not needed yet
     check_blocks(cfg.model)  # a misspelt block key fails now, not after the data has loaded
     config = OmegaConf.to_container(cfg, resolve=True)  # plain: what checkpoints carry and resuming compares
@@ -55,7 +55,8 @@ def run(cfg: DictConfig, run_dir=None) -> float:
     shape = "x".join(map(str, data.image_shape))
     log.info(f"data {cfg.data.name}: {len(data.train):,} train / {len(data.test):,} test images, "
              f"{len(data.classes)} classes, {shape} · {path} · device {device}"
-             + (f" ({torch.get_num_threads()} threads: job {job}, {jobs_at_once} at once)" if jobs_at_once > 1 else "")
+             + (f" ({torch.get_num_threads()} threads: job {launch.job}, {launch.jobs_at_once} at once)"
+                if launch.jobs_at_once > 1 else "")
              + f" · trainlab {__version__}")
     if saved is not None and saved["classes"] != list(data.classes):
         raise TrainlabError(f"the checkpoint was trained on classes {saved['classes'][:5]}..., this data has "
@@ -105,7 +106,7 @@ def run(cfg: DictConfig, run_dir=None) -> float:
                                  "trainlab_version": __version__},
                                 t.checkpoint_every_n_steps, enabled=t.checkpoint and ranks.main)
     if saved is None:
-        writer.hparams(_hparams(cfg), [BEST_METRIC, "test/acc", "test/loss", "train/loss"])
+        writer.hparams(_hparams(cfg, launch.overrides), [BEST_METRIC, "test/acc", "test/loss", "train/loss"])
         # drawn only for what logs it: on the DataLoader path it decodes a batch (and starts the workers)
         first_batch = next(iter(train_loader))[0] if t.log_images or t.log_graph else None
         if t.log_images:
@@ -278,7 +279,7 @@ def _build_data(cfg: DictConfig, transforms: dict, device, ranks=distributed.Ran
     return (data, *build_loaders(cfg.data, data, t.seed, shard), f"DataLoader ({reason})")
 
 
-def _hparams(cfg: DictConfig) -> dict:
+def _hparams(cfg: DictConfig, overrides) -> dict:
     """The settings that tell runs apart, for TensorBoard's HPARAMS tab: the main ones and every overridden value
     (so each job of a sweep shows the keys the sweep varies)."""
     def short(target):
@@ -288,35 +289,9 @@ def _hparams(cfg: DictConfig) -> dict:
               "scheduler": short(cfg.scheduler.get("_target_")), "loss": short(cfg.loss.get("_target_")),
               "lr": cfg.optimizer.get("lr", 0.0), "weight_decay": cfg.optimizer.get("weight_decay", 0.0),
               "batch_size": cfg.data.batch_size, "epochs": cfg.trainer.epochs, "seed": cfg.trainer.seed}
-    for override in _hydra_overrides():
+    for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, (int, float, str, bool)):
             values[key] = value
     return values
-
-
-def _parallel_job() -> tuple:
-    """(this job's number, jobs running at once) under a parallel Hydra launcher (n_jobs), else (0, 1)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return 0, 1
-    hydra = HydraConfig.get()
-    n_jobs = hydra.launcher.get("n_jobs", 1) or 1
-    return hydra.job.num, (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
-
-
-def _hydra_overrides() -> list:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def _hydra_output_dir() -> Path:
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path("outputs/runs") / time.strftime("%Y-%m-%d_%H-%M-%S")
