@@ -5,11 +5,10 @@ import torch
 from PIL import Image
 
 from conftest import compose
-from trainlab.data import build_data, build_loaders
+from trainlab.data import build_data, build_loaders, build_run_data
 from trainlab.errors import TrainlabError
 from trainlab.resident import NotResident, build_resident
 from trainlab.transforms import BatchedSteps, build_pipeline, build_transforms, check_transforms
-from trainlab.train import _build_data
 
 
 def both_paths(*overrides, seed=0):
@@ -115,7 +114,7 @@ def test_auto_falls_back_to_the_loader_and_forcing_resident_names_the_step():
     for path, expected in (("auto", "DataLoader (transform.train step 0"), ("resident", None)):
         cfg.trainer.data_path = path
         if expected:
-            assert _build_data(cfg, check_transforms(cfg.transform), torch.device("cpu"))[3].startswith(expected)
+            assert build_run_data(cfg, check_transforms(cfg.transform), torch.device("cpu"))[3].startswith(expected)
         else:
             with pytest.raises(TrainlabError, match="trainer.data_path=resident cannot be used"):
-                _build_data(cfg, check_transforms(cfg.transform), torch.device("cpu"))
+                build_run_data(cfg, check_transforms(cfg.transform), torch.device("cpu"))

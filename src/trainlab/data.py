@@ -1,15 +1,17 @@
 """Data sets by name -> train and test sets, with what the model needs to know: class names and image shape."""
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Protocol
 from urllib.error import URLError
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
+from trainlab import distributed
 from trainlab.errors import TrainlabError, one_line
+from trainlab.transforms import build_transforms
 
 log = logging.getLogger("trainlab")
 
@@ -43,6 +45,28 @@ def build_data(cfg, train_tf, test_tf) -> DataSplits:
     return DataSplits(train, test, classes, tuple(image.shape))
 
 
+def build_run_data(cfg, transforms: dict, device, ranks=distributed.Ranks()) -> tuple:
+    """The run's config and checked transform steps -> (DataSplits, train loader, test loader, which path and why):
+    resident on the device when the pipelines allow it and the data fits (trainer.data_path=auto), else the
+    DataLoader. Both train loaders are TrainLoaders."""
+    from trainlab.resident import NotResident, build_resident  # it builds on this module
+
+    t = cfg.trainer
+    reason = "trainer.data_path=loader"
+    shard = (ranks.rank, ranks.world)
+    distributed.shard_size(cfg.data.batch_size, ranks)  # the batch must split evenly
+    if t.data_path != "loader":
+        try:
+            return (*build_resident(cfg.data, transforms, device, t.seed, t.progress_bar, shard),
+                    "resident on the device")
+        except NotResident as e:
+            if t.data_path == "resident":
+                raise TrainlabError(f"trainer.data_path=resident cannot be used: {e}; use auto or loader") from None
+            reason = str(e)
+    data = build_data(cfg.data, *build_transforms(transforms))
+    return (data, *build_loaders(cfg.data, data, t.seed, shard), f"DataLoader ({reason})")
+
+
 def first_image(dataset):
     """The first item's image that could be decoded (an undecodable file is None with data.bad_images=skip)."""
     return next(item[0] for item in (dataset[i] for i in range(len(dataset))) if item is not None)
@@ -63,33 +87,6 @@ def build_datasets(cfg, train_tf, test_tf) -> tuple:
     raise TrainlabError(f"data.name '{cfg.name}' is not a data set trainlab knows: use one of {names}")
 
 
-def source_stats(cfg) -> list:
-    """What the resident cache's fingerprint covers: every file name and the time each folder last changed (a file
-    added, removed or renamed); [] when the data is generated. No per-file stat: 60,000 of them cost half a second of
-    every start, and an image edited in place under the same name is rare enough to leave to `rm -r .trainlab-cache`."""
-    if cfg.name in TORCHVISION_SETS:
-        folder = {"cifar10": "cifar-10-batches-py", "mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw"}
-        top = os.path.join(os.path.expanduser(cfg.root), folder[cfg.name])
-    elif cfg.name == "folder":
-        top = os.path.expanduser(cfg.root)
-    else:
-        return []
-    if not os.path.isdir(top):
-        return []  # not there yet: building the data set says why, or downloads it
-    stats, pending, skip = [], [top], len(top) + 1
-    while pending:
-        folder = pending.pop()
-        if folder != top:  # the top folder changes when the cache folder appears in it
-            stats.append(f"{folder[skip:]}/ {os.stat(folder).st_mtime_ns}")
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if not entry.is_dir():
-                    stats.append(entry.path[skip:])
-                elif entry.name != ".trainlab-cache":
-                    pending.append(entry.path)
-    return sorted(stats)
-
-
 def subset_indices(length: int, size) -> list:
     """A fixed random choice of `size` of `length` items (the same on every run and both data paths), or all."""
     if size is None or size >= length:
@@ -99,7 +96,7 @@ def subset_indices(length: int, size) -> list:
 
 def build_loaders(cfg, splits: DataSplits, seed: int, shard: tuple = (0, 1)) -> tuple:
     """-> (train loader, test loader). The training order and each image's random steps follow (seed, epoch, index)
-    alone, whatever the number of workers: `train_loader.sampler.start(epoch, batch)` picks up mid-epoch exactly."""
+    alone, whatever the number of workers: `train_loader.start(epoch, batch)` picks up mid-epoch exactly."""
     # Each loader draws its workers' base seed from a generator of its own, not from the global one that dropout
     # uses, so starting an epoch (or resuming one) leaves the training's random stream as it was.
     count = worker_processes(cfg.num_workers)
@@ -109,11 +106,7 @@ def build_loaders(cfg, splits: DataSplits, seed: int, shard: tuple = (0, 1)) -> 
                        drop_last=cfg.drop_last, generator=torch.Generator().manual_seed(seed), **workers)
     test = DataLoader(splits.test, batch_size=cfg.eval_batch_size, generator=torch.Generator().manual_seed(seed),
                       **workers)
-    if sampler.batches == 0:
-        raise TrainlabError(
-            f"no training batch: {len(splits.train)} images with data.batch_size={cfg.batch_size} and "
-            "data.drop_last=true; lower the batch size or set data.drop_last=false")
-    return train, test
+    return SampledLoader(train), test
 
 
 def worker_processes(wanted: int) -> int:
@@ -132,17 +125,52 @@ def stream_seed(*keys) -> int:
     return int.from_bytes(hashlib.blake2b(repr(keys).encode(), digest_size=8).digest(), "little") >> 1
 
 
-class EpochSampler(Sampler):
-    """One epoch's (epoch, index) keys in the epoch's order, from batch `start(epoch, batch)` on; with shard (rank,
-    processes), this process's part of every batch of batch_size."""
+class TrainLoader(Protocol):
+    """What the training loop asks of a training loader, on either data path (SampledLoader, ResidentLoader)."""
+    batches: int  # in an epoch
+
+    def start(self, epoch: int, batch: int = 0) -> None:
+        """Make the next iteration epoch `epoch` (1-based) from batch `batch` + 1 on."""
+
+    def __iter__(self) -> Iterator[tuple]:
+        """(images, labels) batches."""
+
+
+class BatchPlan:
+    """Which images each training batch takes, on both data paths: the epoch's order follows (seed, epoch) alone, so
+    a run resumed at (epoch, batch) picks up exactly; with shard (rank, processes), this process takes every
+    processes-th image of each batch of batch_size."""
 
     def __init__(self, length: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, shard=(0, 1)):
         self.length, self.batch_size, self.shuffle, self.seed, self.shard = length, batch_size, shuffle, seed, shard
         self.batches = length // batch_size if drop_last else -(-length // batch_size)  # per epoch
+        if self.batches == 0:
+            raise TrainlabError(f"no training batch: {length} images with data.batch_size={batch_size} and "
+                                "data.drop_last=true; lower the batch size or set data.drop_last=false")
         self.epoch, self.first_batch = 1, 0
 
     def start(self, epoch: int, batch: int = 0) -> None:
         self.epoch, self.first_batch = epoch, batch
+
+    def order(self, generator: torch.Generator, device=None) -> torch.Tensor:
+        """The epoch's order of all images, drawn from `generator` (reseeded here) on its device."""
+        if not self.shuffle:
+            return torch.arange(self.length, device=device)
+        generator.manual_seed(stream_seed(self.seed, "order", self.epoch))
+        return torch.randperm(self.length, device=device, generator=generator)
+
+    def batches_left(self, order: torch.Tensor):
+        """(batch number, this process's indices) for each batch of the epoch from the start position on."""
+        rank, processes = self.shard
+        for batch in range(self.first_batch, self.batches):
+            yield batch, order[batch * self.batch_size:(batch + 1) * self.batch_size][rank::processes]
+
+
+class EpochSampler(Sampler):
+    """The DataLoader path's BatchPlan: one epoch's (epoch, index) keys in the epoch's order."""
+
+    def __init__(self, *plan_args, **plan_kwargs):
+        self.plan = BatchPlan(*plan_args, **plan_kwargs)
 
     def __len__(self):
         return len(self._keys())
@@ -151,17 +179,26 @@ class EpochSampler(Sampler):
         return iter(self._keys())
 
     def _keys(self):
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(stream_seed(self.seed, "order", self.epoch))
-            order = torch.randperm(self.length, generator=generator).tolist()
-        else:
-            order = list(range(self.length))
-        rank, processes = self.shard
-        keys = []
-        for batch in range(self.first_batch, self.batches):
-            chosen = order[batch * self.batch_size:(batch + 1) * self.batch_size][rank::processes]
-            keys += [(self.epoch, i) for i in chosen]
-        return keys
+        plan = self.plan
+        order = plan.order(torch.Generator())
+        return [(plan.epoch, i) for _, chosen in plan.batches_left(order) for i in chosen.tolist()]
+
+
+class SampledLoader:
+    """The DataLoader path as a TrainLoader: the DataLoader, positioned through its EpochSampler's plan."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader, self.plan = loader, loader.sampler.plan
+        self.batches = self.plan.batches
+
+    def start(self, epoch: int, batch: int = 0) -> None:
+        self.plan.start(epoch, batch)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        return iter(self.loader)
 
 
 class SeededItems(Dataset):

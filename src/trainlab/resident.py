@@ -16,9 +16,8 @@ from torch.utils.data import DataLoader
 
 from trainlab import __version__
 from trainlab.checkpoint import save_checkpoint
-from trainlab.data import (DataSplits, build_datasets, check_same_size, first_image,
-                           source_stats, stream_seed, subset_indices, worker_processes)
-from trainlab.errors import TrainlabError
+from trainlab.data import (TORCHVISION_SETS, BatchPlan, DataSplits, build_datasets, check_same_size, first_image,
+                           stream_seed, subset_indices, worker_processes)
 from trainlab.transforms import BatchedSteps, build_pipeline, split_for_device
 
 log = logging.getLogger("trainlab")
@@ -40,33 +39,26 @@ class ResidentSplit:
 
 
 class ResidentLoader:
-    """Batches of (images, labels) already on the device. The order and each batch's random steps follow (seed,
-    epoch, batch) alone, so `start(epoch, batch)` picks up mid-epoch exactly."""
+    """A TrainLoader: batches of (images, labels) already on the device, by its BatchPlan; each batch's random steps
+    draw from (seed, epoch, batch) alone, so `start(epoch, batch)` picks up mid-epoch exactly."""
 
     def __init__(self, split: ResidentSplit, batch_size: int, shuffle: bool, drop_last: bool, steps: BatchedSteps,
                  seed: int, shard: tuple = (0, 1)):
-        self.split, self.batch_size, self.shuffle, self.steps, self.seed = split, batch_size, shuffle, steps, seed
-        self.shard = shard  # (rank, processes): this process takes every processes-th image of each batch
-        n = len(split)
-        self.batches = n // batch_size if drop_last else -(-n // batch_size)  # per epoch
-        self.epoch, self.first_batch = 1, 0
+        self.split, self.steps, self.seed = split, steps, seed
+        self.plan = BatchPlan(len(split), batch_size, shuffle, drop_last, seed, shard)
+        self.batches = self.plan.batches
 
     def start(self, epoch: int, batch: int = 0) -> None:
-        self.epoch, self.first_batch = epoch, batch
+        self.plan.start(epoch, batch)
 
     def __len__(self):
-        return self.batches - self.first_batch
+        return self.batches - self.plan.first_batch
 
     def __iter__(self):
-        n, device, generator = len(self.split), self.split.targets.device, self.steps.generator
-        if self.shuffle:
-            generator.manual_seed(stream_seed(self.seed, "order", self.epoch))
-            order = torch.randperm(n, device=device, generator=generator)
-        else:
-            order = torch.arange(n, device=device)
-        for batch in range(self.first_batch, self.batches):
-            index = order[batch * self.batch_size:(batch + 1) * self.batch_size][self.shard[0]::self.shard[1]]
-            generator.manual_seed(stream_seed(self.seed, self.epoch, batch))
+        generator, epoch = self.steps.generator, self.plan.epoch
+        order = self.plan.order(generator, self.split.targets.device)
+        for batch, index in self.plan.batches_left(order):
+            generator.manual_seed(stream_seed(self.seed, epoch, batch))
             yield self.steps(self.split.images[index]), self.split.targets[index]
 
 
@@ -87,9 +79,6 @@ def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progr
     train_loader = ResidentLoader(train, data_cfg.batch_size, data_cfg.shuffle, data_cfg.drop_last, train_steps, seed,
                                   shard)
     test_loader = ResidentLoader(test, data_cfg.eval_batch_size, False, False, test_steps, seed)
-    if train_loader.batches == 0:
-        raise TrainlabError(f"no training batch: {len(train)} images with data.batch_size={data_cfg.batch_size} "
-                            "and data.drop_last=true; lower the batch size or set data.drop_last=false")
     return DataSplits(train, test, classes, image_shape), train_loader, test_loader
 
 
@@ -178,3 +167,30 @@ def _cache_path(data_cfg, bake_train: list, bake_test: list):
     if not os.access(root, os.W_OK):
         folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trainlab"
     return folder / f"{data_cfg.name}-{digest}.pt"
+
+
+def source_stats(cfg) -> list:
+    """What the resident cache's fingerprint covers: every file name and the time each folder last changed (a file
+    added, removed or renamed); [] when the data is generated. No per-file stat: 60,000 of them cost half a second of
+    every start, and an image edited in place under the same name is rare enough to leave to `rm -r .trainlab-cache`."""
+    if cfg.name in TORCHVISION_SETS:
+        folder = {"cifar10": "cifar-10-batches-py", "mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw"}
+        top = os.path.join(os.path.expanduser(cfg.root), folder[cfg.name])
+    elif cfg.name == "folder":
+        top = os.path.expanduser(cfg.root)
+    else:
+        return []
+    if not os.path.isdir(top):
+        return []  # not there yet: building the data set says why, or downloads it
+    stats, pending, skip = [], [top], len(top) + 1
+    while pending:
+        folder = pending.pop()
+        if folder != top:  # the top folder changes when the cache folder appears in it
+            stats.append(f"{folder[skip:]}/ {os.stat(folder).st_mtime_ns}")
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.is_dir():
+                    stats.append(entry.path[skip:])
+                elif entry.name != ".trainlab-cache":
+                    pending.append(entry.path)
+    return sorted(stats)

@@ -13,16 +13,15 @@ from trainlab import __version__, distributed
 from trainlab.allowlist import check_config
 from trainlab.checkpoint import Checkpointer, load_checkpoint, load_latest, set_rng_states
 from trainlab.config import check_values
-from trainlab.data import build_data, build_loaders
+from trainlab.data import build_run_data
 from trainlab.engine import (Loop, NonFiniteLoss, TrainState, TrainStep, evaluate, resolve_device,
                              seconds_since_launch, seed_everything, train_epoch, use_channels_last)
 from trainlab.errors import Interrupted, TrainlabError
 from trainlab.launch import Launch
 from trainlab.models import build_model, check_blocks, summary_table
-from trainlab.resident import NotResident, build_resident
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
 from trainlab.tensorboard import BEST_METRIC, RunWriter
-from trainlab.transforms import build_transforms, check_transforms, normalization
+from trainlab.transforms import check_transforms, normalization
 
 log = logging.getLogger("trainlab")
 
@@ -51,7 +50,7 @@ def run(cfg: DictConfig, launch=None) -> float:
         _check_resumable(saved, config)
 
     # data
-    data, train_loader, test_loader, path = _build_data(cfg, transforms, device, ranks)
+    data, train_loader, test_loader, path = build_run_data(cfg, transforms, device, ranks)
     shape = "x".join(map(str, data.image_shape))
     log.info(f"data {cfg.data.name}: {len(data.train):,} train / {len(data.test):,} test images, "
              f"{len(data.classes)} classes, {shape} · {path} · device {device}"
@@ -74,7 +73,7 @@ def run(cfg: DictConfig, launch=None) -> float:
 
     # optimizer, schedule, loss and the step
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    steps_per_epoch = _sampler(train_loader).batches
+    steps_per_epoch = train_loader.batches
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, t.epochs * steps_per_epoch)
     loss_fn = build_loss(cfg.loss).to(device)
     skip = t.nonfinite == "skip"
@@ -124,7 +123,7 @@ def run(cfg: DictConfig, launch=None) -> float:
             for epoch in range(first_epoch, t.epochs + 1):
                 lr = optimizer.param_groups[0]["lr"]
                 done_before = (epoch - 1) * steps_per_epoch
-                _sampler(train_loader).start(epoch, state.batch)
+                train_loader.start(epoch, state.batch)
                 steps = train_epoch(step, train_loader, state, loop,
                                     on_log=lambda i, loss: writer.scalars({"train/loss": loss}, done_before + i))
                 for batch in steps:
@@ -205,11 +204,6 @@ class StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _sampler(loader):
-    """What knows a training loader's position: the DataLoader's sampler, or the resident loader itself."""
-    return getattr(loader, "sampler", loader)
-
-
 def _resume_state(resume: str, run_dir: Path) -> tuple:
     """trainer.resume -> (checkpoint state or None, the run folder to write into)."""
     if resume == "never":
@@ -258,25 +252,6 @@ def _log_startup(writer) -> None:
 
 
 _startup_logged = False
-
-
-def _build_data(cfg: DictConfig, transforms: dict, device, ranks=distributed.Ranks()) -> tuple:
-    """-> (DataSplits, train loader, test loader, which path and why): resident on the device when the pipelines
-    allow it and the data fits (trainer.data_path=auto), else the DataLoader."""
-    t = cfg.trainer
-    reason = "trainer.data_path=loader"
-    shard = (ranks.rank, ranks.world)
-    distributed.shard_size(cfg.data.batch_size, ranks)  # the batch must split evenly
-    if t.data_path != "loader":
-        try:
-            return (*build_resident(cfg.data, transforms, device, t.seed, t.progress_bar, shard),
-                    "resident on the device")
-        except NotResident as e:
-            if t.data_path == "resident":
-                raise TrainlabError(f"trainer.data_path=resident cannot be used: {e}; use auto or loader") from None
-            reason = str(e)
-    data = build_data(cfg.data, *build_transforms(transforms))
-    return (data, *build_loaders(cfg.data, data, t.seed, shard), f"DataLoader ({reason})")
 
 
 def _hparams(cfg: DictConfig, overrides) -> dict:
