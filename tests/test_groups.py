@@ -1,4 +1,6 @@
 """Every option of every config group composes and builds; the schemas reject what they should, at compose time."""
+import copy
+
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
@@ -7,9 +9,9 @@ from PIL import Image
 
 from conftest import ROOT, compose
 from trainlab.data import build_data
-from trainlab.engine import TrainStep
 from trainlab.models import build_model
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
+from trainlab.step import CudaGraphStep, Numerics, TrainStep
 from trainlab.transforms import build_transforms, check_transforms
 
 
@@ -92,7 +94,7 @@ def test_a_trainlab_step_is_the_tutorials_step(channels_last):
     tutorial.load_state_dict(ours.state_dict())
     start = {k: v.clone() for k, v in tutorial.state_dict().items()}
     step = TrainStep(ours, build_loss(cfg.loss), build_optimizer(cfg.optimizer, ours.parameters()),
-                     torch.device("cpu"), channels_last=channels_last)
+                     Numerics(torch.device("cpu"), channels_last=channels_last))
     loss_fn, sgd = nn.CrossEntropyLoss(), torch.optim.SGD(tutorial.parameters(), lr=0.01)  # the tutorial's
     for _ in range(20):
         images, targets = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
@@ -105,6 +107,31 @@ def test_a_trainlab_step_is_the_tutorials_step(channels_last):
     assert max((theirs[k] - start[k]).abs().max() for k in theirs) > 1e-3  # the steps moved the weights
     tolerance = 1e-6 if channels_last else 0.0
     assert all(torch.allclose(mine[k], theirs[k], rtol=0, atol=tolerance) for k in theirs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA graph needs a GPU; run where one is lent")
+def test_the_cuda_graph_step_matches_the_eager_step_across_a_learning_rate_change():
+    """Recorded once, replayed, recorded again when the learning rate changes, eager for a short last batch: the
+    graph step ends where eager steps end, and each replay's outputs are right when read before the next."""
+    torch.manual_seed(0)
+    cfg = compose("model=tudui", "optimizer=sgd", "optimizer.momentum=0.9", "loss=cross_entropy")
+    numerics = Numerics(torch.device("cuda"))
+    eager_model = build_model(cfg.model, (3, 32, 32), 10).cuda()
+    graph_model = copy.deepcopy(eager_model)
+    eager_sgd, graph_sgd = (build_optimizer(cfg.optimizer, m.parameters()) for m in (eager_model, graph_model))
+    eager = TrainStep(eager_model, build_loss(cfg.loss), eager_sgd, numerics)
+    graph = CudaGraphStep(graph_model, build_loss(cfg.loss), graph_sgd, numerics, batch_shape=(64, 3, 32, 32))
+    for i in range(12):
+        if i == 7:  # after warm-up and a few replays
+            for group in (*eager_sgd.param_groups, *graph_sgd.param_groups):
+                group["lr"] = 0.001
+        size = 64 if i < 11 else 40  # the last batch is short: eager inside the graph step
+        images, targets = torch.rand(size, 3, 32, 32, device="cuda"), torch.randint(0, 10, (size,), device="cuda")
+        (eager_loss, eager_right), (graph_loss, graph_right) = eager(images, targets), graph(images, targets)
+        assert torch.allclose(eager_loss, graph_loss, atol=1e-5) and eager_right.item() == graph_right.item(), i
+    assert graph.graph is not None and graph.graph_lr == 0.001
+    mine, theirs = graph_model.state_dict(), eager_model.state_dict()
+    assert all(torch.allclose(mine[k], theirs[k], atol=1e-5) for k in theirs)
 
 
 def test_onehot_losses_compare_softmax_with_one_hot_targets():

@@ -1,4 +1,4 @@
-"""The training loop: one epoch of training, one pass of evaluation, the device and the seeds.
+"""The training loop: the run's state, one epoch of training, one pass of evaluation, the device and the seeds.
 
 Knows nothing of Hydra, configs or files: it gets built objects and plain values, and returns plain numbers.
 """
@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from trainlab.errors import TrainlabError
+from trainlab.step import Numerics, TrainStep
 
 
 @dataclass
@@ -56,12 +57,6 @@ def seconds_since_launch():
         return None
 
 
-def use_channels_last(setting, device: torch.device, precision: str) -> bool:
-    """trainer.channels_last; null: on for the CPU (oneDNN, measured 1.4x) and for bf16 on a GPU, off for fp32 on a
-    GPU (measured 2.3x slower with Tudui on an H100)."""
-    return setting if setting is not None else device.type == "cpu" or precision == "bf16"
-
-
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Same seed, same device, same numbers: every generator a run draws from starts from `seed`."""
     random.seed(seed)
@@ -69,79 +64,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic  # benchmark mode picks kernels by timing: not repeatable
-
-
-WARM_UP_STEPS = 3  # eager steps before a CUDA graph is recorded
-
-
-class TrainStep:
-    """One optimizer step on a batch: forward, loss, backward, update; -> (loss, number correct), left on the device.
-
-    precision 'bf16' runs the forward pass under bfloat16 autocast; channels_last stores images and conv weights as
-    NHWC, the layout tensor cores read fastest. cuda_graph records the whole step of a full batch once as a CUDA graph
-    and replays it: one launch per step instead of dozens, which is what bounds small batches on a fast GPU. The
-    learning rate is a constant inside a graph, so the graph is recorded again whenever the rate has changed.
-    """
-
-    def __init__(self, model, loss_fn, optimizer, device, precision="fp32", channels_last=False, cuda_graph=False):
-        self.model, self.loss_fn, self.optimizer, self.device = model, loss_fn, optimizer, device
-        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
-        self.cuda_graph = cuda_graph and device.type == "cuda"
-        self.graph, self.graph_lr, self.eager_steps = None, None, 0
-        if self.cuda_graph:
-            for group in optimizer.param_groups:
-                if "capturable" in group:
-                    group["capturable"] = True  # Adam's step counter on the device, so a graph can advance it
-
-    def _step(self, images, targets, skip_nonfinite=False):
-        with torch.autocast(**self.autocast):
-            logits = self.model(images)
-            loss = self.loss_fn(logits, targets)
-        loss.backward()
-        if skip_nonfinite and not _all_finite(loss, self.optimizer):  # reads back every step: only when asked
-            self.optimizer.zero_grad(set_to_none=True)
-            return None, None
-        self.optimizer.step()
-        return loss.detach(), (logits.detach().argmax(1) == targets).sum()
-
-    def __call__(self, images, targets, skip_nonfinite=False):
-        """-> (loss, number correct) on the device, or (None, None) for a step skipped as non-finite."""
-        images = images.contiguous(memory_format=self.memory_format)
-        if skip_nonfinite:
-            self.optimizer.zero_grad(set_to_none=True)
-            return self._step(images, targets, skip_nonfinite=True)
-        if self.cuda_graph:
-            if self.eager_steps < WARM_UP_STEPS:
-                return self._warm_up(images, targets)
-            if self.graph is None or images.shape == self.static_images.shape:  # the batch size it was recorded for
-                lr = self.optimizer.param_groups[0]["lr"]
-                if self.graph is None or lr != self.graph_lr:
-                    self._record(images, targets, lr)
-                self.static_images.copy_(images)
-                self.static_targets.copy_(targets)
-                self.graph.replay()
-                return self.static_loss, self.static_correct  # overwritten by the next replay: use before then
-        self.optimizer.zero_grad(set_to_none=True)
-        return self._step(images, targets)
-
-    def _warm_up(self, images, targets):
-        """Eager steps on a side stream before recording (cuDNN and cuBLAS pick and allocate their kernels here)."""
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self.optimizer.zero_grad(set_to_none=True)
-            result = self._step(images, targets)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.eager_steps += 1
-        return result
-
-    def _record(self, images, targets, lr):
-        self.static_images, self.static_targets = images.clone(), targets.clone()
-        self.graph, self.graph_lr = torch.cuda.CUDAGraph(), lr
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(self.graph):
-            self.static_loss, self.static_correct = self._step(self.static_images, self.static_targets)
 
 
 class NonFiniteLoss(Exception):
@@ -206,18 +128,12 @@ class TrainState:
                    best.get("last_acc"), totals)
 
 
-def _all_finite(loss, optimizer) -> bool:
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    return bool(torch.isfinite(loss).item()) and all(bool(torch.isfinite(g).all().item()) for g in grads)
-
-
 @dataclass(frozen=True)
 class Loop:
     """How every epoch of a run trains: fixed for the run."""
     epochs: int
     batches: int  # steps in an epoch
     log_every: int = 10  # steps between two train/loss values (and the only read-backs of the loss)
-    skip_nonfinite: bool = False  # skip (and count) steps whose loss or gradients are not finite, instead of stopping
     progress: bool = False  # a tqdm bar per epoch
     scheduler: object = None  # a scheduler stepped after every step (interval: step)
     combine: Optional[Callable] = None  # (loss sum, correct, seen) -> the same summed over a distributed run
@@ -255,10 +171,10 @@ class TrainEpoch:
         try:
             for i, (images, targets) in enumerate(bar, state.batch + 1):
                 images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                loss, right = step(images, targets, skip_nonfinite=loop.skip_nonfinite)
+                loss, right = step(images, targets)
                 if loop.scheduler is not None:
                     loop.scheduler.step()
-                if loss is None:  # skipped
+                if loss is None:  # not applied: its loss or gradients were not finite (nonfinite=skip)
                     totals.skipped += 1
                 else:
                     bad = (self.first_bad < 0) & ~torch.isfinite(loss)
@@ -299,18 +215,18 @@ class TrainEpoch:
 
 
 @torch.no_grad()
-def evaluate(model, loader, loss_fn, device, precision="fp32", channels_last=False) -> EpochStats:
+def evaluate(model, loader, loss_fn, numerics: Numerics) -> EpochStats:
     """Mean loss and accuracy over `loader`, in eval mode (dropout off, batchnorm running statistics)."""
     model.eval()
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    device = numerics.device
     start = time.perf_counter()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(images.contiguous(memory_format=memory_format))
+        with numerics.autocast():
+            logits = model(numerics.layout(images))
             total_loss += loss_fn(logits, targets).float() * len(targets)
         correct += (logits.argmax(1) == targets).sum()
         seen += len(targets)

@@ -14,9 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainlab.checkpoint import BEST, load_checkpoint
 from trainlab.data import IMAGE_EXTENSIONS, build_data, build_loaders
-from trainlab.engine import resolve_device, use_channels_last
+from trainlab.engine import resolve_device
 from trainlab.errors import TrainlabError, one_line
 from trainlab.models import build_model
+from trainlab.step import Numerics
 from trainlab.tensorboard import RunWriter
 from trainlab.transforms import build_pipeline, build_transforms, check_transforms
 
@@ -204,14 +205,13 @@ def _run_folder(checkpoint: Path) -> Path:
 def confusion_matrix(trained: Trained, loader, trainer: DictConfig) -> np.ndarray:
     """-> (classes, classes) counts: row the true class, column the predicted one. Evaluated in the run's precision
     and memory layout, so the same device gives the accuracy the run logged, to the image."""
-    channels_last = use_channels_last(trainer.channels_last, trained.device, trainer.precision)  # as the run chose
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
-    model, device, n = trained.model.to(memory_format=memory_format), trained.device, len(trained.classes)
+    numerics = Numerics.choose(trained.device, trainer.precision, trainer.channels_last)  # as the run chose
+    model, device, n = trained.model.to(memory_format=numerics.memory_format), trained.device, len(trained.classes)
     counts = torch.zeros(n * n, dtype=torch.long, device=device)
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.precision == "bf16"):
-            logits = model(images.contiguous(memory_format=memory_format))
+        with numerics.autocast():
+            logits = model(numerics.layout(images))
         counts += torch.bincount(targets * n + logits.argmax(1), minlength=n * n)
     return counts.view(n, n).cpu().numpy()
 

@@ -14,12 +14,13 @@ from trainlab.allowlist import check_config
 from trainlab.checkpoint import Checkpointer, load_checkpoint, load_latest, set_rng_states
 from trainlab.config import check_values
 from trainlab.data import build_run_data
-from trainlab.engine import (Loop, NonFiniteLoss, TrainState, TrainStep, evaluate, resolve_device,
-                             seconds_since_launch, seed_everything, train_epoch, use_channels_last)
+from trainlab.engine import (Loop, NonFiniteLoss, TrainState, evaluate, resolve_device, seconds_since_launch,
+                             seed_everything, train_epoch)
 from trainlab.errors import Interrupted, TrainlabError
 from trainlab.launch import Launch
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
+from trainlab.step import Numerics, make_train_step
 from trainlab.tensorboard import BEST_METRIC, RunWriter
 from trainlab.transforms import check_transforms, normalization
 
@@ -65,8 +66,8 @@ def run(cfg: DictConfig, launch=None) -> float:
     seed_everything(t.seed, t.deterministic)  # here: decoding draws from the global generator, a cache hit does not
     model = build_model(cfg.model, data.image_shape, len(data.classes))
     log.info(f"model {cfg.model.name}\n{summary_table(model, data.image_shape)}")
-    channels_last = use_channels_last(t.channels_last, device, t.precision)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    numerics = Numerics.choose(device, t.precision, t.channels_last)
+    model.to(device, memory_format=numerics.memory_format)
     net = torch.compile(model) if t.compile else model  # `model` keeps the plain state_dict keys for checkpoints
     if ranks.world > 1:  # gradients averaged over the processes in backward
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
@@ -76,12 +77,13 @@ def run(cfg: DictConfig, launch=None) -> float:
     steps_per_epoch = train_loader.batches
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, t.epochs * steps_per_epoch)
     loss_fn = build_loss(cfg.loss).to(device)
-    skip = t.nonfinite == "skip"
-    # A graph bakes the learning rate in, so per-step schedules, skipped steps and DDP's hooks run without one.
-    graphs = t.cuda_graphs and not skip and ranks.world == 1 and (scheduler is None or interval == "epoch")
-    step = TrainStep(net, loss_fn, optimizer, device, t.precision, channels_last, cuda_graph=graphs)
-    loop = Loop(t.epochs, steps_per_epoch, t.log_every_n_steps, skip, t.progress_bar and ranks.main,
-                scheduler if interval == "step" else None, distributed.all_sum if ranks.world > 1 else None)
+    per_step = scheduler if interval == "step" else None
+    step = make_train_step(net, loss_fn, optimizer, numerics, cuda_graphs=t.cuda_graphs,
+                           batch_shape=(cfg.data.batch_size // ranks.world, *data.image_shape),
+                           skip_nonfinite=t.nonfinite == "skip", per_step_schedule=per_step is not None,
+                           distributed=ranks.world > 1)
+    loop = Loop(t.epochs, steps_per_epoch, t.log_every_n_steps, t.progress_bar and ranks.main, per_step,
+                distributed.all_sum if ranks.world > 1 else None)
 
     # where the run stands: a new run, or the checkpoint's state
     state = TrainState()
@@ -140,7 +142,7 @@ def run(cfg: DictConfig, launch=None) -> float:
                 train = steps.stats()
                 if scheduler is not None and interval == "epoch":
                     scheduler.step()
-                test = evaluate(net, test_loader, loss_fn, device, t.precision, channels_last)
+                test = evaluate(net, test_loader, loss_fn, numerics)
                 best = state.record(test.acc, epoch)
                 writer.scalars({"train/acc": train.acc, "test/loss": test.loss, "test/acc": test.acc, "lr": lr,
                                 "train/images_per_s": train.images / train.seconds, BEST_METRIC: state.best_acc},
