@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # this tree's trainlab, as src/run.py runs it
+from trainlab.run_folder import IMAGES_PER_S, STARTUP_S, TEST_ACC, read_scalars  # noqa: E402 (the tags a run writes)
+
 SHARED = Path(os.environ.get("TRAINLAB_SHARED", ROOT.parent / "shared"))  # ../shared, or where it was copied
 RECIPE = ["data=folder", "data.test_dir=test", "transform=to_tensor", "model=tudui", "optimizer=sgd",
           "optimizer.lr=0.01", "data.batch_size=64", "trainer.progress_bar=false", "trainer.log_graph=false",
@@ -204,13 +207,13 @@ def trainlab(data: Path, run_dir: Path, epochs: int, extra: list) -> dict:
         return {"failed": " / ".join(lines[-3:])[-400:]}
     wall = time.perf_counter() - started
     values = read_scalars(run_dir)
-    rates = [v for _, v in values["train/images_per_s"]]
+    rates = [v for _, v in values[IMAGES_PER_S]]
     images = 50000 if not any("subset" in e for e in extra) else 64
     per_epoch = [images / r for r in rates]
     return {"images_per_s": round(statistics.median(rates)), "s_per_epoch": round(statistics.median(per_epoch), 3),
-            "train_s": round(sum(per_epoch), 2), "test_acc": round(max(v for _, v in values["test/acc"]), 4),
-            "last_test_acc": round(values["test/acc"][-1][1], 4),
-            "startup_s": round(values["time/startup_s"][0][1], 2) if "time/startup_s" in values else None,
+            "train_s": round(sum(per_epoch), 2), "test_acc": round(max(v for _, v in values[TEST_ACC]), 4),
+            "last_test_acc": round(values[TEST_ACC][-1][1], 4),
+            "startup_s": round(values[STARTUP_S][0][1], 2) if STARTUP_S in values else None,
             "wall_s": round(wall, 1)}
 
 
@@ -253,14 +256,6 @@ def startup(data: Path, work: Path, runs: int) -> dict:
         floor.append(float(out.strip().splitlines()[-1]))
     return {"trainlab_s": round(statistics.median(ours), 2), "floor_s": round(statistics.median(floor), 2),
             "trainlab_runs": ours, "floor_runs": [round(f, 2) for f in floor]}
-
-
-def read_scalars(run_dir: Path) -> dict:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def print_table(results: dict, peer_epochs: int, epochs: int) -> None:

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from trainlab.allowlist import guard_hydra
 from trainlab.cli import report_errors
-from trainlab.predict import evaluate_checkpoint
+from trainlab.evaluation import evaluate_checkpoint
 
 guard_hydra()  # every config Hydra composes is checked against the allow-list: see src/run.py
 

@@ -62,12 +62,10 @@ def run_cli(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
 
 
 def scalars(run_dir: Path) -> dict:
-    """{tag: [(step, value), ...]} from the run folder's TensorBoard event files."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """{tag: [(step, value), ...]} from the run folder's TensorBoard event files, as trainlab reads them back."""
+    from trainlab.run_folder import read_scalars
 
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return read_scalars(run_dir)
 
 
 def event_tags(run_dir: Path) -> dict:

@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import QUICK, ROOT, SHARED, compose, needs_shared, scalars
 from trainlab.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
-from trainlab.predict import evaluate_checkpoint, predict
+from trainlab.evaluation import evaluate_checkpoint
+from trainlab.predict import predict
 from trainlab.shapes import CLASSES, draw_shape
 from trainlab.train import run
 

@@ -11,10 +11,11 @@ import torch
 
 from trainlab.engine import TrainState
 from trainlab.errors import TrainlabError, one_line
+from trainlab.run_folder import BEST, LAST, PREVIOUS
 
 log = logging.getLogger("trainlab")
 
-LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
+FORMAT = 1  # the checkpoint record's version: a reader refuses a newer one rather than misread it
 
 
 class Checkpointer:
@@ -41,7 +42,7 @@ class Checkpointer:
             return
         check_finite(self.model)
         self.writer.flush()
-        record = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        record = {"format": FORMAT, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                   "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                   **state.state_dict(), "rng": rng_states(),
                   "epoch": state.epoch - (state.batch == 0), "test_acc": state.last_acc, "best_acc": state.best_acc,
@@ -68,14 +69,18 @@ def save_checkpoint(path: Path, state: dict, keep_previous: bool = False) -> Non
 
 
 def load_checkpoint(path: Path) -> dict:
-    """-> the saved dict (model, optimizer, config, classes, ...), tensors on the CPU."""
+    """-> the saved record (model, optimizer, config, classes, ...), tensors on the CPU."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        record = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise TrainlabError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # unpickling refused, truncated file, not a checkpoint at all
         reason = one_line(f"{type(e).__name__}: {e}", 200)
         raise TrainlabError(f"{path} is not a readable trainlab checkpoint ({reason})") from None
+    if isinstance(record, dict) and record.get("format", FORMAT) > FORMAT:  # records before versions had none
+        raise TrainlabError(f"{path} was written by a newer trainlab (checkpoint format {record['format']}, this one "
+                            f"reads up to {FORMAT}): upgrade trainlab to read it")
+    return record
 
 
 def load_latest(folder: Path) -> tuple:

@@ -13,10 +13,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, Interrupted, TrainlabError, one_line
 from trainlab.launch import Launch
+from trainlab.run_folder import ERROR_LOG
 
 log = logging.getLogger("trainlab")
-
-ERROR_LOG = "error.log"  # in a failed sweep job's folder
 
 
 def report_errors(main):

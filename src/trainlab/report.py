@@ -7,6 +7,7 @@ logged than trainer.epochs and no error: a job stopped by a kill looks the same)
 missing (the sweep plans it but it has no folder yet).
 """
 import csv
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from trainlab.cli import ERROR_LOG
 from trainlab.errors import TrainlabError
+from trainlab.run_folder import ERROR_LOG, TEST_ACC, TRAIN_LOSS, read_scalars
 
 CSV_NAME = "report.csv"
 PLOT_NAME = "test_acc.png"
@@ -101,8 +102,8 @@ def read_run(folder: Path, name: str) -> Job:
               epochs=_lookup(config, "trainer.epochs"), config=config,
               choices=_lookup(hydra_config, "hydra.runtime.choices") or {})
     scalars = read_scalars(folder)
-    job.test_acc = scalars.get("test/acc", [])
-    job.train_loss = scalars["train/loss"][-1] if scalars.get("train/loss") else None
+    job.test_acc = [value for _, value in scalars.get(TEST_ACC, [])]
+    job.train_loss = scalars[TRAIN_LOSS][-1][1] if scalars.get(TRAIN_LOSS) else None
     error_log = folder / ERROR_LOG
     if error_log.exists():
         job.status = "failed"
@@ -114,17 +115,6 @@ def read_run(folder: Path, name: str) -> Job:
     return job
 
 
-def read_scalars(folder: Path) -> dict:
-    """{tag: [value per point]} from the folder's event files; {} before the first one is written."""
-    if not any(folder.glob("events.out.tfevents.*")):
-        return {}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # half a second: only here
-
-    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: every point, not a sample
-    events.Reload()
-    return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
 def planned_jobs(sweep: Path) -> list:
     """Each job's overrides, in job order, as Hydra's basic sweeper expands the sweep in multirun.yaml: the product
     of the comma-separated values; [] when the jobs cannot be known in advance."""
@@ -133,17 +123,25 @@ def planned_jobs(sweep: Path) -> list:
         return []  # Optuna and the like pick each job from the results so far
     if hydra_config["sweep"]["subdir"] != "${hydra.job.num}":
         return []  # job folders named otherwise: which one is missing cannot be told
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     params = [f"{key}={value}" for key, value in (hydra_config["sweeper"].get("params") or {}).items()]
     try:
         overrides = OverridesParser.create().parse_overrides(params + hydra_config["overrides"]["task"])
-        # The sweeper's own expansion, so job numbers match the folders it made.
-        return BasicSweeper.split_arguments(overrides, max_batch_size=None)[0]
+        values = {}  # key -> its values, in the order first given; a later override of a key replaces the earlier
+        for override in overrides:
+            key = override.get_key_element()
+            if not override.is_sweep_override():
+                values[key] = [override.get_value_element_as_str()]
+            elif override.is_discrete_sweep():
+                values[key] = list(override.sweep_string_iterator())
+            else:
+                return []  # a range or interval: not the basic sweeper's
     except HydraException:
         return []  # glob(...) needs the config groups to expand
+    # The basic sweeper's expansion: the product, the last key varying fastest, so job numbers match its folders.
+    return [[f"{key}={value}" for key, value in zip(values, chosen)] for chosen in itertools.product(*values.values())]
 
 
 def varied_settings(jobs: list) -> list:

@@ -6,7 +6,6 @@ import torch
 
 log = logging.getLogger("trainlab")
 
-BEST_METRIC = "hparams/best_test_acc"  # the HPARAMS tab's column for the sweep's objective
 
 
 class RunWriter:

@@ -21,7 +21,9 @@ from trainlab.launch import Launch
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
 from trainlab.step import Numerics, make_train_step
-from trainlab.tensorboard import BEST_METRIC, RunWriter
+from trainlab.run_folder import (BEST_METRIC, CHECKPOINTS, IMAGES_PER_S, LR, STARTUP_S, TEST_ACC, TEST_LOSS,
+                                 TRAIN_ACC, TRAIN_LOSS, run_of)
+from trainlab.tensorboard import RunWriter
 from trainlab.transforms import check_transforms, normalization
 
 log = logging.getLogger("trainlab")
@@ -102,12 +104,12 @@ def run(cfg: DictConfig, launch=None) -> float:
     # logging and checkpoints
     first_step = (state.epoch - 1) * steps_per_epoch + state.batch
     writer = RunWriter(run_dir, purge_step=first_step + 1 if saved is not None else None, enabled=ranks.main)
-    checkpointer = Checkpointer(run_dir / "checkpoints", model, optimizer, scheduler, writer,
+    checkpointer = Checkpointer(run_dir / CHECKPOINTS, model, optimizer, scheduler, writer,
                                 {"config": config, "classes": list(data.classes), "image_shape": list(data.image_shape),
                                  "trainlab_version": __version__},
                                 t.checkpoint_every_n_steps, enabled=t.checkpoint and ranks.main)
     if saved is None:
-        writer.hparams(_hparams(cfg, launch.overrides), [BEST_METRIC, "test/acc", "test/loss", "train/loss"])
+        writer.hparams(_hparams(cfg, launch.overrides), [BEST_METRIC, TEST_ACC, TEST_LOSS, TRAIN_LOSS])
         # drawn only for what logs it: on the DataLoader path it decodes a batch (and starts the workers)
         first_batch = next(iter(train_loader))[0] if t.log_images or t.log_graph else None
         if t.log_images:
@@ -127,7 +129,7 @@ def run(cfg: DictConfig, launch=None) -> float:
                 done_before = (epoch - 1) * steps_per_epoch
                 train_loader.start(epoch, state.batch)
                 steps = train_epoch(step, train_loader, state, loop,
-                                    on_log=lambda i, loss: writer.scalars({"train/loss": loss}, done_before + i))
+                                    on_log=lambda i, loss: writer.scalars({TRAIN_LOSS: loss}, done_before + i))
                 for batch in steps:
                     stopping = stop.requested(device, ranks.world)
                     if checkpointer.enabled and (stopping or checkpointer.due(done_before + batch)):
@@ -144,8 +146,8 @@ def run(cfg: DictConfig, launch=None) -> float:
                     scheduler.step()
                 test = evaluate(net, test_loader, loss_fn, numerics)
                 best = state.record(test.acc, epoch)
-                writer.scalars({"train/acc": train.acc, "test/loss": test.loss, "test/acc": test.acc, "lr": lr,
-                                "train/images_per_s": train.images / train.seconds, BEST_METRIC: state.best_acc},
+                writer.scalars({TRAIN_ACC: train.acc, TEST_LOSS: test.loss, TEST_ACC: test.acc, LR: lr,
+                                IMAGES_PER_S: train.images / train.seconds, BEST_METRIC: state.best_acc},
                                epoch * steps_per_epoch)
                 skipped = f"  {train.skipped} non-finite steps skipped" if train.skipped else ""
                 log.info(f"epoch {epoch:>{len(str(t.epochs))}}/{t.epochs}  train loss {train.loss:.4f} "
@@ -211,14 +213,14 @@ def _resume_state(resume: str, run_dir: Path) -> tuple:
     if resume == "never":
         return None, run_dir
     if resume == "auto":
-        state, _ = load_latest(run_dir / "checkpoints")
+        state, _ = load_latest(run_dir / CHECKPOINTS)
         return state, run_dir
     target = Path(resume).expanduser()
     if target.is_file():
         state = load_checkpoint(target)
-        folder = target.parent.parent if target.parent.name == "checkpoints" else run_dir
+        folder = run_of(target) or run_dir
     elif target.is_dir():
-        state, _ = load_latest(target / "checkpoints")
+        state, _ = load_latest(target / CHECKPOINTS)
         folder = target
     else:
         raise TrainlabError(f"trainer.resume={resume}: no such run folder or checkpoint")
@@ -250,7 +252,7 @@ def _log_startup(writer) -> None:
     if launch is not None and not _startup_logged:  # once a process: later jobs of a sweep start much later
         _startup_logged = True
         log.info(f"start-up {launch:.1f}s (from the command to the first training step)")
-        writer.scalars({"time/startup_s": launch}, 0)
+        writer.scalars({STARTUP_S: launch}, 0)
 
 
 _startup_logged = False

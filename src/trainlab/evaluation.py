@@ -1,0 +1,111 @@
+"""A checkpoint's accuracy on the test split its run was tested on (src/evaluate.py): each class's, and a confusion
+matrix in TensorBoard; evaluated in the run's own numerics, so the same device gives the accuracy the run logged."""
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from trainlab.data import build_data, build_loaders
+from trainlab.errors import TrainlabError
+from trainlab.predict import Trained, check_required, load_trained, size_text
+from trainlab.run_folder import EVALUATE, run_of
+from trainlab.step import Numerics
+from trainlab.tensorboard import RunWriter
+from trainlab.transforms import build_transforms, check_transforms
+
+log = logging.getLogger("trainlab")
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> float:
+    """cfg: checkpoint, data.root (null: the checkpoint's own), log_dir (null: <run folder>/evaluate) -> accuracy on
+    the test split the run was tested on; per-class accuracy logged, scalars and the confusion matrix in TensorBoard
+    at step = the checkpoint's epoch."""
+    check_required(cfg)
+    trained = load_trained(cfg.checkpoint)
+    run_cfg = OmegaConf.create(trained.config)
+    if cfg.data.root is not None:
+        run_cfg.data.root = str(cfg.data.root)
+    data = build_data(run_cfg.data, *build_transforms(check_transforms(run_cfg.transform)))
+    if list(data.classes) != trained.classes:
+        raise TrainlabError(f"the checkpoint knows classes {trained.classes[:5]}, data.root={run_cfg.data.root} "
+                            f"has {list(data.classes)[:5]}: evaluate on data with the same class folders")
+    if tuple(data.image_shape) != trained.image_shape:
+        raise TrainlabError(f"the data's images come out {size_text(data.image_shape)}, the model takes "
+                            f"{size_text(trained.image_shape)}: evaluate on images the checkpoint's pipeline can take")
+    _, test_loader = build_loaders(run_cfg.data, data, run_cfg.trainer.seed)
+    log.info(f"{trained.describe()} · data {run_cfg.data.name}: {len(data.test):,} test images")
+    confusion = confusion_matrix(trained, test_loader, run_cfg.trainer)
+    acc, per_class = accuracies(confusion)
+    log.info(f"accuracy {acc:.2%} ({confusion.trace()}/{confusion.sum()})")
+    width = max(map(len, trained.classes))
+    for i, name in enumerate(trained.classes):
+        images = confusion[i].sum()
+        shown = f"{per_class[i]:7.2%} ({confusion[i, i]}/{images})" if images else "no test images"
+        log.info(f"  {name:<{width}}  {shown}")
+    log_dir = Path(cfg.log_dir) if cfg.log_dir is not None else (run_of(trained.path) or trained.path.parent) / EVALUATE
+    write_tensorboard(log_dir, confusion, trained.classes, acc, per_class, trained.epoch or 0)
+    log.info(f"TensorBoard: eval/acc, eval/acc/<class> and eval/confusion_matrix in {log_dir}")
+    return acc
+
+
+@torch.no_grad()
+def confusion_matrix(trained: Trained, loader, trainer: DictConfig) -> np.ndarray:
+    """-> (classes, classes) counts: row the true class, column the predicted one. Evaluated in the run's precision
+    and memory layout, so the same device gives the accuracy the run logged, to the image."""
+    numerics = Numerics.choose(trained.device, trainer.precision, trainer.channels_last)  # as the run chose
+    model, device, n = trained.model.to(memory_format=numerics.memory_format), trained.device, len(trained.classes)
+    counts = torch.zeros(n * n, dtype=torch.long, device=device)
+    for images, targets in loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with numerics.autocast():
+            logits = model(numerics.layout(images))
+        counts += torch.bincount(targets * n + logits.argmax(1), minlength=n * n)
+    return counts.view(n, n).cpu().numpy()
+
+
+def accuracies(confusion: np.ndarray) -> tuple:
+    """-> (overall accuracy, [accuracy of each class]); a class with no test images gets NaN."""
+    support = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        per_class = np.diag(confusion) / support
+    return float(np.trace(confusion) / max(confusion.sum(), 1)), [float(a) for a in per_class]
+
+
+def write_tensorboard(log_dir: Path, confusion: np.ndarray, classes: list, acc: float, per_class: list,
+                      step: int) -> None:
+    writer = RunWriter(log_dir)
+    try:
+        values = {f"eval/acc/{name}": a for name, a in zip(classes, per_class) if not np.isnan(a)}
+        writer.scalars({"eval/acc": acc, **values}, step)
+        writer.image("eval/confusion_matrix", draw_confusion(confusion, classes), step)
+    finally:
+        writer.close()
+
+
+def draw_confusion(confusion: np.ndarray, classes: list) -> torch.Tensor:
+    """-> (3, H, W) uint8 picture of the matrix: each row shaded by its share of that class's images, so a class
+    taken for another stands out however many images it has; the counts written in the cells."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib only here; no pyplot, no display
+    from matplotlib.figure import Figure
+
+    n = len(classes)
+    shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    side = min(3 + 0.5 * n, 20)  # inches: room for the labels, without growing past a screen for 100 classes
+    figure = Figure(figsize=(side, side), dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(n), classes, rotation=45, ha="right")
+    axes.set_yticks(range(n), classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    if n <= 30:  # beyond that the numbers no longer fit their cells
+        for (row, column), count in np.ndenumerate(confusion):
+            colour = "white" if shares[row, column] > 0.5 else "black"
+            axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=8)
+    figure.tight_layout()
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3]
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
