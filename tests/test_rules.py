@@ -4,7 +4,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose
-from trainlab.checkpoint import load_checkpoint, save_checkpoint
+from trainlab.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from trainlab.errors import TrainlabError
 from trainlab.models import build_model, summary_table
 from trainlab.transforms import build_pipeline, check_pipeline, normalization
@@ -85,6 +85,15 @@ def test_checkpoint_round_trip_is_weights_only_and_atomic(tmp_path):
     assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["classes"] == ["x", "y"]
 
 
+def test_a_checkpoint_of_a_newer_format_is_refused_not_misread(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"format": FORMAT + 1, "model": {}})
+    with pytest.raises(TrainlabError, match=f"newer trainlab \\(checkpoint format {FORMAT + 1}, this one reads up"):
+        load_checkpoint(path)
+    save_checkpoint(path, {"model": {}})  # written before records had a format
+    assert load_checkpoint(path) == {"model": {}}
+
+
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -96,7 +105,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
         load_checkpoint(path)
 
 
-def test_targets_outside_torch_torchvision_and_trainlab_are_refused():
+def test_targets_off_the_allow_list_are_refused():
     from trainlab.optim import build_loss
 
     with pytest.raises(TrainlabError, match="not allowed"):
