@@ -148,10 +148,10 @@ class TrainEpoch:
     """Iterating trains one batch a step, keeping state.batch and state.totals current, and yields the batch's
     number: between two steps the caller may checkpoint the state or stop. stats() once it is exhausted.
 
-    on_log(batch, mean loss since the last call) runs every loop.log_every batches and after the last one; the loss is
-    read back from the device only then, so the other steps never wait for it. A non-finite loss raises NonFiniteLoss
-    there (naming its batch), before anything else sees the weights; check_finite() does the same at once (call it
-    before saving anything mid-epoch).
+    on_log(global step, mean loss since the last call) runs every loop.log_every batches and after the last one; the
+    loss is read back from the device only then, so the other steps never wait for it. A non-finite loss raises
+    NonFiniteLoss there (naming its batch), before anything else sees the weights; check_finite() does the same at
+    once (call it before saving anything mid-epoch).
     """
 
     def __init__(self, step: TrainStep, loader, state: TrainState, loop: Loop, on_log=None):
@@ -191,7 +191,7 @@ class TrainEpoch:
                     window_steps = 0
                     bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
                     if self.on_log is not None:
-                        self.on_log(i, mean)
+                        self.on_log((state.epoch - 1) * loop.batches + i, mean)
                 state.batch = i
                 yield i
         finally:

@@ -121,6 +121,7 @@ def run(cfg: DictConfig, launch=None) -> float:
         set_rng_states(saved["rng"])  # last: everything above may draw from the generators
 
     # the loop
+    log_loss = lambda step, loss: writer.scalars({TRAIN_LOSS: loss}, step)  # noqa: E731 (train_epoch's on_log)
     first_epoch, start = state.epoch, time.perf_counter()
     try:
         with StopOnSignal() as stop:
@@ -128,8 +129,7 @@ def run(cfg: DictConfig, launch=None) -> float:
                 lr = optimizer.param_groups[0]["lr"]
                 done_before = (epoch - 1) * steps_per_epoch
                 train_loader.start(epoch, state.batch)
-                steps = train_epoch(step, train_loader, state, loop,
-                                    on_log=lambda i, loss: writer.scalars({TRAIN_LOSS: loss}, done_before + i))
+                steps = train_epoch(step, train_loader, state, loop, on_log=log_loss)
                 for batch in steps:
                     stopping = stop.requested(device, ranks.world)
                     if checkpointer.enabled and (stopping or checkpointer.due(done_before + batch)):
