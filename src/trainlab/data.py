@@ -169,8 +169,8 @@ class BatchPlan:
 class EpochSampler(Sampler):
     """The DataLoader path's BatchPlan: one epoch's (epoch, index) keys in the epoch's order."""
 
-    def __init__(self, *plan_args, **plan_kwargs):
-        self.plan = BatchPlan(*plan_args, **plan_kwargs)
+    def __init__(self, length: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, shard=(0, 1)):
+        self.plan = BatchPlan(length, batch_size, shuffle, drop_last, seed, shard)
 
     def __len__(self):
         return len(self._keys())

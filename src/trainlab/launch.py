@@ -2,9 +2,10 @@
 notebook, so that a run behaves the same under Hydra, under pytest and in a notebook. Library code reads this,
 never Hydra's global state."""
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from trainlab.distributed import launch_stamp
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Launch:
         """A Launch as given, or one for a run folder (a path), or a new folder under outputs/runs (None)."""
         if isinstance(given, Launch):
             return given
-        return cls(Path(given) if given is not None else Path("outputs/runs") / time.strftime("%Y-%m-%d_%H-%M-%S"))
+        return cls(Path(given) if given is not None else Path("outputs/runs") / launch_stamp())  # as conf/ names it
 
     @classmethod
     def from_hydra(cls) -> "Launch":
