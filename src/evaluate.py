@@ -1,4 +1,4 @@
-"""A checkpoint's accuracy on its data set's test split, with a confusion matrix in TensorBoard:
+"""A checkpoint's accuracy on its run's test split (split=val: validation), with a confusion matrix in TensorBoard:
 python src/evaluate.py checkpoint=PATH  (data.root=FOLDER to test on other images of the same classes)"""
 import atexit
 import gc

@@ -22,7 +22,7 @@ guard_hydra()  # every config Hydra composes is checked against the allow-list b
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @report_errors
 def main(cfg: DictConfig) -> float:
-    return run(cfg, Launch.from_hydra())  # the best test accuracy: the objective a Hydra sweeper optimises
+    return run(cfg, Launch.from_hydra())  # the best validation value of trainer.monitor: a search's objective
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def folder_run(root, run_dir, *extra):
 def test_images_of_any_mode_are_converted_to_the_models_channels(messy_folder, tmp_path, path):
     result = folder_run(messy_folder, tmp_path / "run", f"trainer.data_path={path}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "15 train / 12 test images, 2 classes, 3x8x8" in result.stdout
+    assert "15 train / 12 val / no test images, 2 classes, 3x8x8" in result.stdout
 
 
 @pytest.mark.parametrize("extra", [["trainer.data_path=resident"], ["trainer.data_path=loader", "data.num_workers=2"]])

@@ -99,40 +99,47 @@ def test_a_grey_model_takes_photos_and_images_of_any_mode_resized_once(grey_chec
     assert len(notes) == 1 and "1x48x48" in notes[0] and "resized to 32x32" in notes[0]
 
 
-def test_evaluate_prints_the_runs_test_accuracy_and_logs_the_confusion_matrix(ants_checkpoint):
-    result = run_script("evaluate", f"checkpoint={ants_checkpoint}")
+def test_evaluate_prints_the_runs_validation_accuracy_and_logs_the_confusion_matrix(ants_checkpoint):
+    result = run_script("evaluate", f"checkpoint={ants_checkpoint}")  # ants and bees: train/ and val/, no test/
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    assert "error: the run's data has no test split (13 train / 6 val / no test images): evaluate split=val" in \
+        result.stdout + result.stderr
+    result = run_script("evaluate", f"checkpoint={ants_checkpoint}", "split=val")
     assert result.returncode == 0, result.stdout + result.stderr
-    test_acc = load_checkpoint(ants_checkpoint)["test_acc"]
-    right, total = map(int, re.search(rf"^accuracy {test_acc:.2%} \((\d+)/(\d+)\)$", result.stdout, re.M).groups())
-    assert right / total == test_acc and total == 6  # the same test split: val/, 3 ants and 3 bees
+    val_acc = load_checkpoint(ants_checkpoint)["val"]["acc"]
+    right, total = map(int, re.search(rf"^accuracy {val_acc:.2%} \((\d+)/(\d+)\)$", result.stdout, re.M).groups())
+    assert right / total == val_acc and total == 6  # the run's validation split: val/, 3 ants and 3 bees
     per_class = re.findall(r"^  (ants|bees) +[\d.]+% \((\d+)/(\d+)\)$", result.stdout, re.M)
     assert [name for name, _, _ in per_class] == ["ants", "bees"]
     assert sum(int(r) for _, r, _ in per_class) == right and sum(int(n) for _, _, n in per_class) == total
     log_dir = ants_checkpoint.parent.parent / "evaluate"
     events = EventAccumulator(str(log_dir))
     events.Reload()
-    assert events.Tags()["images"] == ["eval/confusion_matrix"]
+    assert events.Tags()["images"] == ["eval_val/confusion_matrix"]
     values = scalars(log_dir)
-    assert values["eval/acc"] == [(1, pytest.approx(test_acc))] and {"eval/acc/ants", "eval/acc/bees"} <= set(values)
+    assert values["eval_val/acc"] == [(1, pytest.approx(val_acc))]
+    assert {"eval_val/acc/ants", "eval_val/acc/bees"} <= set(values)
 
 
 def test_evaluate_in_process_and_on_another_copy_of_the_data(grey_checkpoint, ants_checkpoint, ants_bees, tmp_path,
                                                              caplog):
-    def evaluate(checkpoint, root=None):
+    def evaluate(checkpoint, root=None, split="test"):
         return evaluate_checkpoint(OmegaConf.create({"checkpoint": str(checkpoint), "data": {"root": root},
-                                                     "log_dir": str(tmp_path / "events")}))
+                                                     "split": split, "log_dir": str(tmp_path / "events")}))
 
-    assert evaluate(grey_checkpoint.parent.parent) == load_checkpoint(grey_checkpoint)["test_acc"]  # a run folder
+    tested = load_checkpoint(grey_checkpoint)  # a run of shapes: held-out validation, and its own test split
+    assert evaluate(grey_checkpoint.parent.parent) == tested["test"]["acc"]  # a run folder: its best.pt
+    assert evaluate(grey_checkpoint, split="val") == tested["val"]["acc"]  # the same held-out images as the run's
     copy = shutil.copytree(ants_bees, tmp_path / "copy")
     next((copy / "val" / "bees").iterdir()).unlink()
     caplog.set_level("INFO", logger="trainlab")
-    assert 0 <= evaluate(ants_checkpoint, str(copy)) <= 1
-    assert "data folder: 5 test images" in caplog.text
+    assert 0 <= evaluate(ants_checkpoint, str(copy), "val") <= 1
+    assert "data folder: 5 val images" in caplog.text
     (copy / "train" / "wasps").mkdir()
     shutil.copy(next((copy / "train" / "ants").iterdir()), copy / "train" / "wasps")
     shutil.copytree(copy / "train" / "wasps", copy / "val" / "wasps")
     with pytest.raises(TrainlabError, match=r"the checkpoint knows classes \['ants', 'bees'\]"):
-        evaluate(ants_checkpoint, str(copy))
+        evaluate(ants_checkpoint, str(copy), "val")
 
 
 @pytest.fixture

@@ -22,11 +22,11 @@ def both_paths(*overrides, seed=0):
 
 @pytest.mark.parametrize("transform", ["to_tensor", "normalize"])
 def test_deterministic_pipelines_give_identical_tensors_on_both_paths(transform):
-    loader_data, (train, test), (resident_data, resident_train, resident_test) = both_paths(
+    loader_data, loaders, (resident_data, resident) = both_paths(
         f"transform={transform}", "data.shuffle=false", "data.subset=150", "data.batch_size=32")
     assert loader_data.image_shape == resident_data.image_shape and loader_data.classes == resident_data.classes
-    for a, b in ((train, resident_train), (test, resident_test)):
-        assert len(a) == len(b)
+    for a, b in ((loaders.train, resident.train), (loaders.val, resident.val), (loaders.test, resident.test)):
+        assert len(a) == len(b) > 0
         for (x1, y1), (x2, y2) in zip(a, b):
             assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
@@ -114,7 +114,7 @@ def test_auto_falls_back_to_the_loader_and_forcing_resident_names_the_step():
     for path, expected in (("auto", "DataLoader (transform.train step 0"), ("resident", None)):
         cfg.trainer.data_path = path
         if expected:
-            assert build_run_data(cfg, check_transforms(cfg.transform), torch.device("cpu"))[3].startswith(expected)
+            assert build_run_data(cfg, check_transforms(cfg.transform), torch.device("cpu"))[2].startswith(expected)
         else:
             with pytest.raises(TrainlabError, match="trainer.data_path=resident cannot be used"):
                 build_run_data(cfg, check_transforms(cfg.transform), torch.device("cpu"))

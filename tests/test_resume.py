@@ -9,6 +9,7 @@ import torch
 
 from conftest import QUICK, ROOT, compose, run_cli, scalars
 from trainlab.checkpoint import load_checkpoint
+from trainlab.run_folder import read_metrics
 from trainlab.train import run
 
 pytestmark = pytest.mark.slow
@@ -17,7 +18,8 @@ pytestmark = pytest.mark.slow
 RECIPE = ["data=shapes", "data.num_train=480", "data.num_test=64", "data.batch_size=32", "model=mlp",
           "transform=augment", "optimizer=adam", "trainer.epochs=6", "trainer.checkpoint_every_n_steps=3",
           "trainer.log_every_n_steps=1", *QUICK, "trainer.log_images=false"]
-STEPS = 6 * 480 // 32  # long enough (seconds) that the kill always lands mid-run
+PER_EPOCH = -(-(480 - 50) // 32)  # batches of an epoch: data.val_split holds out 50 of the 480 (5 a class)
+STEPS = 6 * PER_EPOCH  # long enough (seconds) that the kill always lands mid-run
 
 
 def start(run_dir, *extra):
@@ -33,7 +35,7 @@ def wait_for_checkpoint(run_dir, process, after_step=4):
         if path.exists():
             try:
                 position = load_checkpoint(path)["position"]
-                if (position["epoch"] - 1) * 15 + position["batch"] >= after_step:
+                if (position["epoch"] - 1) * PER_EPOCH + position["batch"] >= after_step:
                     return
             except Exception:
                 pass
@@ -79,6 +81,8 @@ def test_killed_mid_epoch_then_rerun_ends_bit_for_bit_like_an_uninterrupted_run(
     assert not differ, f"weights differ from the uninterrupted run's: {differ}\n{story}"
     steps = [s for s, _ in scalars(tmp_path)["train/loss"]]
     assert steps == list(range(1, 2 * STEPS + 1)), f"logged steps {steps}\n{story}"  # none missing, none twice
+    rows = [row["epoch"] for row in read_metrics(tmp_path)]
+    assert rows == [*range(1, 13), "test"], f"metrics.csv rows {rows}\n{story}"  # each epoch once
 
 
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_75_then_resume_by_folder(tmp_path, reference):
@@ -109,7 +113,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
                      f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     assert "warning" in result.stdout and "last.prev.pt instead" in result.stdout
-    assert "resuming" in result.stdout and "at epoch 2, batch 0" in result.stdout
+    # last.prev.pt: the end of epoch 2, before the test score was added to it
+    assert "resuming" in result.stdout and "at epoch 3, batch 0" in result.stdout
     (tmp_path / "checkpoints" / "last.prev.pt").write_bytes(b"not a checkpoint")
     last.write_bytes(b"")
     result = run_cli(*settings, f"hydra.run.dir={tmp_path}")

@@ -8,6 +8,7 @@ import yaml
 from conftest import QUICK, compose, event_tags, run_cli, scalars
 from trainlab.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
+from trainlab.run_folder import read_metrics
 import trainlab.train
 from trainlab.train import run
 
@@ -29,24 +30,38 @@ def test_a_shapes_run_learns_and_leaves_a_complete_run_folder(tmp_path):
                      "trainer.log_every_n_steps=1", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "145,578" in out and out.count(" train loss ") == 4 and "best test acc" in out
+    assert "145,578" in out and out.count(" train loss ") == 4 and "best val acc" in out
+    assert "data shapes: 1,350 train / 150 val / 300 test images" in out  # val_split 0.1 of train held out
     assert_complete_run_folder(tmp_path)
     assert "epoch 4/4" in (tmp_path / "run.log").read_text()
     assert yaml.safe_load((tmp_path / ".hydra/config.yaml").read_text())["optimizer"]["_target_"] == "torch.optim.Adam"
 
-    steps = -(-1500 // 64)  # batches per epoch
+    steps = -(-1350 // 64)  # batches per epoch: 1,500 less the 150 validation images
     values = scalars(tmp_path)
     assert [s for s, _ in values["train/loss"]] == list(range(1, 4 * steps + 1))
-    for tag in ("train/acc", "test/loss", "test/acc", "lr", "hparams/best_test_acc"):
+    for tag in ("train/acc", "val/loss", "val/acc", "lr", "hparams/best_val_acc"):
         assert [s for s, _ in values[tag]] == [steps, 2 * steps, 3 * steps, 4 * steps], tag  # at each epoch's end
+    for tag in ("test/loss", "test/acc"):
+        assert [s for s, _ in values[tag]] == [4 * steps], tag  # once, at the end
     tags = event_tags(tmp_path)
     assert tags["images"] == ["train/first_batch"] and tags["graph"]
     assert tags["hparams"] == ["_hparams_/experiment", "_hparams_/session_end_info", "_hparams_/session_start_info"]
 
-    best = max(v for _, v in values["test/acc"])
-    assert best > 0.5, f"chance is 0.1; a short run on shapes should be well above it, got {best}"
+    val = [v for _, v in values["val/acc"]]
+    best_epoch = val.index(max(val)) + 1  # the first epoch that reached the best
+    assert max(val) > 0.5, f"chance is 0.1; a short run on shapes should be well above it, got {max(val)}"
     checkpoint = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
-    assert checkpoint["test_acc"] == pytest.approx(best) and len(checkpoint["classes"]) == 10
+    assert checkpoint["epoch"] == checkpoint["best"]["epoch"] == best_epoch and len(checkpoint["classes"]) == 10
+    assert checkpoint["best"]["val"]["acc"] == pytest.approx(max(val))
+    test_acc = values["test/acc"][0][1]
+    assert checkpoint["test"] == {"loss": pytest.approx(values["test/loss"][0][1]), "acc": pytest.approx(test_acc),
+                                  "epoch": best_epoch}  # scored with best.pt's weights
+    rows = read_metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, "test"]
+    assert [r["val_acc"] for r in rows[:4]] == pytest.approx(val, abs=1e-5)
+    assert rows[-1]["test_acc"] == pytest.approx(test_acc, abs=1e-5)
+    assert rows[-1]["val_acc"] == pytest.approx(max(val), abs=1e-5)  # the val score of the weights tested
+    assert f"test acc {test_acc:.2%}" in out.splitlines()[-1]
     assert checkpoint["config"]["model"]["name"] == "tudui" and set(checkpoint["model"]) >= {"0.weight", "8.bias"}
 
 
@@ -54,10 +69,12 @@ def test_a_folder_run_on_ants_and_bees_with_a_gif_among_the_jpegs(tmp_path, ants
     result = run_cli("data=folder", f"data.root={ants_bees}", "data.image_size=32", "trainer.epochs=2", *QUICK,
                      f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
-    assert "13 train / 6 test images, 2 classes, 3x32x32" in result.stdout
+    assert "13 train / 6 val / no test images, 2 classes, 3x32x32" in result.stdout  # train/ and val/ only
+    assert f"no test split: {ants_bees / 'test'} does not exist" in result.stdout
     assert_complete_run_folder(tmp_path)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["classes"] == ["ants", "bees"]
-    assert len(scalars(tmp_path)["test/acc"]) == 2
+    values = scalars(tmp_path)
+    assert len(values["val/acc"]) == 2 and "test/acc" not in values
 
 
 def test_a_two_job_sweep_leaves_two_complete_folders(tmp_path):
@@ -105,11 +122,13 @@ def test_the_collector_src_run_turns_off_for_start_up_is_on_for_every_epoch(tmp_
         gc.unfreeze()
 
 
-@pytest.mark.parametrize("options", [["trainer.precision=bf16", "model=lenet"], ["trainer.channels_last=false"]])
+@pytest.mark.parametrize("options", [["trainer.precision=bf16"], ["trainer.channels_last=false"]])
 def test_the_speed_options_train_as_well(tmp_path, options):
     best = run(compose(*SHAPES, "data.num_train=2000", "data.num_test=200", "trainer.epochs=3", "optimizer=adam",
                        *QUICK, "trainer.log_images=false", *options), tmp_path)
-    assert best > 0.3  # chance is 0.1
+    # chance is 0.1; the defaults reach 0.62 here. (LeNet reached 0.25 to 0.28 on this budget, on the CPU and an
+    # H100 alike, and too close to chance to tell a broken option from a slow learner.)
+    assert best > 0.4
 
 
 @pytest.mark.parametrize("args,message", [

@@ -15,12 +15,15 @@ from trainlab.run_folder import BEST, LAST, PREVIOUS
 
 log = logging.getLogger("trainlab")
 
-FORMAT = 1  # the checkpoint record's version: a reader refuses a newer one rather than misread it
+# The checkpoint record's version: a reader refuses a newer one rather than misread it. 2: validation splits (best
+# chosen on validation, the test score kept once scored); a run of format 1 chose its best.pt on the test split.
+FORMAT = 2
 
 
 class Checkpointer:
     """The run's checkpoints/: last.pt at each epoch's end, every `every_n_steps` steps and when a signal stops the
-    run (the one before kept as last.prev.pt), and best.pt when an epoch sets the best test accuracy.
+    run (the one before kept as last.prev.pt), and best.pt when an epoch sets the best monitored validation value
+    (with no validation split: every epoch's end, so best.pt holds the last weights).
 
     What a checkpoint holds is decided here: the state of the model, optimizer, scheduler, run and generators, and
     `about` (the plain config, the class names, the image shape). Weights that are not finite are never written, and
@@ -44,12 +47,27 @@ class Checkpointer:
         self.writer.flush()
         record = {"format": FORMAT, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                   "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                  **state.state_dict(), "rng": rng_states(),
-                  "epoch": state.epoch - (state.batch == 0), "test_acc": state.last_acc, "best_acc": state.best_acc,
-                  **self.about}
-        save_checkpoint(self.folder / LAST, record, keep_previous=True)
-        if best:
+                  **state.state_dict(), "rng": rng_states(), "epoch": state.epoch - (state.batch == 0), **self.about}
+        if best:  # first: a run killed between the two resumes from the last.pt before, and writes best.pt again
             save_checkpoint(self.folder / BEST, record)
+        save_checkpoint(self.folder / LAST, record, keep_previous=True)
+
+    def best_weights(self, epoch: int) -> dict:
+        """The model weights best.pt holds (on the CPU), which must be those of `epoch`."""
+        record = load_checkpoint(self.folder / BEST)
+        if record.get("epoch") != epoch:
+            raise TrainlabError(f"{self.folder / BEST} holds the weights of epoch {record.get('epoch')}, but the run's "
+                                f"best epoch was {epoch}: the test split cannot be scored with the chosen weights; "
+                                "evaluate a checkpoint with src/evaluate.py instead")
+        return record["model"]
+
+    def add_test(self, test: dict) -> None:
+        """Write the test split's score into best.pt too, whose weights it was scored with."""
+        if not self.enabled or not (self.folder / BEST).exists():
+            return
+        record = load_checkpoint(self.folder / BEST)
+        record["test"] = test
+        save_checkpoint(self.folder / BEST, record)
 
 
 def save_checkpoint(path: Path, state: dict, keep_previous: bool = False) -> None:

@@ -27,11 +27,15 @@ class DataConfig:
     shuffle: bool = MISSING
     drop_last: bool = MISSING
     pin_memory: bool = MISSING
+    val_split: float = MISSING  # share of train held out for validation where the data set has no such split
+    split_seed: int = MISSING
     subset: Optional[int] = MISSING  # train on this many images (a fixed random choice); null: all
+    val_subset: Optional[int] = MISSING
     test_subset: Optional[int] = MISSING
     bad_images: str = MISSING  # fail or skip: what a file that cannot be decoded does
     # folder only
     train_dir: Optional[str] = None
+    val_dir: Optional[str] = None
     test_dir: Optional[str] = None
     split: Optional[float] = None  # fraction of root's images held out for testing, when root has no train/test dirs
     # shapes only
@@ -143,6 +147,10 @@ class TrainerConfig:
     channels_last: Optional[bool] = MISSING  # null: chosen by device and precision
     compile: bool = MISSING
     cuda_graphs: bool = MISSING
+    monitor: str = MISSING  # val/acc or val/loss: what chooses best.pt
+    test_every_epoch: bool = MISSING
+    early_stopping_patience: Optional[int] = MISSING  # null: off
+    max_minutes: Optional[float] = MISSING  # null: no time budget
 
 
 @dataclass
@@ -189,17 +197,23 @@ def check_values(cfg: DictConfig) -> None:
         ("data.eval_batch_size", d.eval_batch_size, d.eval_batch_size >= 1, "at least 1"),
         ("data.num_workers", d.num_workers, d.num_workers >= 0, "0 or more"),
         ("data.subset", d.subset, d.subset is None or d.subset >= 1, "at least 1, or null for all"),
+        ("data.val_subset", d.val_subset, d.val_subset is None or d.val_subset >= 1, "at least 1, or null"),
         ("data.test_subset", d.test_subset, d.test_subset is None or d.test_subset >= 1, "at least 1, or null"),
+        ("data.val_split", d.val_split, 0 <= d.val_split < 1, "from 0 (no validation split) to below 1"),
         ("data.split", d.split, d.split is None or 0 < d.split < 1, "between 0 and 1, or null"),
         ("data.image_size", d.image_size, d.image_size >= 1, "at least 1"),
         ("trainer.epochs", t.epochs, t.epochs >= 1, "at least 1"),
         ("trainer.log_every_n_steps", t.log_every_n_steps, t.log_every_n_steps >= 1, "at least 1"),
         ("trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps, t.checkpoint_every_n_steps >= 0,
          "0 (epoch ends only) or more"),
+        ("trainer.early_stopping_patience", t.early_stopping_patience,
+         t.early_stopping_patience is None or t.early_stopping_patience >= 1, "at least 1, or null (off)"),
+        ("trainer.max_minutes", t.max_minutes, t.max_minutes is None or t.max_minutes > 0, "above 0, or null"),
     ]
     choices = [("trainer.data_path", t.data_path, ("auto", "resident", "loader")),
                ("trainer.precision", t.precision, ("fp32", "bf16")),
                ("trainer.nonfinite", t.nonfinite, ("stop", "skip")),
+               ("trainer.monitor", t.monitor, ("val/acc", "val/loss")),
                ("data.bad_images", d.bad_images, ("fail", "skip"))]
     rules += [(key, value, value in allowed, "one of " + ", ".join(allowed)) for key, value, allowed in choices]
     if "lr" in cfg.optimizer:

@@ -1,9 +1,10 @@
-"""Data sets by name -> train and test sets, with what the model needs to know: class names and image shape."""
+"""Data sets by name -> train, validation and test sets (splits.py says which images each holds), with what the
+model needs to know: class names and image shape."""
 import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterable, Iterator, Optional, Protocol
 from urllib.error import URLError
 
 import torch
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_colla
 
 from trainlab import distributed
 from trainlab.errors import TrainlabError, one_line
+from trainlab.splits import Sources, hold_out, split, with_transform
 from trainlab.transforms import build_transforms
 
 log = logging.getLogger("trainlab")
@@ -28,27 +30,40 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 @dataclass
 class DataSplits:
     train: Dataset
-    test: Dataset
+    val: Optional[Dataset]  # None: data.val_split=0 and no validation set of its own
+    test: Optional[Dataset]  # None: a folder with no test folder
     classes: list
     image_shape: tuple  # (C, H, W) of one training image after the train pipeline
 
 
+@dataclass
+class Loaders:
+    train: "TrainLoader"
+    val: Optional[Iterable]  # batches of (images, labels), in order; None where the split is
+    test: Optional[Iterable]
+
+
 def build_data(cfg, train_tf, test_tf) -> DataSplits:
     """cfg.data and the two pipelines -> DataSplits, subsets applied."""
-    train, test, classes = build_datasets(cfg, train_tf, test_tf)
-    train = Subset(train, subset_indices(len(train), cfg.subset)) if cfg.subset else train
-    test = Subset(test, subset_indices(len(test), cfg.test_subset)) if cfg.test_subset else test
+    sources = build_datasets(cfg, train_tf, test_tf)
+    train, val, test = (subset(s, size) for s, size in zip(split(sources, cfg.val_split, cfg.split_seed),
+                                                             (cfg.subset, cfg.val_subset, cfg.test_subset)))
     try:
         image = first_image(train)
     except (RuntimeError, ValueError, TypeError) as e:
         raise TrainlabError(f"transform.train cannot process a {cfg.name} image: {e}") from None
-    return DataSplits(train, test, classes, tuple(image.shape))
+    return DataSplits(train, val, test, sources.classes, tuple(image.shape))
+
+
+def subset(dataset, size):
+    """data.subset and the like: a fixed random `size` of the split's items (all where size is null)."""
+    return Subset(dataset, subset_indices(len(dataset), size)) if size and dataset is not None else dataset
 
 
 def build_run_data(cfg, transforms: dict, device, ranks=distributed.Ranks()) -> tuple:
-    """The run's config and checked transform steps -> (DataSplits, train loader, test loader, which path and why):
-    resident on the device when the pipelines allow it and the data fits (trainer.data_path=auto), else the
-    DataLoader. Both train loaders are TrainLoaders."""
+    """The run's config and checked transform steps -> (DataSplits, Loaders, which path and why): resident on the
+    device when the pipelines allow it and the data fits (trainer.data_path=auto), else the DataLoader. Both train
+    loaders are TrainLoaders."""
     from trainlab.resident import NotResident, build_resident  # it builds on this module
 
     t = cfg.trainer
@@ -64,7 +79,7 @@ def build_run_data(cfg, transforms: dict, device, ranks=distributed.Ranks()) -> 
                 raise TrainlabError(f"trainer.data_path=resident cannot be used: {e}; use auto or loader") from None
             reason = str(e)
     data = build_data(cfg.data, *build_transforms(transforms))
-    return (data, *build_loaders(cfg.data, data, t.seed, shard), f"DataLoader ({reason})")
+    return data, build_loaders(cfg.data, data, t.seed, shard), f"DataLoader ({reason})"
 
 
 def first_image(dataset):
@@ -72,8 +87,8 @@ def first_image(dataset):
     return next(item[0] for item in (dataset[i] for i in range(len(dataset))) if item is not None)
 
 
-def build_datasets(cfg, train_tf, test_tf) -> tuple:
-    """-> (train set, test set, class names), whole, each item (image after its pipeline, label)."""
+def build_datasets(cfg, train_tf, test_tf) -> Sources:
+    """-> the data set's Sources, whole, each item (image after its pipeline, label)."""
     if cfg.name in TORCHVISION_SETS:
         return _torchvision_set(cfg, train_tf, test_tf)
     if cfg.name == "folder":
@@ -82,7 +97,8 @@ def build_datasets(cfg, train_tf, test_tf) -> tuple:
         from trainlab.shapes import ShapesDataset
 
         train = ShapesDataset(cfg.num_train, cfg.image_size, 0, "train", train_tf)
-        return train, ShapesDataset(cfg.num_test, cfg.image_size, 0, "test", test_tf), list(train.classes)
+        return Sources(train, with_transform(train, test_tf), None,
+                       ShapesDataset(cfg.num_test, cfg.image_size, 0, "test", test_tf), list(train.classes))
     names = ", ".join([*TORCHVISION_SETS, "folder", "shapes"])
     raise TrainlabError(f"data.name '{cfg.name}' is not a data set trainlab knows: use one of {names}")
 
@@ -94,8 +110,8 @@ def subset_indices(length: int, size) -> list:
     return sorted(torch.randperm(length, generator=torch.Generator().manual_seed(0))[:size].tolist())
 
 
-def build_loaders(cfg, splits: DataSplits, seed: int, shard: tuple = (0, 1)) -> tuple:
-    """-> (train loader, test loader). The training order and each image's random steps follow (seed, epoch, index)
+def build_loaders(cfg, splits: DataSplits, seed: int, shard: tuple = (0, 1)) -> Loaders:
+    """-> the splits' loaders. The training order and each image's random steps follow (seed, epoch, index)
     alone, whatever the number of workers: `train_loader.start(epoch, batch)` picks up mid-epoch exactly."""
     # Each loader draws its workers' base seed from a generator of its own, not from the global one that dropout
     # uses, so starting an epoch (or resuming one) leaves the training's random stream as it was.
@@ -104,9 +120,12 @@ def build_loaders(cfg, splits: DataSplits, seed: int, shard: tuple = (0, 1)) -> 
     sampler = EpochSampler(len(splits.train), cfg.batch_size, cfg.shuffle, cfg.drop_last, seed, shard)
     train = DataLoader(SeededItems(splits.train, seed), batch_size=cfg.batch_size // shard[1], sampler=sampler,
                        drop_last=cfg.drop_last, generator=torch.Generator().manual_seed(seed), **workers)
-    test = DataLoader(splits.test, batch_size=cfg.eval_batch_size, generator=torch.Generator().manual_seed(seed),
-                      **workers)
-    return SampledLoader(train), test
+
+    def in_order(split):
+        return None if split is None else DataLoader(split, batch_size=cfg.eval_batch_size,
+                                                     generator=torch.Generator().manual_seed(seed), **workers)
+
+    return Loaders(SampledLoader(train), in_order(splits.val), in_order(splits.test))
 
 
 def worker_processes(wanted: int) -> int:
@@ -254,7 +273,7 @@ def _torchvision_set(cfg, train_tf, test_tf):
         raise TrainlabError(
             f"{cfg.name} is not in {root.resolve()} and could not be fetched ({reason}): {how}, "
             f"or put {manual.format(root=root)}") from None
-    return train, test, list(train.classes)
+    return Sources(train, with_transform(train, test_tf), None, test, list(train.classes))
 
 
 def _folder(cfg, train_tf, test_tf):
@@ -271,29 +290,31 @@ def _folder(cfg, train_tf, test_tf):
             raise TrainlabError(f"{path}: {one_line(e)}; each class needs a folder of images") from None
         return ImageFiles(found.samples, found.classes, transform, cfg.bad_images)
 
-    if cfg.split is None:
-        folders = [root / cfg.train_dir, root / cfg.test_dir]
-        for path, key in zip(folders, ("train_dir", "test_dir")):
-            if not path.is_dir():
-                raise TrainlabError(
-                    f"{path} is missing: data=folder reads class folders from {root}/{cfg.train_dir} and "
-                    f"{root}/{cfg.test_dir}; set data.{key}, or data.split=0.2 to split {root} itself")
-        train, test = image_folder(folders[0], train_tf), image_folder(folders[1], test_tf)
-        if train.classes != test.classes:
-            raise TrainlabError(
-                f"{folders[0]} has classes {train.classes} but {folders[1]} has {test.classes}: "
-                "both need the same class folders")
-        return train, test, train.classes
-    train, test = image_folder(root, train_tf), image_folder(root, test_tf)
-    # Hold out the same fraction of every class, chosen by a fixed seed, so the split never changes between runs.
-    generator = torch.Generator().manual_seed(0)
-    held_out = []
-    for label in range(len(train.classes)):
-        members = [i for i, t in enumerate(train.targets) if t == label]
-        order = torch.randperm(len(members), generator=generator).tolist()
-        held_out += [members[j] for j in order[: round(cfg.split * len(members))]]
-    kept = sorted(set(range(len(train))) - set(held_out))
-    return Subset(train, kept), Subset(test, sorted(held_out)), train.classes
+    if cfg.split is not None:  # root holds the class folders: data.split of each class is the test split
+        whole = image_folder(root, train_tf)
+        kept, held = hold_out(whole.targets, cfg.split, seed=0)  # fixed: the test images never change
+        for_eval = with_transform(whole, test_tf)
+        return Sources(Subset(whole, kept), Subset(for_eval, kept), None, Subset(for_eval, held), whole.classes)
+    train_path = root / cfg.train_dir
+    if not train_path.is_dir():
+        raise TrainlabError(
+            f"{train_path} is missing: data=folder reads class folders from {root}/{cfg.train_dir} (and "
+            f"{cfg.val_dir} and {cfg.test_dir} beside it, where they exist); set data.train_dir, or data.split=0.2 "
+            f"to split {root} itself")
+    if cfg.val_dir and cfg.val_dir == cfg.test_dir:
+        raise TrainlabError(
+            f"data.val_dir and data.test_dir are both '{cfg.val_dir}': the test split must hold images no choice was "
+            f"made on; set data.val_dir=null to hold out data.val_split of {cfg.train_dir} instead")
+    train = image_folder(train_path, train_tf)
+    found = {}
+    for key in ("val_dir", "test_dir"):
+        path = root / cfg[key] if cfg[key] else None
+        if path is not None and path.is_dir():
+            found[key] = image_folder(path, test_tf)
+            if found[key].classes != train.classes:
+                raise TrainlabError(f"{train_path} has classes {train.classes} but {path} has "
+                                    f"{found[key].classes}: both need the same class folders")
+    return Sources(train, with_transform(train, test_tf), found.get("val_dir"), found.get("test_dir"), train.classes)
 
 
 class ImageFiles(Dataset):

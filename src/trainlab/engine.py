@@ -92,30 +92,54 @@ class TrainState:
     """Where a run stands: all a resume needs besides the weights, the optimizer, the scheduler and the generators.
 
     (epoch, batch) is the next batch to train: epoch 1-based, `batch` batches of it done. totals are the running sums
-    of an epoch stopped part-way, so that the resumed epoch reports what an uninterrupted one would.
+    of an epoch stopped part-way, so that the resumed epoch reports what an uninterrupted one would. `best` is the
+    best value of the monitored validation metric so far; `test` the test split's score, once it has been scored.
     """
     epoch: int = 1
     batch: int = 0
-    best_acc: float = -1.0  # the best test accuracy of an epoch so far, and that epoch
-    best_epoch: int = 0
-    last_acc: Optional[float] = None  # the latest epoch's test accuracy
+    monitor: str = "val/acc"  # or val/loss: trainer.monitor
+    best_val: Optional[dict] = None  # the best epoch's validation {"loss", "acc"}; None before one (or without)
+    best_epoch: int = 0  # the epoch whose weights best.pt holds
+    bad_epochs: int = 0  # epochs since the best one, for early stopping
+    val: Optional[dict] = None  # the latest epoch's validation {"loss", "acc"}
+    test: Optional[dict] = None  # {"loss", "acc", "epoch"}: the test split scored with the weights of that epoch
+    stopped: Optional[str] = None  # why training ended before trainer.epochs ("early stopping"), if it did
     totals: Optional[EpochTotals] = None
 
-    def record(self, acc: float, epoch: int) -> bool:
-        """An epoch's test accuracy; -> whether it is the best so far."""
-        self.last_acc = acc
-        if acc > self.best_acc:
-            self.best_acc, self.best_epoch = acc, epoch
-        return self.best_epoch == epoch
+    def record(self, val: Optional[dict], epoch: int) -> bool:
+        """An epoch's validation {"loss", "acc"} (None without a validation split, where each epoch's weights are the
+        latest and so the ones kept) -> whether they are the best so far."""
+        self.val = val
+        if val is None:
+            self.best_epoch = epoch
+            return True
+        value, best = self.value_of(val), self.best
+        if best is None or (value > best if self.monitor == "val/acc" else value < best):
+            self.best_val, self.best_epoch, self.bad_epochs = val, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def value_of(self, val: dict) -> float:
+        return val["acc"] if self.monitor == "val/acc" else val["loss"]
+
+    @property
+    def best(self) -> Optional[float]:
+        """The best value of the monitored metric so far: what a search optimises."""
+        return None if self.best_val is None else self.value_of(self.best_val)
 
     def end_epoch(self) -> None:
         self.epoch, self.batch, self.totals = self.epoch + 1, 0, None
 
+    @property
+    def epochs_done(self) -> int:
+        return self.epoch - 1
+
     def state_dict(self) -> dict:
-        best = {"acc": self.best_acc, "epoch": self.best_epoch}
-        if self.last_acc is not None:
-            best["last_acc"] = self.last_acc
-        return {"position": {"epoch": self.epoch, "batch": self.batch}, "best": best,
+        return {"position": {"epoch": self.epoch, "batch": self.batch},
+                "best": {"monitor": self.monitor, "val": self.best_val, "epoch": self.best_epoch,
+                         "bad_epochs": self.bad_epochs},
+                "val": self.val, "test": self.test, "stopped": self.stopped,
                 "totals": vars(self.totals).copy() if self.totals is not None else None}
 
     @classmethod
@@ -124,8 +148,8 @@ class TrainState:
         if totals is not None:
             totals = EpochTotals(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in totals.items()})
         best = saved["best"]
-        return cls(saved["position"]["epoch"], saved["position"]["batch"], best["acc"], best["epoch"],
-                   best.get("last_acc"), totals)
+        return cls(saved["position"]["epoch"], saved["position"]["batch"], best["monitor"], best["val"],
+                   best["epoch"], best["bad_epochs"], saved["val"], saved["test"], saved["stopped"], totals)
 
 
 @dataclass(frozen=True)

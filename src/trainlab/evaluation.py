@@ -1,5 +1,6 @@
-"""A checkpoint's accuracy on the test split its run was tested on (src/evaluate.py): each class's, and a confusion
-matrix in TensorBoard; evaluated in the run's own numerics, so the same device gives the accuracy the run logged."""
+"""A checkpoint's accuracy on its run's test split (or, with split=val, its validation split) (src/evaluate.py): each
+class's, and a confusion matrix in TensorBoard; evaluated in the run's own numerics, so the same device gives the
+accuracy the run logged."""
 import logging
 from pathlib import Path
 
@@ -11,17 +12,22 @@ from trainlab.data import build_data, build_loaders
 from trainlab.errors import TrainlabError
 from trainlab.predict import Trained, check_required, load_trained, size_text
 from trainlab.run_folder import EVALUATE, run_of
+from trainlab.splits import sizes_text
 from trainlab.step import Numerics
 from trainlab.tensorboard import RunWriter
 from trainlab.transforms import build_transforms, check_transforms
 
 log = logging.getLogger("trainlab")
 
+SPLITS = {"test": "test", "val": "validation"}
+
 
 def evaluate_checkpoint(cfg: DictConfig) -> float:
-    """cfg: checkpoint, data.root (null: the checkpoint's own), log_dir (null: <run folder>/evaluate) -> accuracy on
-    the test split the run was tested on; per-class accuracy logged, scalars and the confusion matrix in TensorBoard
-    at step = the checkpoint's epoch."""
+    """cfg: checkpoint, split (test or val), data.root (null: the checkpoint's own), log_dir (null: <run
+    folder>/evaluate) -> accuracy on that split of the run's data (the same images the run used); per-class accuracy
+    logged, scalars and the confusion matrix in TensorBoard at step = the checkpoint's epoch."""
+    if cfg.split not in SPLITS:
+        raise TrainlabError(f"split={cfg.split} is not a split a checkpoint is scored on: use test or val")
     check_required(cfg)
     trained = load_trained(cfg.checkpoint)
     run_cfg = OmegaConf.create(trained.config)
@@ -34,9 +40,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     if tuple(data.image_shape) != trained.image_shape:
         raise TrainlabError(f"the data's images come out {size_text(data.image_shape)}, the model takes "
                             f"{size_text(trained.image_shape)}: evaluate on images the checkpoint's pipeline can take")
-    _, test_loader = build_loaders(run_cfg.data, data, run_cfg.trainer.seed)
-    log.info(f"{trained.describe()} · data {run_cfg.data.name}: {len(data.test):,} test images")
-    confusion = confusion_matrix(trained, test_loader, run_cfg.trainer)
+    loader = getattr(build_loaders(run_cfg.data, data, run_cfg.trainer.seed), cfg.split)
+    if loader is None:
+        other = "val" if cfg.split == "test" else "test"
+        sizes = sizes_text(data.train, data.val, data.test)
+        raise TrainlabError(f"the run's data has no {SPLITS[cfg.split]} split ({sizes}): evaluate split={other}, or "
+                            "give data.root a folder that has one")
+    log.info(f"{trained.describe()} · data {run_cfg.data.name}: {len(loader.dataset):,} {cfg.split} images")
+    confusion = confusion_matrix(trained, loader, run_cfg.trainer)
     acc, per_class = accuracies(confusion)
     log.info(f"accuracy {acc:.2%} ({confusion.trace()}/{confusion.sum()})")
     width = max(map(len, trained.classes))
@@ -45,8 +56,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         shown = f"{per_class[i]:7.2%} ({confusion[i, i]}/{images})" if images else "no test images"
         log.info(f"  {name:<{width}}  {shown}")
     log_dir = Path(cfg.log_dir) if cfg.log_dir is not None else (run_of(trained.path) or trained.path.parent) / EVALUATE
-    write_tensorboard(log_dir, confusion, trained.classes, acc, per_class, trained.epoch or 0)
-    log.info(f"TensorBoard: eval/acc, eval/acc/<class> and eval/confusion_matrix in {log_dir}")
+    prefix = "eval" if cfg.split == "test" else "eval_val"
+    write_tensorboard(log_dir, confusion, trained.classes, acc, per_class, trained.epoch or 0, prefix)
+    log.info(f"TensorBoard: {prefix}/acc, {prefix}/acc/<class> and {prefix}/confusion_matrix in {log_dir}")
     return acc
 
 
@@ -74,12 +86,12 @@ def accuracies(confusion: np.ndarray) -> tuple:
 
 
 def write_tensorboard(log_dir: Path, confusion: np.ndarray, classes: list, acc: float, per_class: list,
-                      step: int) -> None:
+                      step: int, prefix: str = "eval") -> None:
     writer = RunWriter(log_dir)
     try:
-        values = {f"eval/acc/{name}": a for name, a in zip(classes, per_class) if not np.isnan(a)}
-        writer.scalars({"eval/acc": acc, **values}, step)
-        writer.image("eval/confusion_matrix", draw_confusion(confusion, classes), step)
+        values = {f"{prefix}/acc/{name}": a for name, a in zip(classes, per_class) if not np.isnan(a)}
+        writer.scalars({f"{prefix}/acc": acc, **values}, step)
+        writer.image(f"{prefix}/confusion_matrix", draw_confusion(confusion, classes), step)
     finally:
         writer.close()
 

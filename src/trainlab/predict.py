@@ -33,11 +33,14 @@ class Trained:
     classes: list
     image_shape: tuple  # (C, H, W) the model takes
     epoch: int  # epochs done when it was written
-    test_acc: float  # the run's test accuracy then (None: written mid-epoch, before any evaluation)
+    val: dict  # that epoch's validation {"loss", "acc"} (None: no validation split, or written mid-epoch)
+    test: dict  # the test split's {"loss", "acc"} with these weights, once the run has scored it; else None
     device: torch.device
 
     def describe(self) -> str:
-        when = f"epoch {self.epoch}" + (f", test acc {self.test_acc:.2%}" if self.test_acc is not None else "")
+        when = f"epoch {self.epoch}"
+        when += f", val acc {self.val['acc']:.2%}" if self.val else ""
+        when += f", test acc {self.test['acc']:.2%}" if self.test else ""
         return f"model {self.config['model']['name']} from {self.path} ({when}) · device {self.device}"
 
 
@@ -57,8 +60,11 @@ def load_trained(path) -> Trained:
         reason = one_line(e, 200)
         raise TrainlabError(f"{path}: the weights do not fit the model its config describes ({reason})") from None
     device = resolve_device("auto")
+    test = state.get("test")
+    if test is not None and test.get("epoch") != state.get("epoch"):
+        test = None  # last.pt of a run whose best epoch came earlier: these weights were not the ones tested
     return Trained(path, model.to(device).eval(), state["config"], classes, shape, state.get("epoch"),
-                   state.get("test_acc"), device)
+                   state.get("val"), test, device)
 
 
 def _checkpoint_file(path: Path) -> Path:

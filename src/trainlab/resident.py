@@ -16,13 +16,15 @@ from torch.utils.data import DataLoader
 
 from trainlab import __version__
 from trainlab.checkpoint import save_checkpoint
-from trainlab.data import (TORCHVISION_SETS, BatchPlan, DataSplits, build_datasets, check_same_size, first_image,
-                           stream_seed, subset_indices, worker_processes)
+from trainlab.data import (TORCHVISION_SETS, BatchPlan, DataSplits, Loaders, build_datasets, check_same_size,
+                           first_image, stream_seed, subset_indices, worker_processes)
+from trainlab.splits import split
 from trainlab.transforms import BatchedSteps, build_pipeline, split_for_device
 
 log = logging.getLogger("trainlab")
 
 MEMORY_SHARE = 0.5  # resident images may take up to this share of the device's free memory
+SPLITS = ("train", "val", "test")
 
 
 class NotResident(Exception):
@@ -63,56 +65,63 @@ class ResidentLoader:
 
 
 def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progress: bool, shard=(0, 1)) -> tuple:
-    """Checked transform steps (train and test) -> (DataSplits, train loader, test loader) on the resident path;
-    NotResident says why it cannot be taken."""
+    """Checked transform steps (train and test) -> (DataSplits, Loaders) on the resident path; NotResident says why
+    it cannot be taken. Validation images go through the test pipeline."""
     try:
         bake_train, tail_train = split_for_device(steps["train"], "transform.train")
         bake_test, tail_test = split_for_device(steps["test"], "transform.test")
     except ValueError as e:
         raise NotResident(str(e)) from None
-    train, test, classes = _decoded(data_cfg, bake_train, bake_test, device, progress)
-    train = _subset(train, data_cfg.subset)
-    test = _subset(test, data_cfg.test_subset)
+    decoded, classes = _decoded(data_cfg, bake_train, bake_test, device, progress)
+    train, val, test = (_subset(decoded.get(name), data_cfg[key])
+                        for name, key in (("train", "subset"), ("val", "val_subset"), ("test", "test_subset")))
     generator = torch.Generator(device=device).manual_seed(seed)
     train_steps, test_steps = BatchedSteps(tail_train, generator), BatchedSteps(tail_test, generator)
     image_shape = tuple(train_steps(train.images[:1]).shape[1:])
     train_loader = ResidentLoader(train, data_cfg.batch_size, data_cfg.shuffle, data_cfg.drop_last, train_steps, seed,
                                   shard)
-    test_loader = ResidentLoader(test, data_cfg.eval_batch_size, False, False, test_steps, seed)
-    return DataSplits(train, test, classes, image_shape), train_loader, test_loader
+
+    def in_order(split_):
+        return None if split_ is None else ResidentLoader(split_, data_cfg.eval_batch_size, False, False, test_steps,
+                                                          seed)
+
+    return DataSplits(train, val, test, classes, image_shape), Loaders(train_loader, in_order(val), in_order(test))
 
 
 def _subset(split: ResidentSplit, size) -> ResidentSplit:
-    if not size:
+    if not size or split is None:
         return split
     index = torch.tensor(subset_indices(len(split), size), device=split.targets.device)
     return ResidentSplit(split.images[index], split.targets[index])
 
 
 def _decoded(data_cfg, bake_train: list, bake_test: list, device, progress) -> tuple:
-    """Both splits as uint8 tensors on `device`: from the cache when it matches the source and the baked steps, else
-    decoded (and the cache written)."""
+    """-> ({split name: ResidentSplit}, classes): the splits there are (train, val, test) as uint8 tensors on `device`,
+    from the cache when it matches the source, the splits' settings and the baked steps, else decoded (and the cache
+    written)."""
     cache = _cache_path(data_cfg, bake_train, bake_test)
     if cache is not None and cache.is_file():
         try:
             # mapped, not read: pages load as batches touch them (0.13 s less start-up for CIFAR-10 on the CPU)
             saved = torch.load(cache, map_location="cpu", weights_only=True, mmap=True)
             log.info(f"data: decoded images from {cache}")
-            return (*(ResidentSplit(saved[k].to(device), saved[k + "_targets"].to(device)) for k in ("train", "test")),
-                    saved["classes"])
+            return ({k: ResidentSplit(saved[k].to(device), saved[k + "_targets"].to(device)) for k in SPLITS
+                     if k in saved}, saved["classes"])
         except Exception as e:  # a damaged cache is rebuilt, never trusted
             log.warning(f"data: cache {cache} unreadable ({str(e)[:100]}); decoding again")
-    train_set, test_set, classes = build_datasets(data_cfg, build_pipeline(bake_train, "decode"),
-                                                  build_pipeline(bake_test, "decode"))
-    _check_fits(data_cfg, train_set, test_set, device)
-    splits = {"train": _decode(train_set, f"decoding {data_cfg.name} train", progress),
-              "test": _decode(test_set, f"decoding {data_cfg.name} test", progress)}
+    sources = build_datasets(data_cfg, build_pipeline(bake_train, "decode"), build_pipeline(bake_test, "decode"))
+    sets = dict(zip(SPLITS, split(sources, data_cfg.val_split, data_cfg.split_seed)))
+    sets = {name: dataset for name, dataset in sets.items() if dataset is not None}
+    _check_fits(data_cfg, sets.values(), device)
+    splits = {name: _decode(dataset, f"decoding {data_cfg.name} {name}", progress) for name, dataset in sets.items()}
     if cache is not None:
-        saved = {"train": splits["train"][0], "train_targets": splits["train"][1],
-                 "test": splits["test"][0], "test_targets": splits["test"][1], "classes": list(classes)}
+        saved = {"classes": list(sources.classes)}
+        for name, (images, targets) in splits.items():
+            saved.update({name: images, name + "_targets": targets})
         save_checkpoint(cache, saved)
         log.info(f"data: decoded images cached in {cache}")
-    return (*(ResidentSplit(images.to(device), targets.to(device)) for images, targets in splits.values()), classes)
+    return ({name: ResidentSplit(images.to(device), targets.to(device)) for name, (images, targets) in splits.items()},
+            sources.classes)
 
 
 def _decode(dataset, desc: str, progress: bool) -> tuple:
@@ -140,9 +149,10 @@ def _stack(items):
     return torch.stack(images), labels
 
 
-def _check_fits(data_cfg, train_set, test_set, device) -> None:
-    sample = first_image(train_set)
-    needed = (len(train_set) + len(test_set)) * sample.numel()  # one byte per uint8 value
+def _check_fits(data_cfg, datasets, device) -> None:
+    datasets = list(datasets)
+    sample = first_image(datasets[0])
+    needed = sum(map(len, datasets)) * sample.numel()  # one byte per uint8 value
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
     else:
@@ -160,7 +170,8 @@ def _cache_path(data_cfg, bake_train: list, bake_test: list):
     if not stats:
         return None
     root = Path(data_cfg.root).expanduser().resolve()
-    choice = {k: data_cfg[k] for k in ("name", "train_dir", "test_dir", "split")}
+    choice = {k: data_cfg.get(k)
+              for k in ("name", "train_dir", "val_dir", "test_dir", "split", "val_split", "split_seed")}
     key = json.dumps([__version__, choice, bake_train, bake_test, stats], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     folder = root / ".trainlab-cache"

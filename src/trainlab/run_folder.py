@@ -3,25 +3,101 @@ run's metrics back. What writes a run and what reads one (report, evaluate, benc
 
     <run>/.hydra/config.yaml, overrides.yaml   the composed config and the command line's overrides (Hydra)
     <run>/run.log                              the terminal's lines, timestamped
+    <run>/metrics.csv                          a row per epoch and the test row: METRICS_COLUMNS
     <run>/events.out.tfevents.*                TensorBoard: the tags below
     <run>/checkpoints/last.pt, last.prev.pt, best.pt
     <run>/error.log                            a failed sweep job's error and traceback
     <run>/evaluate/                            src/evaluate.py's events
 """
+import csv
+import os
 from pathlib import Path
 from typing import Optional
 
 CHECKPOINTS = "checkpoints"
 LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
 ERROR_LOG = "error.log"
+METRICS_CSV = "metrics.csv"
 EVALUATE = "evaluate"
 
 # TensorBoard tags
 TRAIN_LOSS = "train/loss"  # every trainer.log_every_n_steps steps
-TRAIN_ACC, TEST_LOSS, TEST_ACC, LR = "train/acc", "test/loss", "test/acc", "lr"  # per epoch
+TRAIN_ACC, VAL_LOSS, VAL_ACC, LR = "train/acc", "val/loss", "val/acc", "lr"  # per epoch
+TEST_LOSS, TEST_ACC = "test/loss", "test/acc"  # once, at the last step, with the weights validation chose
+TEST_EPOCH_LOSS, TEST_EPOCH_ACC = "test/epoch_loss", "test/epoch_acc"  # per epoch, with trainer.test_every_epoch
 IMAGES_PER_S = "train/images_per_s"
 STARTUP_S = "time/startup_s"
-BEST_METRIC = "hparams/best_test_acc"  # the HPARAMS tab's column for the sweep's objective
+
+
+def best_metric(monitor: str) -> str:
+    """The HPARAMS tab's column for a run's best monitored value (a search's objective): hparams/best_val_acc."""
+    return "hparams/best_" + monitor.replace("/", "_")
+
+
+# metrics.csv: one row per epoch, then the test row, whose `epoch` is "test" and whose val_* columns are those of
+# the epoch whose weights were tested. Empty where a run has no such value (no validation split, say).
+METRICS_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
+                   "seconds", "images_per_s"]
+TEST_ROW = "test"
+
+
+class MetricsFile:
+    """<run>/metrics.csv, appended a row at a time and flushed to disk, so it holds what the checkpoints hold: a
+    resumed run first drops the rows its checkpoint does not cover (an epoch finished after it), so no row is ever
+    missing or doubled."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path, self.enabled = Path(run_dir) / METRICS_CSV, enabled
+
+    def keep(self, epochs_done: int, tested: bool) -> None:
+        """Keep the rows of epochs 1..epochs_done (and the test row if `tested`): what the checkpoint resumed from
+        covers. Rewritten atomically."""
+        if not self.enabled or not self.path.exists():
+            return
+        rows = [row for row in read_metrics(self.path.parent)
+                if (row["epoch"] == TEST_ROW and tested) or (row["epoch"] != TEST_ROW and row["epoch"] <= epochs_done)]
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", newline="") as f:
+            _write(f, rows, header=True)
+        os.replace(tmp, self.path)
+
+    def append(self, **row) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            _write(f, [row], header=new)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _write(f, rows: list, header: bool) -> None:
+    writer = csv.DictWriter(f, METRICS_COLUMNS)
+    if header:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def read_metrics(folder: Path) -> list:
+    """metrics.csv's rows as dicts: numbers as numbers (epoch an int, or "test"), empty cells None; [] if absent."""
+    path = Path(folder) / METRICS_CSV
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            parsed = {k: (None if v in ("", None) else float(v)) for k, v in row.items() if k != "epoch"}
+            parsed["step"] = int(parsed["step"]) if parsed.get("step") is not None else None
+            parsed["epoch"] = row["epoch"] if row["epoch"] == TEST_ROW else int(row["epoch"])
+            rows.append(parsed)
+    return rows
 
 
 def run_of(checkpoint: Path) -> Optional[Path]:

@@ -1,17 +1,19 @@
-"""The recipe for one run: data, model, optimizer, then the epochs, logging to the terminal, a file and TensorBoard."""
+"""The recipe for one run: data, model, optimizer, then the epochs (each validated) and the test split once, logging
+to the terminal, a file, metrics.csv and TensorBoard."""
 import gc
 import logging
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab import __version__, distributed
 from trainlab.allowlist import check_config
-from trainlab.checkpoint import Checkpointer, load_checkpoint, load_latest, set_rng_states
+from trainlab.checkpoint import FORMAT, Checkpointer, load_checkpoint, load_latest, set_rng_states
 from trainlab.config import check_values
 from trainlab.data import build_run_data
 from trainlab.engine import (Loop, NonFiniteLoss, TrainState, evaluate, resolve_device, seconds_since_launch,
@@ -21,20 +23,25 @@ from trainlab.launch import Launch
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
 from trainlab.step import Numerics, make_train_step
-from trainlab.run_folder import (BEST_METRIC, CHECKPOINTS, IMAGES_PER_S, LR, STARTUP_S, TEST_ACC, TEST_LOSS,
-                                 TRAIN_ACC, TRAIN_LOSS, run_of)
+from trainlab.run_folder import (CHECKPOINTS, IMAGES_PER_S, LR, STARTUP_S, TEST_ACC, TEST_EPOCH_ACC, TEST_EPOCH_LOSS,
+                                 TEST_LOSS, TEST_ROW, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, MetricsFile,
+                                 best_metric, run_of)
+from trainlab.splits import sizes_text
 from trainlab.tensorboard import RunWriter
 from trainlab.transforms import check_transforms, normalization
 
 log = logging.getLogger("trainlab")
 
 
-def run(cfg: DictConfig, launch=None) -> float:
-    """Train as `cfg` says; -> the best test accuracy. `launch` says where the run writes and what launched it: a
-    Launch (src/run.py passes Hydra's), or just a run folder, or None for a new one under outputs/runs.
+def run(cfg: DictConfig, launch=None) -> Optional[float]:
+    """Train as `cfg` says; -> the best validation value of trainer.monitor (None without a validation split): what
+    a search optimises. `launch` says where the run writes and what launched it: a Launch (src/run.py passes
+    Hydra's), or just a run folder, or None for a new one under outputs/runs.
 
-    A run folder that already holds a checkpoint is resumed where it stopped (trainer.resume=auto), as is the run
-    folder or checkpoint that trainer.resume names; the result is the same, bit for bit, as a run never stopped.
+    Validation makes every choice (best.pt, early stopping); the test split is scored once, at the end, with the
+    weights best.pt holds. A run folder that already holds a checkpoint is resumed where it stopped
+    (trainer.resume=auto), as is the run folder or checkpoint that trainer.resume names; the result is the same, bit
+    for bit, as a run never stopped.
     """
     # settings, device, and the checkpoint to resume from
     launch = Launch.of(launch)
@@ -52,14 +59,18 @@ def run(cfg: DictConfig, launch=None) -> float:
     if saved is not None:
         _check_resumable(saved, config)
 
-    # data
-    data, train_loader, test_loader, path = build_run_data(cfg, transforms, device, ranks)
+    # data: train, validation and test splits (trainlab/splits.py)
+    data, loaders, path = build_run_data(cfg, transforms, device, ranks)
     shape = "x".join(map(str, data.image_shape))
-    log.info(f"data {cfg.data.name}: {len(data.train):,} train / {len(data.test):,} test images, "
-             f"{len(data.classes)} classes, {shape} · {path} · device {device}"
+    log.info(f"data {cfg.data.name}: {sizes_text(data.train, data.val, data.test)}, {len(data.classes)} classes, "
+             f"{shape} · {path} · device {device}"
              + (f" ({torch.get_num_threads()} threads: job {launch.job}, {launch.jobs_at_once} at once)"
                 if launch.jobs_at_once > 1 else "")
              + f" · trainlab {__version__}")
+    if data.val is None:
+        log.info("no validation split (data.val_split=0): nothing is chosen; best.pt holds the last epoch's weights")
+    if data.test is None:
+        log.info(f"no test split: {_no_test_reason(cfg.data)}; the run ends with its validation score only")
     if saved is not None and saved["classes"] != list(data.classes):
         raise TrainlabError(f"the checkpoint was trained on classes {saved['classes'][:5]}..., this data has "
                             f"{list(data.classes)[:5]}...: resume on the same data, or start a new run folder")
@@ -76,7 +87,7 @@ def run(cfg: DictConfig, launch=None) -> float:
 
     # optimizer, schedule, loss and the step
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    steps_per_epoch = train_loader.batches
+    steps_per_epoch = loaders.train.batches
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, t.epochs * steps_per_epoch)
     loss_fn = build_loss(cfg.loss).to(device)
     per_step = scheduler if interval == "step" else None
@@ -88,7 +99,7 @@ def run(cfg: DictConfig, launch=None) -> float:
                 distributed.all_sum if ranks.world > 1 else None)
 
     # where the run stands: a new run, or the checkpoint's state
-    state = TrainState()
+    state = TrainState(monitor=t.monitor)
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -96,22 +107,30 @@ def run(cfg: DictConfig, launch=None) -> float:
             scheduler.load_state_dict(saved["scheduler"])
         state = TrainState.from_state_dict(saved, device)
         log.info(f"resuming {run_dir} at epoch {state.epoch}, batch {state.batch}")
-    if state.epoch > t.epochs:
-        log.info(f"nothing to do: {run_dir} finished its {t.epochs} epochs (raise trainer.epochs to train on); "
-                 f"best test acc {state.best_acc:.2%} at epoch {state.best_epoch}")
-        return state.best_acc
+    to_train = state.epoch <= t.epochs and not _stopped_early(state, t.early_stopping_patience)
+    if to_train:
+        state.test = state.stopped = None  # training on: the test is scored again at the end
+    elif state.test is not None or data.test is None:
+        how = ("raise trainer.epochs to train on" if state.epoch > t.epochs else
+               f"it stopped early: no better {t.monitor} for {state.bad_epochs} epochs; raise "
+               "trainer.early_stopping_patience to train on")
+        log.info(f"nothing to do: {run_dir} finished training ({how}); {_result(state, data.val is not None)}")
+        return state.best
 
-    # logging and checkpoints
+    # logging, metrics.csv and checkpoints
     first_step = (state.epoch - 1) * steps_per_epoch + state.batch
     writer = RunWriter(run_dir, purge_step=first_step + 1 if saved is not None else None, enabled=ranks.main)
+    metrics = MetricsFile(run_dir, enabled=ranks.main)
+    metrics.keep(state.epochs_done if saved is not None else 0, tested=False)  # what the checkpoint covers
     checkpointer = Checkpointer(run_dir / CHECKPOINTS, model, optimizer, scheduler, writer,
                                 {"config": config, "classes": list(data.classes), "image_shape": list(data.image_shape),
                                  "trainlab_version": __version__},
                                 t.checkpoint_every_n_steps, enabled=t.checkpoint and ranks.main)
     if saved is None:
-        writer.hparams(_hparams(cfg, launch.overrides), [BEST_METRIC, TEST_ACC, TEST_LOSS, TRAIN_LOSS])
+        writer.hparams(_hparams(cfg, launch.overrides),
+                       [best_metric(t.monitor), VAL_ACC, VAL_LOSS, TEST_ACC, TEST_LOSS, TRAIN_LOSS])
         # drawn only for what logs it: on the DataLoader path it decodes a batch (and starts the workers)
-        first_batch = next(iter(train_loader))[0] if t.log_images or t.log_graph else None
+        first_batch = next(iter(loaders.train))[0] if t.log_images or t.log_graph else None
         if t.log_images:
             writer.image_grid(first_batch, normalization(transforms["train"]))
         if t.log_graph:
@@ -122,39 +141,70 @@ def run(cfg: DictConfig, launch=None) -> float:
 
     # the loop
     log_loss = lambda step, loss: writer.scalars({TRAIN_LOSS: loss}, step)  # noqa: E731 (train_epoch's on_log)
+    best_weights = None  # the best epoch's weights, when this process trained it
     first_epoch, start = state.epoch, time.perf_counter()
+    budget = Budget(t.max_minutes, start)
     try:
         with StopOnSignal() as stop:
-            for epoch in range(first_epoch, t.epochs + 1):
+            for epoch in range(first_epoch, t.epochs + 1 if to_train else first_epoch):
                 lr = optimizer.param_groups[0]["lr"]
                 done_before = (epoch - 1) * steps_per_epoch
-                train_loader.start(epoch, state.batch)
-                steps = train_epoch(step, train_loader, state, loop, on_log=log_loss)
+                loaders.train.start(epoch, state.batch)
+                steps = train_epoch(step, loaders.train, state, loop, on_log=log_loss)
                 for batch in steps:
-                    stopping = stop.requested(device, ranks.world)
+                    out_of_time = budget.spent()
+                    stopping = stop.requested(device, ranks.world, out_of_time)
                     if checkpointer.enabled and (stopping or checkpointer.due(done_before + batch)):
                         steps.check_finite()  # no checkpoint holds weights that a non-finite step made
                         checkpointer.save(state)
-                    if stopping:
+                    if stopping and not out_of_time:
                         stop.hand_on()
                         how = (f"checkpoint written: rerun the same command, or add trainer.resume={run_dir}"
                                if t.checkpoint else "trainer.checkpoint=false: nothing was saved")
                         raise Interrupted(f"stopped by {stop.signal or 'a signal to another process'} at epoch "
                                           f"{epoch}, batch {batch}; {how}")
+                    if stopping:
+                        state.stopped = "time budget"
+                        break
+                if state.stopped:
+                    log.info(f"time budget: trainer.max_minutes={t.max_minutes} spent at epoch {epoch}, batch "
+                             f"{state.batch}; checkpointed (rerun to go on)")
+                    break
                 train = steps.stats()
                 if scheduler is not None and interval == "epoch":
                     scheduler.step()
-                test = evaluate(net, test_loader, loss_fn, numerics)
-                best = state.record(test.acc, epoch)
-                writer.scalars({TRAIN_ACC: train.acc, TEST_LOSS: test.loss, TEST_ACC: test.acc, LR: lr,
-                                IMAGES_PER_S: train.images / train.seconds, BEST_METRIC: state.best_acc},
-                               epoch * steps_per_epoch)
-                skipped = f"  {train.skipped} non-finite steps skipped" if train.skipped else ""
-                log.info(f"epoch {epoch:>{len(str(t.epochs))}}/{t.epochs}  train loss {train.loss:.4f} "
-                         f"acc {train.acc:6.2%}  test loss {test.loss:.4f} acc {test.acc:6.2%}  lr {lr:.3g}  "
-                         f"{train.seconds + test.seconds:.1f}s ({train.images / train.seconds:,.0f} img/s){skipped}")
+                val = evaluate(net, loaders.val, loss_fn, numerics) if loaders.val is not None else None
+                watched = (evaluate(net, loaders.test, loss_fn, numerics)  # to watch, never to choose
+                           if t.test_every_epoch and loaders.test is not None else None)
+                best = state.record({"loss": val.loss, "acc": val.acc} if val is not None else None, epoch)
+                if best and val is not None:
+                    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                _report_epoch(writer, metrics, state, epoch, epoch * steps_per_epoch, lr, train, val, watched, t)
+                if _stopped_early(state, t.early_stopping_patience):
+                    state.stopped = "early stopping"
                 state.end_epoch()
                 checkpointer.save(state, best=best)
+                if state.stopped:
+                    log.info(f"early stopping: no better {t.monitor} in the {state.bad_epochs} epochs after epoch "
+                             f"{state.best_epoch} (trainer.early_stopping_patience={t.early_stopping_patience})")
+                    break
+                if epoch < t.epochs and budget.spent():
+                    state.stopped = "time budget"
+                    log.info(f"time budget: trainer.max_minutes={t.max_minutes} spent after epoch {epoch}; "
+                             "checkpointed (rerun to go on)")
+                    break
+
+        # the test split, once, with the weights validation chose; the test row ends metrics.csv even without one
+        last_step = (state.epoch - 1) * steps_per_epoch + state.batch
+        if loaders.test is not None:
+            state.test = _test(net, model, loaders.test, loss_fn, numerics, state, best_weights, checkpointer)
+            writer.scalars({TEST_LOSS: state.test["loss"], TEST_ACC: state.test["acc"]}, last_step)
+        chosen, test = state.best_val or {}, state.test or {}
+        metrics.append(epoch=TEST_ROW, step=last_step, val_loss=chosen.get("loss"), val_acc=chosen.get("acc"),
+                       test_loss=test.get("loss"), test_acc=test.get("acc"))
+        if state.test is not None:
+            checkpointer.save(state)
+            checkpointer.add_test(state.test)
     except NonFiniteLoss as e:
         global_step = (state.epoch - 1) * steps_per_epoch + e.step
         raise TrainlabError(
@@ -165,9 +215,84 @@ def run(cfg: DictConfig, launch=None) -> float:
         writer.close()
         distributed.teardown()
     minutes, seconds = divmod(time.perf_counter() - start, 60)
-    log.info(f"best test acc {state.best_acc:.2%} at epoch {state.best_epoch} · epochs {first_epoch}-{t.epochs} in "
+    log.info(f"{_result(state, data.val is not None)} · epochs {first_epoch}-{state.epoch - (state.batch == 0)} in "
              f"{int(minutes)}m{seconds:04.1f}s · {run_dir}")
-    return state.best_acc
+    return state.best
+
+
+class Budget:
+    """trainer.max_minutes, counted from the first step of this process's training."""
+
+    def __init__(self, minutes: Optional[float], start: float):
+        self.end = start + 60 * minutes if minutes else None
+
+    def spent(self) -> bool:
+        return self.end is not None and time.perf_counter() > self.end
+
+
+def _report_epoch(writer, metrics, state: TrainState, epoch: int, step: int, lr: float, train, val, watched,
+                  t) -> None:
+    """An epoch's figures, the same in TensorBoard, on the terminal and in metrics.csv: train, validation (None
+    without a validation split) and, with trainer.test_every_epoch, the test split."""
+    images_per_s = train.images / train.seconds
+    scalars = {TRAIN_ACC: train.acc, LR: lr, IMAGES_PER_S: images_per_s}
+    if val is not None:
+        scalars.update({VAL_LOSS: val.loss, VAL_ACC: val.acc, best_metric(t.monitor): state.best})
+    if watched is not None:
+        scalars.update({TEST_EPOCH_LOSS: watched.loss, TEST_EPOCH_ACC: watched.acc})
+    writer.scalars(scalars, step)
+    seconds = train.seconds + sum(e.seconds for e in (val, watched) if e is not None)
+    shown = f"  val loss {val.loss:.4f} acc {val.acc:6.2%}" if val is not None else ""
+    shown += f"  (test acc {watched.acc:6.2%})" if watched is not None else ""
+    skipped = f"  {train.skipped} non-finite steps skipped" if train.skipped else ""
+    log.info(f"epoch {epoch:>{len(str(t.epochs))}}/{t.epochs}  train loss {train.loss:.4f} acc {train.acc:6.2%}"
+             f"{shown}  lr {lr:.3g}  {seconds:.1f}s ({images_per_s:,.0f} img/s){skipped}")
+    metrics.append(epoch=epoch, step=step, train_loss=train.loss, train_acc=train.acc,
+                   val_loss=val and val.loss, val_acc=val and val.acc, test_loss=watched and watched.loss,
+                   test_acc=watched and watched.acc, lr=lr, seconds=seconds, images_per_s=images_per_s)
+
+
+def _stopped_early(state: TrainState, patience: Optional[int]) -> bool:
+    return patience is not None and state.best_epoch > 0 and state.bad_epochs >= patience
+
+
+@torch.no_grad()
+def _test(net, model, loader, loss_fn, numerics, state: TrainState, best_weights, checkpointer) -> dict:
+    """The test split scored with the weights of the best epoch (the model's own where those are the latest, or no
+    epoch was validated) -> {"loss", "acc", "epoch"}; the model ends with the weights it had."""
+    current = state.epoch - (state.batch == 0)  # the epoch the model's weights come from
+    mine = state.best_epoch == 0 or (state.best_epoch == current and state.batch == 0)
+    kept = None
+    if not mine:
+        weights = best_weights if best_weights is not None else checkpointer.best_weights(state.best_epoch)
+        kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(weights)
+    result = evaluate(net, loader, loss_fn, numerics)
+    if kept is not None:
+        model.load_state_dict(kept)
+    return {"loss": result.loss, "acc": result.acc, "epoch": state.best_epoch or current}
+
+
+def _result(state: TrainState, validated: bool) -> str:
+    """The run's result in words: its best validation value and epoch, and its test score with those weights."""
+    if not validated:
+        text = f"no validation split: the weights of epoch {state.best_epoch}"
+    elif state.best_val is None:
+        text = "no epoch finished: nothing validated"
+    else:
+        name = state.monitor.replace("/", " ")
+        value = f"{state.best:.2%}" if state.monitor == "val/acc" else f"{state.best:.4f}"
+        text = f"best {name} {value} at epoch {state.best_epoch}"
+    if state.test is not None:
+        text += f" · test acc {state.test['acc']:.2%} (loss {state.test['loss']:.4f}) with the weights of epoch " \
+                f"{state.test['epoch']}"
+    return text
+
+
+def _no_test_reason(data_cfg) -> str:
+    if data_cfg.name == "folder" and data_cfg.split is None:
+        return f"{Path(data_cfg.root) / (data_cfg.test_dir or '')} does not exist"
+    return f"{data_cfg.name} has none"
 
 
 class StopOnSignal:
@@ -191,11 +316,12 @@ class StopOnSignal:
             raise KeyboardInterrupt
         self.signal, self.number = signal.Signals(number).name, number
 
-    def requested(self, device, processes: int = 1) -> bool:
-        """Whether a signal asked to stop, in this process or, in a distributed run, in any of them."""
+    def requested(self, device, processes: int = 1, also: bool = False) -> bool:
+        """Whether a signal (or `also`: the time budget) asks to stop, in this process or, in a distributed run, in
+        any of them: all stop at the same step."""
         if processes > 1:
-            return distributed.any_process(self.signal is not None, device)
-        return self.signal is not None
+            return distributed.any_process(self.signal is not None or also, device)
+        return self.signal is not None or also
 
     def hand_on(self) -> None:
         """After the checkpoint: let the launcher whose signal it was act on it (it may requeue and exit)."""
@@ -230,7 +356,15 @@ def _resume_state(resume: str, run_dir: Path) -> tuple:
 
 
 def _check_resumable(state: dict, current: dict) -> None:
-    """The checkpoint must come from the same model and data set as this (plain) config."""
+    """The checkpoint must come from the same model and data set as this (plain) config, and choose its best epoch
+    the same way."""
+    if state.get("format", 0) < FORMAT:
+        raise TrainlabError("the checkpoint was written before validation splits (its best.pt was chosen on the test "
+                            "split) and cannot be trained on: start a new run folder")
+    if state["best"]["monitor"] != current["trainer"]["monitor"]:
+        raise TrainlabError(f"the run chose its best epoch by {state['best']['monitor']}, this command says "
+                            f"trainer.monitor={current['trainer']['monitor']}: resume with the same monitor, or "
+                            "start a new run folder")
     saved = state["config"]
     for key in ("model", "data"):
         before, now = saved[key]["name"], current[key]["name"]
