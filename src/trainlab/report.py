@@ -1,41 +1,53 @@
-"""The report of a sweep, or of any folder of runs: one row per job with the settings that vary between the jobs and
-the metrics each reached, best first; written beside the runs as report.csv, with test_acc.png drawing every job's
-test accuracy per epoch.
+"""The report of a sweep, or of any folder of runs: one row per setting with the metrics its jobs reached, best
+validation accuracy first; written beside the runs as report.csv, with val_acc.png drawing every job's validation
+accuracy per epoch. It reads each run's metrics.csv (run_folder.read_metrics), not its TensorBoard events.
 
-Made to be run while a sweep is still going or after some of its jobs failed: each job is done, running (fewer epochs
-logged than trainer.epochs and no error: a job stopped by a kill looks the same), failed (it left error.log) or
-missing (the sweep plans it but it has no folder yet).
+Jobs that differ only in trainer.seed are one row: the mean and standard deviation of their validation and test
+accuracies over the n of them that are done (--no-group-seeds: a row per job). The choice between settings is made
+on validation accuracy; the test accuracy stands beside it, never sorted on by default.
+
+Made to be run while a sweep is still going or after some of its jobs failed: each job is done (tested, or all its
+epochs finished and it has no test split), running (not done and no error: a job stopped by a kill looks the same),
+failed (it left error.log) or missing (the sweep plans it but it has no folder yet).
 """
 import csv
 import itertools
 import math
 import re
+import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from trainlab.errors import TrainlabError
-from trainlab.run_folder import ERROR_LOG, TEST_ACC, TRAIN_LOSS, read_scalars
+from trainlab.run_folder import ERROR_LOG, TEST_ROW, VAL_ACC, VAL_LOSS, read_metrics
 
 CSV_NAME = "report.csv"
-PLOT_NAME = "test_acc.png"
-METRICS = ["epochs_done", "epochs", "best_test_acc", "best_epoch", "final_test_acc", "final_train_loss"]
-DEFAULT_SORT = "best_test_acc"  # the sweep's objective, hparams/best_test_acc in TensorBoard
-DESCENDING = {"best_test_acc", "final_test_acc", "epochs_done"}  # higher is better; other columns sort lowest first
+PLOT_NAME = "val_acc.png"
+SEED = "trainer.seed"
+# The table's columns after the job and its settings; the same in both modes. report.csv holds these for a row per
+# job, and for a row per group the accuracies split into GROUP_STATS columns with `n` last.
+METRICS = ["epochs_done", "epochs", "best_val_acc", "best_epoch", "test_acc", "final_train_loss"]
+GROUP_STATS = {"best_val_acc": ["best_val_acc_mean", "best_val_acc_std"], "test_acc": ["test_acc_mean", "test_acc_std"]}
+DEFAULT_SORT = "best_val_acc"  # the choice is made on validation; test is scored once and never chosen on
+DESCENDING = {"best_val_acc", "best_val_acc_mean", "test_acc", "test_acc_mean", "epochs_done", "n"}  # higher first
 STATUSES = ["done", "running", "failed", "missing"]
+MONITOR_DEFAULT = VAL_ACC  # trainer.monitor, for a config that predates it
 
 
 @dataclass
 class Job:
-    """One row of the report: a run folder, or a job of a sweep that has no folder yet."""
+    """A run folder, or a job of a sweep that has no folder yet."""
 
     name: str  # the folder, relative to the folder reported on: "3" in a sweep
     overrides: dict  # {key: value} as given on the command line; a group choice under the group's name
     status: str = "missing"
     epochs: int | None = None  # planned: trainer.epochs
-    test_acc: list = field(default_factory=list)  # one value per epoch finished, in order
-    train_loss: float | None = None  # the last one logged
+    monitor: str = MONITOR_DEFAULT  # trainer.monitor: what chose best.pt
+    history: list = field(default_factory=list)  # metrics.csv's epoch rows, in order
+    test: dict | None = None  # metrics.csv's test row, once the test split was scored
     error: str = ""  # why a failed job failed: error.log's first line
     config: dict = field(default_factory=dict)  # the composed config, for the value of a setting not overridden
     choices: dict = field(default_factory=dict)  # {group: option} as Hydra composed them
@@ -49,27 +61,64 @@ class Job:
         value = _lookup(self.config, key)
         return "" if value is None else str(value)
 
+    def best(self) -> dict | None:
+        """The epoch row trainer.monitor chose (best.pt's): the first with the highest val_acc, or with the lowest
+        val_loss; None before an epoch was validated (or with no validation split)."""
+        column = "val_loss" if self.monitor == VAL_LOSS else "val_acc"
+        scored = [row for row in self.history if _has_value(row.get(column))]
+        if not scored:
+            return None
+        pick = min if column == "val_loss" else max
+        return pick(scored, key=lambda row: row[column])  # min and max keep the first of equals
 
-def report(folder, sort: str = DEFAULT_SORT, plot: bool = True) -> None:
-    """Print the table of `folder`'s jobs sorted by the column `sort`, and write report.csv and test_acc.png there."""
+    def values(self) -> dict:
+        """The job's metrics, as its row shows them: accuracies as fractions, None where there is no value."""
+        best = self.best()
+        return {"epochs_done": None if self.status == "missing" else len(self.history),
+                "epochs": self.epochs,
+                "best_val_acc": best and best["val_acc"],  # the val acc of the epoch the monitor chose
+                "best_epoch": best and best["epoch"],
+                "test_acc": self.test and self.test["test_acc"],
+                "final_train_loss": self.history[-1]["train_loss"] if self.history else None}
+
+
+@dataclass
+class Row:
+    """A row of the report: one job, or the jobs of one setting that differ only in trainer.seed."""
+
+    jobs: list
+    record: dict  # as report.csv holds it
+
+    @property
+    def grouped(self) -> bool:
+        return "n" in self.record
+
+
+def report(folder, sort: str = DEFAULT_SORT, plot: bool = True, group_seeds: bool = True) -> None:
+    """Print the table of `folder`'s jobs sorted by the column `sort`, and write report.csv and val_acc.png there.
+    `group_seeds`: a row per setting, over the jobs that differ only in trainer.seed; else a row per job."""
     root = Path(folder)
-    jobs = find_jobs(root)
+    jobs = sorted(find_jobs(root), key=lambda job: _order(job.name))
     keys = varied_settings(jobs)
-    jobs = sort_jobs(jobs, keys, sort)
-    rows = [job_row(job, keys) for job in jobs]
+    groups = group_jobs(jobs, keys) if group_seeds else [[job] for job in jobs]
+    shown = [key for key in keys if key != SEED] if group_seeds else keys
+    rows = sort_rows([make_row(group, shown, group_seeds) for group in groups], sort)
     counts = ", ".join(f"{n} {s}" for s in STATUSES if (n := sum(job.status == s for job in jobs)))
     print(f"{root}: {len(jobs)} job{'s' if len(jobs) != 1 else ''}, {counts}")
     print(format_table(rows))
+    if any(len(row.jobs) > 1 for row in rows):
+        print(f"jobs that differ only in {SEED} share a row: mean ± std over its n done jobs; "
+              "--no-group-seeds lists each job")
     for job in jobs:
         if job.error:
             print(f"job {job.name} failed: {job.error}")
     write_csv(rows, root / CSV_NAME)
     written = [root / CSV_NAME]
     if plot:
-        if draw_test_acc(jobs, keys, root / PLOT_NAME):
+        if draw_val_acc(groups, shown, root / PLOT_NAME):
             written.append(root / PLOT_NAME)
         else:
-            print(f"{PLOT_NAME} not drawn: no job has finished an epoch yet")
+            print(f"{PLOT_NAME} not drawn: no job has a validated epoch yet")
     print("wrote " + ", ".join(str(path) for path in written))
 
 
@@ -94,21 +143,25 @@ def find_jobs(root: Path) -> list:
 
 
 def read_run(folder: Path, name: str) -> Job:
-    """The job in `folder`: its settings from .hydra/, its metrics from the TensorBoard events, its status."""
+    """The job in `folder`: its settings from .hydra/, its metrics from metrics.csv, its status."""
     hydra_dir = folder / ".hydra"
     config = _read_yaml(hydra_dir / "config.yaml") or {}
     hydra_config = _read_yaml(hydra_dir / "hydra.yaml") or {}
     job = Job(name, _parse_overrides(_read_yaml(hydra_dir / "overrides.yaml") or []),
-              epochs=_lookup(config, "trainer.epochs"), config=config,
-              choices=_lookup(hydra_config, "hydra.runtime.choices") or {})
-    scalars = read_scalars(folder)
-    job.test_acc = [value for _, value in scalars.get(TEST_ACC, [])]
-    job.train_loss = scalars[TRAIN_LOSS][-1][1] if scalars.get(TRAIN_LOSS) else None
+              epochs=_lookup(config, "trainer.epochs"), monitor=_lookup(config, "trainer.monitor") or MONITOR_DEFAULT,
+              config=config, choices=_lookup(hydra_config, "hydra.runtime.choices") or {})
+    rows = read_metrics(folder)
+    job.history = [row for row in rows if row["epoch"] != TEST_ROW]
+    job.test = next((row for row in rows if row["epoch"] == TEST_ROW), None)
     error_log = folder / ERROR_LOG
     if error_log.exists():
         job.status = "failed"
         job.error = error_log.read_text().partition("\n")[0].removeprefix("error: ")
-    elif job.epochs is not None and len(job.test_acc) >= job.epochs:
+    elif job.test is not None:
+        job.status = "done"  # early stopping or a time budget ends with fewer epochs, then the test
+    elif job.epochs is not None and len(job.history) >= job.epochs:
+        # A run without a test split ends after its last epoch. One with a test split is this far only for the
+        # seconds its test takes (or if it was killed in them), so it counts as done a little early.
         job.status = "done"
     else:
         job.status = "running"
@@ -150,54 +203,101 @@ def varied_settings(jobs: list) -> list:
     return [key for key in keys if len({job.setting(key) for job in jobs}) > 1]
 
 
-def job_row(job: Job, keys: list) -> dict:
-    """The job's row, as report.csv holds it: accuracies as fractions, None where there is no value."""
-    best = max(job.test_acc, default=None)
-    return {"job": job.name, "status": job.status, **{key: job.setting(key) for key in keys},
-            "epochs_done": None if job.status == "missing" else len(job.test_acc),
-            "epochs": job.epochs,
-            "best_test_acc": best,
-            "best_epoch": None if best is None else job.test_acc.index(best) + 1,  # the first epoch that reached it
-            "final_test_acc": job.test_acc[-1] if job.test_acc else None,
-            "final_train_loss": job.train_loss}
+def group_jobs(jobs: list, keys: list) -> list:
+    """`jobs` in groups that agree on every setting in `keys` but trainer.seed, in the order of each group's first
+    job. Jobs that agree on all of them, seed included (two runs of one command under outputs/), share a group too."""
+    groups = {}
+    for job in jobs:
+        groups.setdefault(tuple(job.setting(key) for key in keys if key != SEED), []).append(job)
+    return list(groups.values())
 
 
-def sort_jobs(jobs: list, keys: list, column: str) -> list:
-    """`jobs` ordered by `column` (best first for accuracies), ties in job order; jobs with no value last."""
-    columns = list(job_row(jobs[0], keys))
-    if column not in columns:
-        raise TrainlabError(f"cannot sort by {column!r}: pick one of the columns {', '.join(columns)}")
-    jobs = sorted(jobs, key=lambda job: _order(job.name))
-    values = {job.name: job_row(job, keys)[column] for job in jobs}
-    known = [job for job in jobs if _has_value(values[job.name])]
-    unknown = [job for job in jobs if not _has_value(values[job.name])]
-    return sorted(known, key=lambda job: _order(values[job.name]), reverse=column in DESCENDING) + unknown
+def make_row(jobs: list, keys: list, grouped: bool) -> Row:
+    """The row of one job (`grouped` False) or of a group of jobs: the job names, the settings in `keys`, the status
+    and METRICS; a group's accuracies as mean, std and n (the jobs they are taken over)."""
+    head = {"job": " ".join(job.name for job in jobs), **{key: jobs[0].setting(key) for key in keys},
+            "status": group_status(jobs)}
+    if not grouped:
+        return Row(jobs, {**head, **jobs[0].values()})
+    # The statistics are over the done jobs; while none is, over those with a value so far, so that a group in
+    # flight (or a lone running job) still shows how far it got. The status says which it is.
+    done = [job for job in jobs if job.status == "done"]
+    counted = done or [job for job in jobs if job.history]
+    values = [job.values() for job in counted]
+    record = {**head, "epochs_done": _span(job.values()["epochs_done"] for job in jobs),
+              "epochs": _span(job.epochs for job in jobs)}
+    for column in METRICS[2:]:
+        numbers = [v[column] for v in values if _has_value(v[column])]
+        if column in GROUP_STATS:
+            mean, std = GROUP_STATS[column]
+            record[mean] = statistics.fmean(numbers) if numbers else None
+            record[std] = statistics.stdev(numbers) if len(numbers) > 1 else None  # sample std: n - 1
+        elif column == "best_epoch":
+            record[column] = _span(numbers)
+        else:
+            record[column] = statistics.fmean(numbers) if numbers else None  # final_train_loss: the mean
+    record["n"] = len(counted)
+    return Row(jobs, record)
+
+
+def group_status(jobs: list) -> str:
+    """One status when the jobs share it; else how many are done and what the others are: "2/3 done, 1 running"."""
+    counts = Counter(job.status for job in jobs)
+    if len(counts) == 1:
+        return jobs[0].status
+    return ", ".join([f"{counts['done']}/{len(jobs)} done"] + [f"{counts[s]} {s}" for s in STATUSES[1:] if counts[s]])
+
+
+def sort_rows(rows: list, column: str) -> list:
+    """`rows` ordered by `column` (best first for accuracies), ties in job order; rows with no value last. A table
+    column names its report.csv column too: best_val_acc sorts a grouped report by best_val_acc_mean."""
+    record = rows[0].record
+    columns = table_columns(record) + [c for c in record if c not in table_columns(record)]
+    key = GROUP_STATS[column][0] if column in GROUP_STATS and column not in record else column
+    if key not in record:
+        grouped = f" ({SEED} varies within a row: add --no-group-seeds)" if column == SEED else ""
+        raise TrainlabError(f"cannot sort by {column!r}: pick one of the columns {', '.join(columns)}{grouped}")
+    rows = sorted(rows, key=lambda row: _order(row.jobs[0].name))
+    known = [row for row in rows if _has_value(row.record[key])]
+    unknown = [row for row in rows if not _has_value(row.record[key])]
+    return sorted(known, key=lambda row: _order(row.record[key]), reverse=key in DESCENDING) + unknown
+
+
+def table_columns(record: dict) -> list:
+    """The printed table's columns for rows like `record`: a group's mean, std and n are one cell."""
+    merged = {means: column for column, (means, _) in GROUP_STATS.items()}
+    hidden = {std for _, std in GROUP_STATS.values()} | {"n"}
+    return [merged.get(column, column) for column in record if column not in hidden]
 
 
 def format_table(rows: list) -> str:
-    """`rows` as aligned text: accuracies in percent, numbers to the right, "-" where there is no value."""
-    columns = list(rows[0])
-    cells = [columns] + [[_cell(column, row[column]) for column in columns] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    lines = []
-    for line in cells:
-        padded = [text.rjust(width) if column in METRICS else text.ljust(width)
-                  for column, text, width in zip(columns, line, widths)]
-        lines.append("  ".join(padded).rstrip())
-    return "\n".join(lines)
+    """`rows` as aligned text: accuracies in percent (a group's as mean ± std (n)), numbers to the right, "-" where
+    there is no value. No cell holds two spaces running: the columns are two or more apart."""
+    columns = table_columns(rows[0].record)
+    lines = [columns] + [[_stat_cell(row, column) if column in GROUP_STATS and row.grouped
+                          else _cell(column, row.record[column]) for column in columns] for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    text = []
+    for line in lines:
+        padded = [cell.rjust(width) if column in METRICS else cell.ljust(width)
+                  for column, cell, width in zip(columns, line, widths)]
+        text.append("  ".join(padded).rstrip())
+    return "\n".join(text)
 
 
 def write_csv(rows: list, path: Path) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].record))
         writer.writeheader()
         for row in rows:
-            writer.writerow({column: _csv_value(value) for column, value in row.items()})
+            writer.writerow({column: _csv_value(value) for column, value in row.record.items()})
 
 
-def draw_test_acc(jobs: list, keys: list, path: Path) -> bool:
-    """Each job's test accuracy against epoch, one line per job labelled with its settings; False if none has any."""
-    drawn = [job for job in jobs if job.test_acc]
+def draw_val_acc(groups: list, keys: list, path: Path) -> bool:
+    """Each job's validation accuracy against epoch, labelled with its settings; the jobs of a group (seeds) share a
+    colour and a legend entry. False if no job has a validated epoch."""
+    drawn = [[job for job in group if any(_has_value(row["val_acc"]) for row in job.history)] for group in groups]
+    drawn = [group for group in drawn if group]
     if not drawn:
         return False
     # matplotlib takes most of a second to import: only when drawing. A bare Figure renders with Agg, so nothing
@@ -207,11 +307,15 @@ def draw_test_acc(jobs: list, keys: list, path: Path) -> bool:
 
     figure = Figure(figsize=(9, 5.5), layout="constrained")
     axes = figure.subplots()
-    for job in drawn:
-        label = " ".join([f"{job.name}:", *(f"{key}={_short(job.setting(key))}" for key in keys)])
-        axes.plot(range(1, len(job.test_acc) + 1), [100 * acc for acc in job.test_acc], marker="o", label=label)
+    for number, group in enumerate(drawn):
+        names = " ".join(job.name for job in group)
+        label = " ".join([f"{names}:", *(f"{key}={_short(group[0].setting(key))}" for key in keys)])
+        for job in group:
+            points = [(row["epoch"], 100 * row["val_acc"]) for row in job.history if _has_value(row["val_acc"])]
+            axes.plot(*zip(*points), marker="o", color=f"C{number % 10}", alpha=0.8,
+                      label=label if job is group[0] else None)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-    axes.set(xlabel="epoch", ylabel="test accuracy (%)", title=str(path.parent))
+    axes.set(xlabel="epoch", ylabel="validation accuracy (%)", title=str(path.parent))
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", loc="best")
     figure.savefig(path, dpi=100)
@@ -226,17 +330,40 @@ def _name(folder: Path, root: Path) -> str:
 def _cell(column: str, value) -> str:
     if value is None or value == "":
         return "-"
-    if column in ("best_test_acc", "final_test_acc"):
+    if column in ("best_val_acc", "test_acc"):
         return f"{value:.2%}"
     if column == "final_train_loss":
         return f"{value:.4f}"
     return _short(value) if isinstance(value, str) else str(value)
 
 
+def _stat_cell(row: Row, column: str) -> str:
+    """A group's accuracy: "41.20 ± 0.83% (n=3)"; "41.20% (n=1)" for one done job of several; a lone job's value
+    as it would show ungrouped."""
+    mean_key, std_key = GROUP_STATS[column]
+    mean, std, n = row.record[mean_key], row.record[std_key], row.record["n"]
+    if mean is None:
+        return "-"
+    if len(row.jobs) == 1:
+        return _cell(column, mean)
+    if std is None:
+        return f"{mean:.2%} (n={n})"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}% (n={n})"
+
+
+def _span(values) -> int | str | None:
+    """One number where the values agree ("2"), their range where not ("1-3"); None where there is none."""
+    known = [value for value in values if value is not None]
+    if not known:
+        return None
+    low, high = min(known), max(known)
+    return low if low == high else f"{low}-{high}"
+
+
 def _csv_value(value):
     if value is None:
         return ""
-    # Event files hold float32: 7 significant digits are all there is, and 0.2 reads better than 0.200000003.
+    # metrics.csv holds 6 significant digits; 7 keep a mean's, and 0.2 reads better than 0.20000000000000001.
     return f"{value:.7g}" if isinstance(value, float) else value
 
 
