@@ -51,13 +51,13 @@ EXACT_TARGETS = {
     # Hydra's sweepers and launchers, as the project ships them (Hydra builds only registered plugins of these)
     "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
-    "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+    "hydra_plugins.trainlab_optuna_sweeper.optuna_sweeper.OptunaSweeper",  # trainlab's own (src/hydra_plugins)
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
     # the Optuna sweeper's samplers (its hydra/sweeper/sampler options)
     "optuna.samplers.TPESampler", "optuna.samplers.RandomSampler", "optuna.samplers.CmaEsSampler",
-    "optuna.samplers.NSGAIISampler", "optuna.samplers.MOTPESampler", "optuna.samplers.GridSampler",
+    "optuna.samplers.NSGAIISampler", "optuna.samplers.GridSampler",
 }
 # What Hydra's logging configs may build (`class` / `()`), and the only streams `ext://` may name.
 LOGGING_TARGETS = {"logging.StreamHandler", "logging.FileHandler", "logging.NullHandler", "logging.Formatter"}

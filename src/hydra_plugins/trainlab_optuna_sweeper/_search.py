@@ -1,0 +1,325 @@
+"""An Optuna search as a Hydra sweep: the search space in Hydra's override grammar, one launched job a trial, the
+study kept in a database so that rerunning the same command continues it, and the best trial reported at the end.
+
+A trial whose job fails (an exception, or a return value that is not a finite number: trainlab's failing sweep job
+returns NaN) is recorded as failed and the search goes on. Every failed trial's job folder holds an error.log (the
+job writes it; this module does when the job could not), which trainlab.cli.SweepReport lists at the end of the
+sweep before exiting 1.
+"""
+import functools
+import logging
+import math
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, Override, Transformer
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import OverrideParseException
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from trainlab.errors import USER_ERROR_EXIT, TrainlabError, one_line
+from trainlab.run_folder import BEST, CHECKPOINTS, ERROR_LOG
+
+log = logging.getLogger(__name__)
+
+FOLDER = "folder"  # each trial's user attribute: its job folder, recorded when the trial is asked
+RESULTS = "optimization_results.yaml"  # the best trial, in the sweep folder (the name Hydra's Optuna sweeper used)
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+
+
+class Search:
+    """Run `n_trials` trials of the study `study_name` in `storage` (a database URL; None keeps it in memory).
+
+    Each trial is one job of the launcher, numbered by its trial number, so its folder is <sweep dir>/<number>
+    (trainlab's hydra.sweep.subdir) and a rerun never writes into an earlier trial's folder. A rerun counts the
+    trials already finished towards n_trials; a trial that a stopped search left running is run again in its own
+    folder, where trainlab resumes it from its last checkpoint.
+    """
+
+    def __init__(self, sampler, direction: str, study_name: str, storage, n_trials: int, n_jobs: int, params: dict):
+        self.sampler, self.direction, self.study_name, self.storage = sampler, direction, study_name, storage
+        self.n_trials, self.n_jobs, self.params = n_trials, max(1, n_jobs), params
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
+                                                                task_function=task_function)
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.monitor = OmegaConf.select(config, "trainer.monitor", default=None) or "value"  # what a job returns
+
+    def run(self, arguments: list) -> None:
+        try:
+            self._run(arguments)
+        except TrainlabError as e:  # one line and status 2, as trainlab's entrypoints report a user's mistake
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(USER_ERROR_EXIT)
+
+    def _run(self, arguments: list) -> None:
+        # hydra.sweeper.params first, then the command line's: a later value of a key replaces an earlier one
+        space, fixed = search_space([f"{key}={value}" for key, value in self.params.items()] + list(arguments))
+        n_trials = self.n_trials
+        if _builds(self.sampler, optuna.samplers.GridSampler):  # cut to the number of points on the grid
+            n_trials = min(n_trials, math.prod(len(v) for v in grid_values(space).values()))
+
+        optuna.logging.disable_default_handler()  # Optuna's lines ("Using an existing study ...") go through
+        optuna.logging.enable_propagation()  # Hydra's logging, beside the jobs' own
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
+        study = optuna.create_study(study_name=self.study_name, storage=self.storage, direction=self.direction,
+                                    sampler=optuna.samplers.RandomSampler(), load_if_exists=True)  # replaced below
+        if study.direction.name.lower() != self.direction:
+            raise TrainlabError(f"study '{self.study_name}' in {self.storage} was started to "
+                                f"{study.direction.name.lower()}, not {self.direction}: rerun with "
+                                f"hydra.sweeper.direction={study.direction.name.lower()}, or start another study "
+                                f"(another hydra.sweep.dir or hydra.sweeper.study_name)")
+        _check_same_space(study, space)
+        study.sampler = sampler = self._sampler(space, len(study.trials))
+
+        done = study.get_trials(deepcopy=False, states=FINISHED)
+        to_run = max(0, n_trials - len(done))
+        here = self.sweep_dir.resolve()
+        stopped = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if Path(t.user_attrs.get(FOLDER, "/")).parent == here][:to_run]
+        self._log_start(study, sampler, n_trials, done, to_run, stopped)
+
+        for trial in stopped:
+            self._launch(study, [trial], fixed)
+        for start in range(len(stopped), to_run, self.n_jobs):  # n_jobs trials asked at once, then their results
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, to_run - start))]
+            for trial in trials:
+                trial.set_user_attr(FOLDER, str(here / str(trial.number)))
+            self._launch(study, trials, fixed)
+        self._report(study)
+
+    def _sampler(self, space: dict, trials_before: int):
+        """The hydra/sweeper/optuna_sampler option, built (`_partial_: true`): the grid sampler with the grid; a seeded
+        sampler, in a study that has trials already, with its seed moved on by their number, since a new sampler
+        from the same seed would draw again the random trials that the study began with."""
+        if not isinstance(self.sampler, functools.partial):
+            return self.sampler  # an option built already, without _partial_: as it is
+        kwargs = {"search_space": grid_values(space)} if _builds(self.sampler, optuna.samplers.GridSampler) else {}
+        seed = self.sampler.keywords.get("seed")
+        if seed is not None and trials_before:
+            kwargs["seed"] = seed + trials_before
+        return self.sampler(**kwargs)
+
+    def _log_start(self, study, sampler, n_trials: int, done: list, to_run: int, stopped: list) -> None:
+        where = f"Optuna study '{study.study_name}' in {self.storage or 'memory'}"
+        if not done and not stopped:
+            log.info(f"{where}: {_trials(to_run)}, {self.direction}, {type(sampler).__name__}")
+            return
+        failed = sum(t.state == TrialState.FAIL for t in done)
+        line = (f"{where}: {_trials(len(done))} already done ({failed} failed); {to_run} to run, up to "
+                f"n_trials={n_trials}")
+        if stopped:
+            line += (f"; trial {', '.join(f'#{t.number}' for t in stopped)}, stopped before it finished, runs again "
+                     "in its folder")
+        log.info(line)
+
+    def _launch(self, study, trials: list, fixed: dict) -> None:
+        """Run `trials` as jobs numbered by trial number, then tell the study how each went."""
+        for group in _consecutive(trials):
+            overrides = [[*fixed.values(), *(f"{key}={value}" for key, value in trial.params.items())]
+                         for trial in group]
+            try:
+                returns = self.launcher.launch(overrides, initial_job_idx=group[0].number)
+            except BaseException as e:  # a config that cannot be composed or is refused, a signal: the search stops
+                for trial in group:  # and a job that never started is failed, not run again by the next run
+                    folder = Path(trial.user_attrs[FOLDER])
+                    if not folder.exists():
+                        _tell_study(study, trial.number, state=TrialState.FAIL)
+                        folder.mkdir(parents=True)
+                        (folder / ERROR_LOG).write_text(f"error: the job did not start: {_one_line(e)}\n")
+                raise
+            for trial, ret in zip(group, returns):
+                self._tell(study, trial, ret)
+
+    def _tell(self, study, trial, ret: JobReturn) -> None:
+        value, error, details = _objective(ret)
+        if error is None:
+            _tell_study(study, trial.number, values=value)
+            best = study.best_trial
+            log.info(f"trial #{trial.number}: {self._shown(value)} (the best so far: #{best.number}, "
+                     f"{self._shown(best.value)})")
+            return
+        _tell_study(study, trial.number, state=TrialState.FAIL)
+        error_log = _job_folder(ret, trial) / ERROR_LOG
+        if error_log.exists():  # the job's own account of it (trainlab.cli.report_errors), shown above
+            error = f"see {error_log}"
+        else:
+            error_log.parent.mkdir(parents=True, exist_ok=True)
+            error_log.write_text(f"error: {error}\n\n{details}")
+        log.warning(f"trial #{trial.number} failed ({error}); recorded as failed, the search goes on")
+
+    def _report(self, study) -> None:
+        """Log the study's tally and its best trial with its test score; write the best to optimization_results.yaml."""
+        trials = study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        failed = [t.number for t in trials if t.state == TrialState.FAIL]
+        tally = f"Optuna study '{study.study_name}': {_trials(len(trials))}, {len(complete)} complete"
+        log.info(tally + (f", {len(failed)} failed ({', '.join(f'#{n}' for n in failed)})" if failed else ""))
+        if not complete:
+            log.error("no trial completed: no best parameters")
+            return
+        best = study.best_trial
+        log.info(f"Best trial #{best.number}: {self._shown(best.value)} with "
+                 + " ".join(f"{key}={value}" for key, value in best.params.items()))
+        checkpoint = Path(best.user_attrs.get(FOLDER, self.sweep_dir / str(best.number))) / CHECKPOINTS / BEST
+        test = read_test_score(checkpoint)
+        if test:
+            log.info(f"  test acc {test['acc']:.2%} (loss {test['loss']:.4f}), scored once with its best weights "
+                     f"({checkpoint})")
+        else:
+            log.info(f"  test score not recorded ({checkpoint})")
+        results = {"name": "optuna", "study": study.study_name, "best_trial": best.number,
+                   "best_params": dict(best.params), "best_value": best.value, "monitor": self.monitor, "test": test,
+                   "trials": len(trials), "failed": failed}
+        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / RESULTS)
+        log.info(f"Best parameters written to {self.sweep_dir / RESULTS}")
+
+    def _shown(self, value: float) -> str:
+        return f"{self.monitor} {value:.2%}" if self.monitor.endswith("acc") else f"{self.monitor} {value:.6g}"
+
+
+def search_space(overrides: list) -> tuple:
+    """Overrides in Hydra's grammar -> ({key: Optuna distribution} for the sweeps, {key: override} for the others,
+    which every trial gets as they are)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        raise TrainlabError(f"hydra.sweeper.params: {one_line(e)}") from None
+    space, fixed = {}, {}
+    for override in parsed:
+        key = override.get_key_element()
+        space.pop(key, None)
+        fixed.pop(key, None)
+        if override.is_sweep_override():
+            space[key] = distribution(override)
+        else:
+            fixed[key] = override.input_line
+    return space, fixed
+
+
+def distribution(override: Override) -> BaseDistribution:
+    """choice(a, b) or a,b -> categorical; range(start, stop, step) -> the ints (or floats) it lists, stop excluded
+    as in Python; interval(low, high) -> floats (int(interval(...)) -> ints), tag(log, ...) on a log scale."""
+    key, sweep = override.get_key_element(), override.value()
+    if isinstance(sweep, Glob):
+        raise TrainlabError(f"{key}={override.get_value_string()}: an Optuna search takes choice(...), range(...) "
+                            "or interval(...), not glob(...)")
+    if override.is_choice_sweep() or (override.is_range_sweep() and sweep.shuffle):
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if override.is_range_sweep():
+        values = list(override.sweep_iterator())
+        if not values:
+            raise TrainlabError(f"{key}={override.get_value_string()} lists no value")
+        low, high, step = min(values), max(values), abs(sweep.step)
+        if all(isinstance(v, int) for v in values):
+            return IntDistribution(low, high, step=step)
+        return FloatDistribution(low, high, step=step)
+    if override.is_interval_sweep():
+        log_scale = "log" in sweep.tags
+        if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+            return IntDistribution(sweep.start, sweep.end, log=log_scale)
+        return FloatDistribution(sweep.start, sweep.end, log=log_scale)
+    raise TrainlabError(f"{key}={override.get_value_string()}: an Optuna search takes choice(...), range(...) or "
+                        "interval(...)")
+
+
+def grid_values(space: dict) -> dict:
+    """The search space as the grid sampler takes it: every value of each parameter."""
+    values = {}
+    for key, dist in space.items():
+        if isinstance(dist, CategoricalDistribution):
+            values[key] = list(dist.choices)
+        elif isinstance(dist, IntDistribution) and not dist.log:
+            values[key] = list(range(dist.low, dist.high + 1, dist.step))
+        elif isinstance(dist, FloatDistribution) and dist.step is not None:
+            values[key] = [dist.low + i * dist.step for i in range(round((dist.high - dist.low) / dist.step) + 1)]
+        else:
+            raise TrainlabError(f"{key}: the grid sampler needs values it can list, choice(...) or range(...), "
+                                "not an interval")
+    return values
+
+
+def read_test_score(checkpoint: Path):
+    """{"loss", "acc"} on the test split, as the run recorded it in best.pt; None when it did not."""
+    from trainlab.checkpoint import load_checkpoint  # torch: imported by the task already
+
+    try:
+        test = load_checkpoint(checkpoint).get("test")
+        return {"loss": float(test["loss"]), "acc": float(test["acc"])}
+    except Exception:  # noqa: BLE001 (no file, an older run, no test split scored): reported as not recorded
+        return None
+
+
+def _objective(ret: JobReturn) -> tuple:
+    """A job's return -> (its value, None, ""), or (None, why it failed on one line, the details)."""
+    if ret.status != JobStatus.COMPLETED:
+        error = ret._return_value  # the task's exception (JobReturn.return_value would raise it)
+        return None, _one_line(error), "".join(traceback.format_exception(error))
+    try:
+        value = float(ret.return_value)
+    except (TypeError, ValueError):
+        return None, f"the job returned {ret.return_value!r}, not a number", ""
+    return (value, None, "") if math.isfinite(value) else (None, f"the job returned {value}", "")
+
+
+def _check_same_space(study, space: dict) -> None:
+    """Optuna keeps each parameter's distribution for the whole study: a continued study must search the same way."""
+    checked = set()
+    for trial in study.get_trials(deepcopy=False):
+        for key in (trial.distributions.keys() & space.keys()) - checked:
+            checked.add(key)
+            try:
+                optuna.distributions.check_distribution_compatibility(trial.distributions[key], space[key])
+            except ValueError as e:
+                raise TrainlabError(f"{key} is searched otherwise than in the study '{study.study_name}' so far "
+                                    f"({e}): continue it with the same values, or start another study (another "
+                                    "hydra.sweep.dir or hydra.sweeper.study_name)") from None
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
+def _one_line(error: BaseException) -> str:
+    return one_line(f"{type(error).__name__}: {error}", 300)
+
+
+def _builds(sampler, cls) -> bool:
+    return isinstance(sampler, functools.partial) and isinstance(sampler.func, type) and issubclass(sampler.func, cls)
+
+
+def _tell_study(study, number: int, **outcome) -> None:
+    try:
+        study.tell(number, **outcome)
+    except RuntimeError as e:  # the grid sampler stops the study once each point is taken; no loop to stop here
+        if "Study.stop" not in str(e):
+            raise
+
+
+def _job_folder(ret: JobReturn, trial: FrozenTrial) -> Path:
+    if ret.hydra_cfg is not None:
+        return Path(ret.hydra_cfg.hydra.runtime.output_dir)
+    return Path(trial.user_attrs[FOLDER])
+
+
+def _consecutive(trials: list) -> list:
+    """Trials in runs of consecutive numbers: a launcher numbers one call's jobs from its first."""
+    runs = []
+    for trial in trials:
+        if runs and trial.number == runs[-1][-1].number + 1:
+            runs[-1].append(trial)
+        else:
+            runs.append([trial])
+    return runs

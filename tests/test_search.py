@@ -1,0 +1,156 @@
+"""Optuna searches (trainlab's sweeper, src/hydra_plugins/trainlab_optuna_sweeper): the search space from Hydra's
+grammar, each sampler option, and real searches whose trials fail, that are continued, or whose trial was stopped."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import torch
+import yaml
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.utils import instantiate
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from conftest import QUICK, ROOT, run_cli
+from hydra_plugins.trainlab_optuna_sweeper._search import grid_values, search_space, read_test_score
+from trainlab.allowlist import check_config
+from trainlab.checkpoint import load_checkpoint
+from trainlab.errors import TrainlabError
+
+TINY = ["data=shapes", "data.num_train=200", "data.num_test=50", "trainer.epochs=1", *QUICK]
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler",
+            "nsgaii": "NSGAIISampler"}  # the hydra/sweeper/optuna_sampler options
+
+
+def load_study(sweep, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep / 'optuna.db'}")
+
+
+def test_the_search_space_keeps_hydras_sweep_grammar():
+    space, fixed = search_space(["optimizer=choice(sgd, adam)", "optimizer.lr=tag(log, interval(0.0001, 0.3))",
+                                 "optimizer.momentum=interval(0, 0.9)", "data.batch_size=range(32, 160, 32)",
+                                 "trainer.epochs=int(interval(1, 4))", "data.subset=shuffle(range(3))",
+                                 "model=tudui", "+data.x=1", "optimizer=sgd,adamw"])
+    assert sorted(space.pop("data.subset").choices) == [0, 1, 2]  # shuffle(range(...)): those values, as choices
+    assert space == {
+        "optimizer": CategoricalDistribution(["sgd", "adamw"]),  # the later value of a key replaces the earlier
+        "optimizer.lr": FloatDistribution(0.0001, 0.3, log=True),
+        "optimizer.momentum": FloatDistribution(0.0, 0.9),
+        "data.batch_size": IntDistribution(32, 128, step=32),  # range's stop is left out, as in Python
+        "trainer.epochs": IntDistribution(1, 4),
+    }
+    assert fixed == {"model": "model=tudui", "+data.x": "+data.x=1"}  # every trial gets these as written
+
+
+def test_the_grid_lists_every_value_and_refuses_an_interval():
+    space, _ = search_space(["a=choice(x, y)", "b=range(1, 4)", "c=range(0.5, 1.6, 0.5)"])
+    assert grid_values(space) == {"a": ["x", "y"], "b": [1, 2, 3], "c": [0.5, 1.0, 1.5]}
+    with pytest.raises(TrainlabError, match="the grid sampler needs values it can list"):
+        grid_values(search_space(["lr=interval(0.1, 1)"])[0])
+    with pytest.raises(TrainlabError, match="an Optuna search takes choice"):
+        search_space(["model=glob(*)"])
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_each_sampler_option_builds_its_optuna_sampler(name):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose("config", return_hydra_config=True, overrides=[
+            "hydra/sweeper=trainlab_optuna", f"hydra/sweeper/optuna_sampler={name}", "hydra.sweeper.sampler.seed=1"])
+    check_config(cfg)  # its _target_ is on the allow-list
+    build = instantiate(cfg.hydra.sweeper.sampler)  # _partial_: the sweeper builds it (the grid sampler with a grid)
+    sampler = build(search_space={"a": [1, 2]}) if name == "grid" else build()
+    assert type(sampler) is getattr(optuna.samplers, SAMPLERS[name])
+
+
+def test_the_test_score_is_read_from_best_pt_or_reported_missing(tmp_path):
+    torch.save({"format": 2, "test": {"loss": torch.tensor(0.5), "acc": 0.75, "epoch": 3}}, tmp_path / "best.pt")
+    torch.save({"format": 2}, tmp_path / "older.pt")
+    assert read_test_score(tmp_path / "best.pt") == {"loss": 0.5, "acc": 0.75}
+    assert read_test_score(tmp_path / "older.pt") is None and read_test_score(tmp_path / "absent.pt") is None
+
+
+@pytest.mark.slow
+def test_a_search_whose_trials_fail_runs_them_all_records_them_failed_and_exits_1(tmp_path):
+    # The grid visits each value once: lr 1e10 makes the loss NaN at the second step (trainer.nonfinite=stop).
+    result = run_cli("-m", "hydra/sweeper=trainlab_optuna", "hydra/sweeper/optuna_sampler=grid",
+                     "optimizer.lr=choice(0.01, 1e10, 0.02)", *TINY, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    trials = load_study(tmp_path, "search").get_trials()
+    states = {t.params["optimizer.lr"]: t.state for t in trials}
+    assert states == {0.01: TrialState.COMPLETE, 1e10: TrialState.FAIL, 0.02: TrialState.COMPLETE}
+    failed = next(t.number for t in trials if t.state == TrialState.FAIL)
+    assert "the loss became NaN" in (tmp_path / str(failed) / "error.log").read_text()
+    assert "3 trials, 2 complete, 1 failed" in result.stdout
+    listed = result.stdout[result.stdout.index("1 job(s) of the sweep"):]  # trainlab.cli.SweepReport, at the end
+    assert f"#{failed} " in listed and "optimizer.lr=10000000000.0" in listed
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert best["best_params"]["optimizer.lr"] in (0.01, 0.02) and best["failed"] == [failed]
+
+
+@pytest.mark.slow
+def test_a_search_run_again_in_its_folder_continues_its_study(tmp_path):
+    search = ["-m", "hparams_search=tudui_optuna", *TINY, "hydra.sweeper.sampler.n_startup_trials=10",
+              f"hydra.sweep.dir={tmp_path}"]
+    first = run_cli(*search, "hydra.sweeper.n_trials=2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = {job: (tmp_path / job / "checkpoints" / "best.pt").stat().st_mtime_ns for job in ("0", "1")}
+    again = run_cli(*search, "hydra.sweeper.n_trials=4")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 trials already done (0 failed); 2 to run, up to n_trials=4" in again.stdout
+    assert "#2 : " in again.stdout and "#3 : " in again.stdout and "#0 : " not in again.stdout
+    trials = load_study(tmp_path, "tudui").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    assert before == {job: (tmp_path / job / "checkpoints" / "best.pt").stat().st_mtime_ns for job in ("0", "1")}
+    # all four still random (n_startup_trials=10): a sampler seeded afresh would draw trials 0 and 1 again
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    # the best of all four, reported with its validation score and its test score from its best.pt
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"optimizer", "optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
+    study = load_study(tmp_path, "tudui")
+    assert best["best_value"] == max(t.value for t in trials) and best["best_trial"] == study.best_trial.number
+    assert f"Best trial #{best['best_trial']}: val/acc {best['best_value']:.2%} with optimizer=" in again.stdout
+    test = load_checkpoint(tmp_path / str(best["best_trial"]) / "checkpoints" / "best.pt")["test"]
+    assert f"test acc {test['acc']:.2%} (loss {test['loss']:.4f})" in again.stdout
+    assert best["test"] == {"loss": test["loss"], "acc": test["acc"]}
+
+
+@pytest.mark.slow
+def test_a_trial_stopped_mid_run_resumes_in_its_folder_when_the_search_is_run_again(tmp_path):
+    search = [sys.executable, "src/run.py", "-m", "hparams_search=tudui_optuna", "data=shapes", "data.num_train=800",
+              "data.num_test=50", "trainer.epochs=2", *QUICK, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path}"]
+    process = subprocess.Popen(search, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log, deadline = tmp_path / "0" / "run.log", time.time() + 120
+    while not (log.exists() and "epoch 1/2" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # trainlab finishes the step, writes a checkpoint and exits 75
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 75, output
+    assert load_study(tmp_path, "tudui").get_trials()[0].state == TrialState.RUNNING
+
+    again = run_cli(*search[2:])
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "trial #0, stopped before it finished, runs again in its folder" in again.stdout
+    assert "resuming" in log.read_text() and "epoch 2/2" in log.read_text()
+    assert [t.state for t in load_study(tmp_path, "tudui").get_trials()] == [TrialState.COMPLETE]
+    assert os.listdir(tmp_path / "0" / "checkpoints")
+
+
+@pytest.mark.slow
+def test_a_trial_whose_config_cannot_be_composed_stops_the_search_and_is_not_run_again(tmp_path):
+    search = ["-m", "hydra/sweeper=trainlab_optuna", *TINY, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}"]
+    result = run_cli(*search, "data.batch_size=choice(abc)")  # not an int: Hydra refuses the trial's config
+    assert result.returncode == 1 and "data.batch_size" in result.stderr, result.stdout + result.stderr
+    changed = run_cli(*search, "data.batch_size=choice(abc, 16)")  # Optuna keeps a parameter's choices
+    assert changed.returncode == 2 and "data.batch_size is searched otherwise than in the study" in changed.stderr
+    again = run_cli(*search, "optimizer.lr=choice(0.01)")
+    assert "1 trial already done (1 failed); 1 to run" in again.stdout, again.stdout + again.stderr
+    trials = load_study(tmp_path, "search").get_trials()
+    assert [(t.state, t.params) for t in trials] == [(TrialState.FAIL, {"data.batch_size": "abc"}),
+                                                      (TrialState.COMPLETE, {"optimizer.lr": 0.01})]
+    assert again.returncode == 1 and "#0 : error: the job did not start: ConfigCompositionException" in again.stdout
