@@ -61,6 +61,31 @@ def run_cli(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+# `python src/run.py ARGS`, but the process sends itself `signal` once it has logged train/loss at global step `step`
+# or later: a kill or a stop at a known point of the run, whatever the load on the machine. (Watching the run from the
+# test and signalling it raced: on a loaded machine the run could end before the signal landed.)
+SIGNAL_AT_STEP = """
+import os, runpy, signal, sys
+sig, step, sys.argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # src/, as `python src/run.py` has it
+from trainlab.tensorboard import RunWriter
+scalars, sent = RunWriter.scalars, []
+def scalars_then_signal(self, values, at):
+    scalars(self, values, at)
+    if "train/loss" in values and at >= step and not sent:
+        sent.append(at)
+        os.kill(os.getpid(), sig)  # as from outside: SIGKILL ends it here, SIGTERM is handled after this step
+RunWriter.scalars = scalars_then_signal
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_signalled(sig: int, step: int, *args, timeout=240) -> subprocess.CompletedProcess:
+    """run_cli's run, signalled by itself at training step `step` (see SIGNAL_AT_STEP)."""
+    return subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, str(int(sig)), str(step), "src/run.py", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
 def scalars(run_dir: Path) -> dict:
     """{tag: [(step, value), ...]} from the run folder's TensorBoard event files, as trainlab reads them back."""
     from trainlab.run_folder import read_scalars

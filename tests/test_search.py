@@ -2,9 +2,6 @@
 grammar, each sampler option, and real searches whose trials fail, that are continued, or whose trial was stopped."""
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import optuna
 import pytest
@@ -16,7 +13,7 @@ from hydra.utils import instantiate
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import QUICK, ROOT, run_cli
+from conftest import QUICK, ROOT, run_cli, run_signalled
 from hydra_plugins.trainlab_optuna_sweeper._search import grid_values, search_space, read_test_score
 from trainlab.allowlist import check_config
 from trainlab.checkpoint import load_checkpoint
@@ -122,18 +119,15 @@ def test_a_search_run_again_in_its_folder_continues_its_study(tmp_path):
 
 @pytest.mark.slow
 def test_a_trial_stopped_mid_run_resumes_in_its_folder_when_the_search_is_run_again(tmp_path):
-    search = [sys.executable, "src/run.py", "-m", "hparams_search=tudui_optuna", "data=shapes", "data.num_train=800",
-              "data.num_test=50", "trainer.epochs=2", *QUICK, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path}"]
-    process = subprocess.Popen(search, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log, deadline = tmp_path / "0" / "run.log", time.time() + 120
-    while not (log.exists() and "epoch 1/2" in log.read_text()) and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)  # trainlab finishes the step, writes a checkpoint and exits 75
-    output = process.communicate(timeout=120)[0]
-    assert process.returncode == 75, output
+    search = ["-m", "hparams_search=tudui_optuna", "data=shapes", "data.num_train=800", "data.num_test=50",
+              "trainer.epochs=2", *QUICK, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path}"]
+    # SIGTERM at the first logged step: trainlab finishes the step, writes a checkpoint and exits 75
+    stopped = run_signalled(signal.SIGTERM, 1, *search)
+    assert stopped.returncode == 75, stopped.stdout + stopped.stderr
     assert load_study(tmp_path, "tudui").get_trials()[0].state == TrialState.RUNNING
+    log = tmp_path / "0" / "run.log"
 
-    again = run_cli(*search[2:])
+    again = run_cli(*search)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "trial #0, stopped before it finished, runs again in its folder" in again.stdout
     assert "resuming" in log.read_text() and "epoch 2/2" in log.read_text()
