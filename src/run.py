@@ -10,12 +10,10 @@ import hydra  # noqa: E402 (after the line above, which must come first)
 from omegaconf import DictConfig
 
 from trainlab.allowlist import guard_hydra
-from trainlab.config import register_configs
 from trainlab.cli import report_errors
 from trainlab.launch import Launch
 from trainlab.train import run
 
-register_configs()
 guard_hydra()  # every config Hydra composes is checked against the allow-list before anything is built
 
 

@@ -11,9 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT / "src"))  # importable from a fresh clone before `pip install -e .`
 
-from trainlab.config import register_configs  # noqa: E402
-
-register_configs()
+import trainlab  # noqa: E402,F401 (importing it registers the schemas conf/ refers to)
 
 # Keep subprocess runs small and quiet; each test adds what it is about.
 QUICK = ["trainer.progress_bar=false", "trainer.log_graph=false"]

@@ -1,11 +1,14 @@
 """Real runs of src/run.py, as a user types them; assertions on what a user would look at."""
 import gc
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import yaml
 
-from conftest import QUICK, compose, event_tags, run_cli, scalars
+from conftest import QUICK, ROOT, compose, event_tags, run_cli, scalars
 from trainlab.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
 from trainlab.run_folder import read_metrics
@@ -102,6 +105,27 @@ def test_same_seed_same_numbers_and_run_returns_the_best_accuracy(tmp_path, path
     assert not torch.equal(a["0.weight"], c["0.weight"])
 
 
+NOTEBOOK = """
+import sys
+from hydra import compose, initialize_config_dir
+from trainlab.train import run  # importing trainlab registers its schemas: no other step
+
+with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
+    cfg = compose("config", overrides=sys.argv[3:])
+print("returned", run(cfg, sys.argv[2]))
+"""
+
+
+def test_a_config_composed_with_hydras_compose_api_runs_as_a_notebook_would(tmp_path):
+    overrides = [*SHAPES, "data.num_train=200", "data.num_test=50", "trainer.epochs=1", *QUICK]
+    done = subprocess.run([sys.executable, "-c", NOTEBOOK, str(ROOT / "conf"), str(tmp_path), *overrides],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})  # as a fresh clone's notebook
+    assert done.returncode == 0, done.stdout + done.stderr
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")["best"]["val"]["acc"]
+    assert done.stdout.strip().splitlines()[-1] == f"returned {best}"
+
+
 def test_the_collector_src_run_turns_off_for_start_up_is_on_for_every_epoch(tmp_path, monkeypatch):
     epochs_ran_with = []
     train_epoch = trainlab.train.train_epoch
@@ -148,6 +172,8 @@ def test_bad_input_gets_one_clear_line_and_a_nonzero_exit(tmp_path, args, messag
     (["data=folder", "data.root=/does/not/exist"], "data.root /does/not/exist is not a folder"),
     (["data=shapes", "data.batch_size=0"], "data.batch_size=0 cannot work: it must be at least 1"),
     (["data.root=/nonexistent/cifar", "data.download=false"], "put cifar-10-python.tar.gz"),
+    (["data.root=/nonexistent/cifar", "data.download=false"], "or train offline: data=shapes (generated), or your "
+                                                               "own images with data=folder data.root=<folder>"),
 ])
 def test_more_bad_input_is_a_trainlab_error_naming_the_fix(tmp_path, args, message):
     with pytest.raises(TrainlabError) as e:  # printed as one line by the CLI, as the test above shows

@@ -176,14 +176,18 @@ def register_configs() -> None:
 
     Stored outside the groups so that `--help` lists only the options a user picks.
     """
-    from trainlab.distributed import launch_stamp
-
-    OmegaConf.register_new_resolver("run_stamp", launch_stamp, replace=True)  # conf/config.yaml's run folder name
+    OmegaConf.register_new_resolver("run_stamp", _run_stamp, replace=True)  # conf/config.yaml's run folder name
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             cs.store(name=f"{group}_{name}_schema", node=node)
+
+
+def _run_stamp() -> str:
+    from trainlab.distributed import launch_stamp  # imports torch: only when a run folder is named
+
+    return launch_stamp()
 
 
 def check_values(cfg: DictConfig) -> None:

@@ -272,7 +272,8 @@ def _torchvision_set(cfg, train_tf, test_tf):
         reason = one_line(e, 200)
         raise TrainlabError(
             f"{cfg.name} is not in {root.resolve()} and could not be fetched ({reason}): {how}, "
-            f"or put {manual.format(root=root)}") from None
+            f"or put {manual.format(root=root)}; or train offline: data=shapes (generated), or your own images with "
+            "data=folder data.root=<folder>") from None
     return Sources(train, with_transform(train, test_tf), None, test, list(train.classes))
 
 
