@@ -126,6 +126,15 @@ def test_a_config_composed_with_hydras_compose_api_runs_as_a_notebook_would(tmp_
     assert done.stdout.strip().splitlines()[-1] == f"returned {best}"
 
 
+def test_no_progress_bar_is_drawn_into_a_file_or_pipe(tmp_path):
+    # trainer.progress_bar at its default (true); the output captured, as when redirected to a file
+    result = run_cli(*SHAPES, "data.num_train=300", "data.num_test=50", "trainer.epochs=2", "trainer.log_graph=false",
+                     f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\r" not in result.stdout + result.stderr and "batch/s" not in result.stderr  # no bar redraws
+    assert result.stdout.count(" train loss ") == 2  # the epoch lines are all there
+
+
 def test_the_collector_src_run_turns_off_for_start_up_is_on_for_every_epoch(tmp_path, monkeypatch):
     epochs_ran_with = []
     train_epoch = trainlab.train.train_epoch

@@ -64,6 +64,7 @@ def build_run_data(cfg, transforms: dict, device, ranks=distributed.Ranks()) -> 
     """The run's config and checked transform steps -> (DataSplits, Loaders, which path and why): resident on the
     device when the pipelines allow it and the data fits (trainer.data_path=auto), else the DataLoader. Both train
     loaders are TrainLoaders."""
+    from trainlab.engine import show_progress
     from trainlab.resident import NotResident, build_resident  # it builds on this module
 
     t = cfg.trainer
@@ -72,7 +73,7 @@ def build_run_data(cfg, transforms: dict, device, ranks=distributed.Ranks()) -> 
     distributed.shard_size(cfg.data.batch_size, ranks)  # the batch must split evenly
     if t.data_path != "loader":
         try:
-            return (*build_resident(cfg.data, transforms, device, t.seed, t.progress_bar, shard),
+            return (*build_resident(cfg.data, transforms, device, t.seed, show_progress(t.progress_bar), shard),
                     "resident on the device")
         except NotResident as e:
             if t.data_path == "resident":

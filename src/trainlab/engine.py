@@ -46,6 +46,15 @@ def resolve_device(name: str, job: int = 0, jobs_at_once: int = 1) -> torch.devi
     return device
 
 
+def show_progress(wanted: bool) -> bool:
+    """trainer.progress_bar, on a terminal only: a bar redrawn into a file or a pipe is noise (one shapes epoch wrote
+    152 KB of redraws), and TQDM_DISABLE=1 turns bars off, as in any tqdm program."""
+    import sys
+
+    disabled = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+    return wanted and not disabled and sys.stderr.isatty()
+
+
 def seconds_since_launch():
     """Seconds since this process started (Linux's /proc), or None where that cannot be read."""
     try:

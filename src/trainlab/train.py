@@ -17,7 +17,7 @@ from trainlab.checkpoint import FORMAT, Checkpointer, load_checkpoint, load_late
 from trainlab.config import check_values
 from trainlab.data import build_run_data
 from trainlab.engine import (Loop, NonFiniteLoss, TrainState, evaluate, resolve_device, seconds_since_launch,
-                             seed_everything, train_epoch)
+                             seed_everything, show_progress, train_epoch)
 from trainlab.errors import Interrupted, TrainlabError
 from trainlab.launch import Launch
 from trainlab.models import build_model, check_blocks, summary_table
@@ -95,7 +95,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                            batch_shape=(cfg.data.batch_size // ranks.world, *data.image_shape),
                            skip_nonfinite=t.nonfinite == "skip", per_step_schedule=per_step is not None,
                            distributed=ranks.world > 1)
-    loop = Loop(t.epochs, steps_per_epoch, t.log_every_n_steps, t.progress_bar and ranks.main, per_step,
+    loop = Loop(t.epochs, steps_per_epoch, t.log_every_n_steps, show_progress(t.progress_bar) and ranks.main, per_step,
                 distributed.all_sum if ranks.world > 1 else None)
 
     # where the run stands: a new run, or the checkpoint's state
