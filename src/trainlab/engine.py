@@ -4,6 +4,7 @@ Knows nothing of Hydra, configs or files: it gets built objects and plain values
 """
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -49,8 +50,6 @@ def resolve_device(name: str, job: int = 0, jobs_at_once: int = 1) -> torch.devi
 def show_progress(wanted: bool) -> bool:
     """trainer.progress_bar, on a terminal only: a bar redrawn into a file or a pipe is noise (one shapes epoch wrote
     152 KB of redraws), and TQDM_DISABLE=1 turns bars off, as in any tqdm program."""
-    import sys
-
     disabled = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
     return wanted and not disabled and sys.stderr.isatty()
 

@@ -49,13 +49,14 @@ class MetricsFile:
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.path, self.enabled = Path(run_dir) / METRICS_CSV, enabled
 
-    def keep(self, epochs_done: int, tested: bool) -> None:
-        """Keep the rows of epochs 1..epochs_done (and the test row if `tested`): what the checkpoint resumed from
-        covers. Rewritten atomically."""
+    def keep(self, epochs_done: int) -> None:
+        """Keep the rows of epochs 1..epochs_done, as written: what the checkpoint a run resumes from covers (its test
+        row, if any, is written again at the end). A row cut short by a kill is dropped. Rewritten atomically."""
         if not self.enabled or not self.path.exists():
             return
-        rows = [row for row in read_metrics(self.path.parent)
-                if (row["epoch"] == TEST_ROW and tested) or (row["epoch"] != TEST_ROW and row["epoch"] <= epochs_done)]
+        with open(self.path, newline="") as f:
+            rows = [row for row in csv.DictReader(f) if None not in row.values()  # short: cut by a kill
+                    and row["epoch"] != TEST_ROW and int(row["epoch"]) <= epochs_done]
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "w", newline="") as f:
             _write(f, rows, header=True)
@@ -75,8 +76,7 @@ def _write(f, rows: list, header: bool) -> None:
     writer = csv.DictWriter(f, METRICS_COLUMNS)
     if header:
         writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _cell(v) for k, v in row.items()})
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
 
 
 def _cell(value):

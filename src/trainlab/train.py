@@ -121,7 +121,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     first_step = (state.epoch - 1) * steps_per_epoch + state.batch
     writer = RunWriter(run_dir, purge_step=first_step + 1 if saved is not None else None, enabled=ranks.main)
     metrics = MetricsFile(run_dir, enabled=ranks.main)
-    metrics.keep(state.epochs_done if saved is not None else 0, tested=False)  # what the checkpoint covers
+    metrics.keep(state.epochs_done)  # what the checkpoint covers: a new run starts the file afresh
     checkpointer = Checkpointer(run_dir / CHECKPOINTS, model, optimizer, scheduler, writer,
                                 {"config": config, "classes": list(data.classes), "image_shape": list(data.image_shape),
                                  "trainlab_version": __version__},
