@@ -12,7 +12,6 @@ from omegaconf import DictConfig
 from trainlab.allowlist import guard_hydra
 from trainlab.cli import report_errors
 from trainlab.launch import Launch
-from trainlab.train import run
 
 guard_hydra()  # every config Hydra composes is checked against the allow-list before anything is built
 
@@ -20,6 +19,8 @@ guard_hydra()  # every config Hydra composes is checked against the allow-list b
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @report_errors
 def main(cfg: DictConfig) -> float:
+    from trainlab.train import run  # torch: a second; a mistake in the command is reported without it
+
     return run(cfg, Launch.from_hydra())  # the best validation value of trainer.monitor: a search's objective
 
 

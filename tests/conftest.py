@@ -9,6 +9,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+
+# pytest-xdist runs a worker per core: each worker, and each run it starts, takes its share of the cores. Two workers
+# of two threads each on two cores made every run wait on the other's threads (the suite took 4m53s; one thread each:
+# see the commit). Before torch is imported, so runs in this process and in subprocesses use the same number.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 sys.path.insert(0, str(ROOT / "src"))  # importable from a fresh clone before `pip install -e .`
 
 import trainlab  # noqa: E402,F401 (importing it registers the schemas conf/ refers to)
@@ -53,9 +60,11 @@ def compose(*overrides):
         return hydra_compose("config", overrides=list(overrides))
 
 
-def run_cli(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
-    """`python src/run.py ARGS` from the project root, as a user types it."""
-    return subprocess.run([sys.executable, "src/run.py", *args], cwd=ROOT, capture_output=True, text=True,
+def run_cli(*args, env=None, timeout=240, cwd=None) -> subprocess.CompletedProcess:
+    """`python src/run.py ARGS` from the project root, as a user types it; or from `cwd`, which then holds the
+    outputs/ folder (src/run.py named by its full path)."""
+    script = "src/run.py" if cwd is None else str(ROOT / "src" / "run.py")
+    return subprocess.run([sys.executable, script, *args], cwd=cwd or ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -78,10 +87,17 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run_signalled(sig: int, step: int, *args, timeout=240) -> subprocess.CompletedProcess:
+def run_signalled(sig: int, step: int, *args, timeout=240, cwd=None) -> subprocess.CompletedProcess:
     """run_cli's run, signalled by itself at training step `step` (see SIGNAL_AT_STEP)."""
-    return subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, str(int(sig)), str(step), "src/run.py", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    script = "src/run.py" if cwd is None else str(ROOT / "src" / "run.py")
+    return subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, str(int(sig)), str(step), script, *args],
+                          cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def job_dir(sweep: Path, number: int) -> Path:
+    """The folder of job `number` of a sweep: <number>_<what the sweep gave it> (conf/config.yaml), or <number>."""
+    [folder] = [p for p in Path(sweep).iterdir() if p.is_dir() and p.name.partition("_")[0] == str(number)]
+    return folder
 
 
 def scalars(run_dir: Path) -> dict:

@@ -112,8 +112,8 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
                      "data.batch_size=16,0,32", f"hydra.sweep.dir={tmp_path}")
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
-    for job in ("0", "2"):
+    for job in ("0_data.batch_size-16", "2_data.batch_size-32"):
         assert (tmp_path / job / "checkpoints" / "last.pt").exists()
-    error_log = (tmp_path / "1" / "error.log").read_text()
+    error_log = (tmp_path / "1_data.batch_size-0" / "error.log").read_text()
     assert "data.batch_size=0 cannot work" in error_log and "Traceback" in error_log
-    assert "1 job(s) of the sweep" in output and "#1 " in output and "data.batch_size=0" in output
+    assert "1 job(s) of the sweep" in output and "#1_data.batch_size-0 " in output and "data.batch_size=0" in output

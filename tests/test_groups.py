@@ -34,7 +34,8 @@ def test_every_group_has_its_options():
 @pytest.mark.parametrize("data", options("data"))
 @pytest.mark.parametrize("transform", options("transform"))
 def test_data_and_transform_options_compose_and_transform_an_image(data, transform):
-    cfg = compose(f"data={data}", f"transform={transform}", "data.root=somewhere")
+    learned = ["data.image_size=64"] if data == "folder" else []  # a run learns it from the folder (test_runs.py)
+    cfg = compose(f"data={data}", f"transform={transform}", "data.root=somewhere", *learned)
     channels, side = NATIVE[data]
     image = Image.new("RGB" if channels == 3 else "L", (side + 17 * (data == "folder"), side))
     train_tf, test_tf = build_transforms(check_transforms(cfg.transform))

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import QUICK, ROOT, run_cli
+from conftest import QUICK, ROOT, job_dir, run_cli
 from trainlab.run_folder import METRICS_CSV, TEST_ROW, MetricsFile, read_metrics
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,9 @@ def sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
     result = run_cli("-m", *TINY, "optimizer=sgd,adam", "data.batch_size=16,0", f"hydra.sweep.dir={folder}")
     assert result.returncode == 1, result.stdout + result.stderr  # the sweep ends non-zero: two jobs failed
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [  # named by what the sweep gave them
+        "0_optimizer-sgd+data.batch_size-16", "1_optimizer-sgd+data.batch_size-0",
+        "2_optimizer-adam+data.batch_size-16", "3_optimizer-adam+data.batch_size-0"]
     return folder
 
 
@@ -41,7 +43,7 @@ def seeds(tmp_path_factory):
     result = run_cli("-m", *TINY, "trainer.epochs=1", "trainer.seed=0,1,2", "optimizer=sgd,adam",
                      f"hydra.sweep.dir={folder}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["0", "1", "2", "3", "4", "5"]
+    assert sorted(p.name.partition("_")[0] for p in folder.iterdir() if p.is_dir()) == ["0", "1", "2", "3", "4", "5"]
     return folder
 
 
@@ -113,11 +115,11 @@ def test_the_report_lists_jobs_best_first_and_writes_csv_and_plot(sweep):
     assert {(row["optimizer"], row["data.batch_size"], row["status"]) for row in done} == {
         ("sgd", "16", "done"), ("adam", "16", "done")}
     for row in done:
-        values = written(sweep / row["job"])
+        values = written(job_dir(sweep, row["job"]))
         assert row["best_val_acc"] == percent(values["best_val_acc"]) and row["test_acc"] == percent(values["test_acc"])
         assert row["best_epoch"] == str(values["best_epoch"]) and row["epochs_done"] == row["epochs"] == "2"
         assert row["final_train_loss"] == f"{values['final_train_loss']:.4f}"
-    best = [written(sweep / row["job"])["best_val_acc"] for row in done]
+    best = [written(job_dir(sweep, row["job"]))["best_val_acc"] for row in done]
     assert best == sorted(best, reverse=True)  # by validation, never by test
     assert "jobs that differ only in" not in out  # no seeds to group
     assert "job 1 failed: data.batch_size=0 cannot work" in out and "job 3 failed:" in out
@@ -127,7 +129,7 @@ def test_the_report_lists_jobs_best_first_and_writes_csv_and_plot(sweep):
     assert list(records[0]) == ["job", "optimizer", "data.batch_size", "status", *GROUPED_CSV]
     assert [record["job"] for record in records] == [row["job"] for row in rows]
     for record in records[:2]:
-        values = written(sweep / record["job"])
+        values = written(job_dir(sweep, record["job"]))
         assert float(record["best_val_acc_mean"]) == pytest.approx(values["best_val_acc"], abs=1e-6)
         assert float(record["test_acc_mean"]) == pytest.approx(values["test_acc"], abs=1e-6)
         assert float(record["final_train_loss"]) == pytest.approx(values["final_train_loss"], abs=1e-6)
@@ -141,19 +143,20 @@ def test_the_report_lists_jobs_best_first_and_writes_csv_and_plot(sweep):
 
 def test_a_job_not_started_is_missing_an_untested_one_running_and_a_stopped_early_one_done(sweep, tmp_path):
     folder = shutil.copytree(sweep, tmp_path / "sweep")
-    shutil.rmtree(folder / "3")  # adam at batch 0, as if the sweep had not reached it
-    set_epochs(folder / "0", 3)  # two of three epochs and no test yet: still running, or stopped
-    drop_test_row(folder / "0")
-    set_epochs(folder / "2", 3)  # two of three epochs, then tested: early stopping, or a time budget
+    shutil.rmtree(job_dir(folder, 3))  # adam at batch 0, as if the sweep had not reached it
+    set_epochs(job_dir(folder, 0), 3)  # two of three epochs and no test yet: still running, or stopped
+    drop_test_row(job_dir(folder, 0))
+    set_epochs(job_dir(folder, 2), 3)  # two of three epochs, then tested: early stopping, or a time budget
 
     result = report_cli(folder, "--no-plot")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[0] == f"{folder}: 4 jobs, 1 done, 1 running, 1 failed, 1 missing"
     rows = table(result.stdout, ["optimizer", "data.batch_size"])
     columns = ["job", "optimizer", "data.batch_size", "status", "epochs_done", "epochs", "best_val_acc", "test_acc"]
-    so_far = {job: max(row["val_acc"] for row in read_metrics(folder / job)) for job in ("0", "2")}
+    so_far = {job: max(row["val_acc"] for row in read_metrics(job_dir(folder, job))) for job in ("0", "2")}
+    tested = written(job_dir(folder, 2))["test_acc"]
     expected = [["0", "sgd", "16", "running", "2", "3", percent(so_far["0"]), "-"],  # its best so far, untested
-                ["2", "adam", "16", "done", "2", "3", percent(so_far["2"]), percent(written(folder / "2")["test_acc"])]]
+                ["2", "adam", "16", "done", "2", "3", percent(so_far["2"]), percent(tested)]]
     expected.sort(key=lambda row: -so_far[row[0]])  # best_val_acc first, ties in job order
     assert [[row[c] for c in columns] for row in rows] == expected + [
         ["1", "sgd", "0", "failed", "0", "2", "-", "-"],
@@ -162,7 +165,7 @@ def test_a_job_not_started_is_missing_an_untested_one_running_and_a_stopped_earl
 
 
 def test_monitor_val_loss_shows_the_val_acc_of_the_lowest_val_loss_epoch(sweep, tmp_path):
-    folder = shutil.copytree(sweep / "0", tmp_path / "run")
+    folder = shutil.copytree(job_dir(sweep, 0), tmp_path / "run")
     config_file = folder / ".hydra" / "config.yaml"
     config = yaml.safe_load(config_file.read_text())
     config["trainer"].update(monitor="val/loss", epochs=3)
@@ -201,7 +204,7 @@ def test_jobs_that_differ_only_in_seed_are_one_row_with_mean_std_and_n(seeds):
     records = {record["optimizer"]: record for record in read_csv(seeds / "report.csv")}
     spread = []
     for row in rows:
-        values = [written(seeds / job) for job in row["job"].split()]
+        values = [written(job_dir(seeds, job)) for job in row["job"].split()]
         record = records[row["optimizer"]]
         assert record["n"] == "3" and record["epochs_done"] == record["epochs"] == "1"
         for column in ("best_val_acc", "test_acc"):
@@ -230,7 +233,7 @@ def test_no_group_seeds_lists_each_job(seeds, tmp_path):
     records = read_csv(folder / "report.csv")
     assert list(records[0]) == ["job", "trainer.seed", "optimizer", "status", *METRICS]
     for record in records:
-        values = written(folder / record["job"])
+        values = written(job_dir(folder, record["job"]))
         assert float(record["best_val_acc"]) == pytest.approx(values["best_val_acc"], abs=1e-6)
         assert float(record["test_acc"]) == pytest.approx(values["test_acc"], abs=1e-6)
     best = [float(record["best_val_acc"]) for record in records]
@@ -239,9 +242,9 @@ def test_no_group_seeds_lists_each_job(seeds, tmp_path):
 
 def test_a_group_counts_only_its_done_jobs_and_says_how_many_are_done(seeds, tmp_path):
     folder = shutil.copytree(seeds, tmp_path / "seeds")
-    drop_test_row(folder / "4")  # sgd, seed 2: not tested yet
-    set_epochs(folder / "4", 3)
-    shutil.rmtree(folder / "5")  # adam, seed 2: not started
+    drop_test_row(job_dir(folder, 4))  # sgd, seed 2: not tested yet
+    set_epochs(job_dir(folder, 4), 3)
+    shutil.rmtree(job_dir(folder, 5))  # adam, seed 2: not started
 
     result = report_cli(folder, "--no-plot")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -251,7 +254,7 @@ def test_a_group_counts_only_its_done_jobs_and_says_how_many_are_done(seeds, tmp
     assert rows["sgd"]["epochs"] == "1-3" and rows["adam"]["epochs_done"] == "1"
     records = {record["optimizer"]: record for record in read_csv(folder / "report.csv")}
     for optimizer, jobs in (("sgd", ["0", "2"]), ("adam", ["1", "3"])):
-        per_job = [written(folder / job)["test_acc"] for job in jobs]
+        per_job = [written(job_dir(folder, job))["test_acc"] for job in jobs]
         assert records[optimizer]["n"] == "2"
         assert float(records[optimizer]["test_acc_mean"]) == pytest.approx(statistics.fmean(per_job), abs=1e-6)
         assert float(records[optimizer]["test_acc_std"]) == pytest.approx(statistics.stdev(per_job), abs=1e-6)

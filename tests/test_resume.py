@@ -1,11 +1,15 @@
 """Runs survive being killed: exact resume, signals, damaged checkpoints, non-finite losses."""
+import re
+import shlex
 import signal
 
 import pytest
 import torch
 
-from conftest import QUICK, compose, run_cli, run_signalled, scalars
+from conftest import QUICK, ROOT, compose, run_cli, run_signalled, scalars
 from trainlab.checkpoint import load_checkpoint
+from trainlab.errors import TrainlabError
+from trainlab.launch import Launch
 from trainlab.run_folder import read_metrics
 from trainlab.train import run
 
@@ -64,19 +68,46 @@ def test_killed_then_rerun_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path, 
     assert rows == [*range(1, 7), "test"], f"metrics.csv rows {rows}\n{story}"  # each epoch once
 
 
-def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_75_then_resume_by_folder(tmp_path, reference):
-    stopped = run_signalled(signal.SIGTERM, PER_EPOCH + 2, *RECIPE, "trainer.checkpoint_every_n_steps=0",
-                            f"hydra.run.dir={tmp_path / 'a'}")
+def test_a_stop_prints_the_command_that_resumes_it_in_its_own_folder(tmp_path, reference):
+    # As a user: a run in outputs/runs/<time> is stopped, and the command its last line prints is pasted. One folder
+    # in the end, and the weights of a run never stopped.
+    settings = [*RECIPE, "trainer.checkpoint_every_n_steps=0"]
+    stopped = run_signalled(signal.SIGTERM, PER_EPOCH + 2, *settings, cwd=tmp_path)
     output = stopped.stdout + stopped.stderr
     assert stopped.returncode == 75, output
-    assert "stopped by SIGTERM at epoch 2, batch 2" in output and "trainer.resume=" in output
     assert "Traceback" not in output
-    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["position"] == {"epoch": 2, "batch": 2}
-    result = run_cli(*RECIPE, "trainer.checkpoint_every_n_steps=0", f"trainer.resume={tmp_path / 'a'}",
-                     f"hydra.run.dir={tmp_path / 'b'}")
+    [folder] = (tmp_path / "outputs" / "runs").iterdir()
+    assert f"stopped by SIGTERM at epoch 2, batch 2; checkpoint written; to resume: python {ROOT / 'src' / 'run.py'} " \
+           f"trainer.resume=outputs/runs/{folder.name}" in output, output
+    assert load_checkpoint(folder / "checkpoints" / "last.pt")["position"] == {"epoch": 2, "batch": 2}
+
+    pasted = shlex.split(output.split("to resume: ", 1)[1].splitlines()[0])
+    assert pasted[:2] == ["python", str(ROOT / "src" / "run.py")]
+    result = run_cli(*pasted[2:], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    expected, got = reference("trainer.checkpoint_every_n_steps=0"), final_weights(tmp_path / "a")
+    assert f"resuming outputs/runs/{folder.name} at epoch 2, batch 2" in result.stdout
+    assert list((tmp_path / "outputs" / "runs").iterdir()) == [folder]  # no folder of its own
+    assert "trainer.resume" not in (folder / ".hydra" / "overrides.yaml").read_text()  # as the run was made
+    expected, got = reference("trainer.checkpoint_every_n_steps=0"), final_weights(folder)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_resume_latest_goes_on_as_the_run_was_made_and_a_changed_setting_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrainlabError, match="trainer.resume=latest: no run under outputs/ holds a checkpoint"):
+        run(compose("trainer.resume=latest"), tmp_path / "nothing")
+    first = tmp_path / "outputs" / "runs" / "first"
+    run(compose(*RECIPE, "trainer.epochs=1"), first)
+    with pytest.raises(TrainlabError, match=re.escape("optimizer=sgd: the run being resumed was made with "
+                                                      "optimizer=adam; a resume goes on as the run was made")):
+        command = ("optimizer=sgd", "trainer.resume=latest")
+        run(compose(*command), Launch(first, command))
+    # the command's trainer.epochs says how far it goes on; the rest is the run's own (mlp, adam, 480 images)
+    more = ("trainer.resume=latest", "trainer.epochs=2")
+    run(compose(*more), Launch(first, more))
+    rows = read_metrics(first)
+    assert [row["epoch"] for row in rows] == [1, 2, "test"] and rows[1]["lr"] == 0.001  # adam's, not sgd's 0.01
+    assert load_checkpoint(first / "checkpoints" / "last.pt")["config"]["model"]["name"] == "mlp"
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):

@@ -110,3 +110,21 @@ def test_targets_off_the_allow_list_are_refused():
 
     with pytest.raises(TrainlabError, match="not allowed"):
         build_loss(OmegaConf.create({"_target_": "os.system", "command": "echo hi"}))
+
+
+def test_an_epoch_resumed_part_way_times_only_the_batches_this_process_trained():
+    from trainlab.engine import EpochTotals, Loop, TrainState, train_epoch
+
+    class Step:  # what TrainEpoch asks of a step: a device, a model, and (loss, correct) for a batch
+        device, model = torch.device("cpu"), torch.nn.Identity()
+
+        def __call__(self, images, targets):
+            return torch.tensor(1.0), torch.tensor(3)
+
+    state = TrainState(batch=2, totals=EpochTotals(torch.tensor(64.0), torch.tensor(6), seen=64))  # 2 batches before
+    batches = [(torch.zeros(32, 1), torch.zeros(32, dtype=torch.long))] * 3
+    epoch = train_epoch(Step(), batches, state, Loop(epochs=1, batches=5))
+    assert list(epoch) == [3, 4, 5]
+    stats = epoch.stats()
+    assert (stats.images, stats.timed) == (160, 96)  # the epoch's loss and accuracy cover all 5; its speed these 3
+    assert stats.images_per_s == 96 / stats.seconds

@@ -1,16 +1,19 @@
 """Real runs of src/run.py, as a user types them; assertions on what a user would look at."""
 import gc
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from conftest import QUICK, ROOT, compose, event_tags, run_cli, scalars
 from trainlab.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
+from trainlab.report import report
 from trainlab.run_folder import read_metrics
 import trainlab.train
 from trainlab.train import run
@@ -42,13 +45,13 @@ def test_a_shapes_run_learns_and_leaves_a_complete_run_folder(tmp_path):
     steps = -(-1350 // 64)  # batches per epoch: 1,500 less the 150 validation images
     values = scalars(tmp_path)
     assert [s for s, _ in values["train/loss"]] == list(range(1, 4 * steps + 1))
-    for tag in ("train/acc", "val/loss", "val/acc", "lr", "hparams/best_val_acc"):
+    for tag in ("train/acc", "val/loss", "val/acc", "train/lr", "val/best_acc"):
         assert [s for s, _ in values[tag]] == [steps, 2 * steps, 3 * steps, 4 * steps], tag  # at each epoch's end
     for tag in ("test/loss", "test/acc"):
         assert [s for s, _ in values[tag]] == [4 * steps], tag  # once, at the end
     tags = event_tags(tmp_path)
     assert tags["images"] == ["train/first_batch"] and tags["graph"]
-    assert tags["hparams"] == ["_hparams_/experiment", "_hparams_/session_end_info", "_hparams_/session_start_info"]
+    assert tags["hparams"] == ["_hparams_/session_start_info"]  # a single run: TensorBoard compares what it finds
 
     val = [v for _, v in values["val/acc"]]
     best_epoch = val.index(max(val)) + 1  # the first epoch that reached the best
@@ -85,7 +88,7 @@ def test_a_two_job_sweep_leaves_two_complete_folders(tmp_path):
                      f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
-    assert [p.name for p in jobs] == ["0", "1"]
+    assert [p.name for p in jobs] == ["0_optimizer-sgd", "1_optimizer-adam"]
     for job, optimizer in zip(jobs, ("sgd", "adam")):
         assert_complete_run_folder(job)
         assert f"optimizer={optimizer}" in (job / ".hydra/overrides.yaml").read_text()
@@ -164,17 +167,60 @@ def test_the_speed_options_train_as_well(tmp_path, options):
     assert best > 0.4
 
 
-@pytest.mark.parametrize("args,message", [
-    (["optimizer.lrr=0.1"], "Key 'lrr' not in 'SGDConfig'"),
-    (["model=resnet999"], "Could not find 'model/resnet999'"),
-    (["data=folder"], "error: data.root is not set: add data.root=... to the command"),
-    (["data=shapes", "model.blocks.0.kernel_size=64"], "error: model block 0 (conv) cannot take input"),
+@pytest.mark.parametrize("args,line", [
+    (["optimizer.lrr=0.1"], "error: optimizer.lrr is not a key of optimizer: did you mean optimizer.lr?"),
+    (["model=resnet"], "error: model=resnet is not an option of model; the options: lenet, mlp, tudui, vgg_small"),
+    (["trainer.epochs=abc"], "error: trainer.epochs=abc cannot work: trainer.epochs takes an integer, not 'abc'"),
+    (["+trainer.epochz=3"], "error: trainer.epochz is not a key of trainer: did you mean trainer.epochs?"),
+    (["+optimizer.lrr=0.1"], "error: optimizer.lrr is not a key of optimizer: did you mean optimizer.lr?"),
+    (["trainr.epochs=3"], "error: trainr.epochs is not a key: did you mean trainer.epochs?"),
+    (["-m", "model=tudui,resnet"], "error: model=resnet is not an option of model; the options: lenet, mlp, tudui, "
+                                   "vgg_small"),
 ])
-def test_bad_input_gets_one_clear_line_and_a_nonzero_exit(tmp_path, args, message):
-    result = run_cli(*args, *QUICK, f"hydra.run.dir={tmp_path}")
+def test_a_mistake_in_the_command_is_one_line_naming_the_closest_key_exit_2_and_no_folder(tmp_path, args, line):
+    result = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert (result.returncode, (result.stdout + result.stderr).strip()) == (2, line)
+    assert list(tmp_path.iterdir()) == []  # nothing written: the config is checked before any folder is made
+
+
+def test_hydra_full_error_still_shows_everything():
+    result = run_cli("+trainer.epochz=3", env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr and "trainer.epochz is not a key" in result.stderr
+
+
+def test_a_key_for_an_option_without_a_schema_is_still_allowed():
+    from trainlab.config import check_known_keys
+
+    cfg = compose("data=shapes")
+    cfg.optimizer = OmegaConf.create({"_target_": "torch.optim.RMSprop", "_partial_": True, "lr": 0.01, "alpha": 0.9})
+    check_known_keys(cfg)  # RMSprop's own keys: only its _target_ says what it takes
+    OmegaConf.update(cfg, "trainer.epochz", 3, force_add=True)  # a part with a schema stays checked: as Hydra's +
+    with pytest.raises(TrainlabError, match=re.escape("trainer.epochz is not a key of trainer: did you mean "
+                                                      "trainer.epochs?")):
+        check_known_keys(cfg)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["data=folder"], "error: data.root is not set: add data.root=... to the command"),
+    (["data=shapes", "data.num_train=100", "model.blocks.0.kernel_size=64"],
+     "error: model block 0 (conv) cannot take input"),
+])
+def test_a_start_that_fails_says_one_line_and_leaves_no_folder(tmp_path, args, message):
+    result = run_cli(*args, *QUICK, f"hydra.run.dir={tmp_path / 'run'}")
     output = result.stdout + result.stderr
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert message in output and "Traceback" not in output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_fails_once_started_is_marked_failed_and_report_says_why(tmp_path, capsys):
+    result = run_cli("data=shapes", "data.subset=64", "data.val_subset=32", "data.test_subset=32", "optimizer.lr=1e30",
+                     *QUICK, f"hydra.run.dir={tmp_path / 'runs' / 'a'}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (tmp_path / "runs" / "a" / "error.log").read_text().startswith("error: the loss became NaN or infinite")
+    report(tmp_path / "runs", plot=False)
+    out = capsys.readouterr().out
+    assert "1 failed" in out and "job a failed: the loss became NaN or infinite" in out, out
 
 
 @pytest.mark.parametrize("args,message", [
@@ -212,3 +258,35 @@ def test_help_lists_the_groups_and_cfg_job_prints_the_composed_config():
     assert "schema" not in result.stdout
     result = run_cli("--cfg", "job", "optimizer=adam")
     assert result.returncode == 0 and "_target_: torch.optim.Adam" in result.stdout
+
+
+def _image_folder(root, sizes):
+    """root/train/<class>/*.png and root/test/<class>/*.png: an image of each size in `sizes` per class and split."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label, colour in (("dark", 40), ("light", 220)):
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            for i, size in enumerate(sizes):
+                Image.new("RGB", size, (colour, colour, colour)).save(root / split / label / f"{i}.png")
+    return root
+
+
+def test_a_folder_of_32px_images_trains_at_32px_and_a_resize_is_said(tmp_path):
+    root = _image_folder(tmp_path / "images", [(32, 32)] * 10)
+    result = run_cli("data=folder", f"data.root={root}", "trainer.epochs=1", *QUICK, f"hydra.run.dir={tmp_path / 'a'}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 classes, 3x32x32" in result.stdout and "resized" not in result.stdout, result.stdout
+
+    from trainlab.data import settle_image_size
+
+    cfg = compose("data=folder", f"data.root={root}")
+    assert settle_image_size(cfg) is None and cfg.data.image_size == 32  # all one size: theirs
+    cfg = compose("data=folder", f"data.root={root}", "data.image_size=48")
+    assert settle_image_size(cfg) == ("images are resized to 48x48 (data.image_size=48); most are 32x32 "
+                                      "(data.image_size=null keeps their own size)")
+    mixed = _image_folder(tmp_path / "mixed", [(32, 32), (40, 30)])
+    cfg = compose("data=folder", f"data.root={mixed}")
+    assert settle_image_size(cfg) == ("images of 2 sizes (32x32, 40x30): each is resized to 64x64 "
+                                      "(data.image_size=null; set it to choose another size)")
+    assert cfg.data.image_size == 64

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, ROOT, compose, run_cli
+from conftest import QUICK, ROOT, compose, job_dir, run_cli
 from trainlab.checkpoint import load_checkpoint
 from trainlab.train import run
 
@@ -27,11 +27,14 @@ def test_experiment_tutorial_is_the_tutorials_exact_recipe():
 
 def test_parallel_jobs_each_take_their_share_of_the_cpu(tmp_path):
     result = run_cli("-m", "hydra/launcher=parallel", *TINY, "optimizer=sgd,adam", f"hydra.sweep.dir={tmp_path}")
-    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "cannot start" not in output  # the workers decode in their own process: no warning for what was not asked
+    assert f"sweep: 2 jobs in {tmp_path}; compare them: python src/report.py {tmp_path}" in output
     threads = max(1, (os.cpu_count() or 1) // 2)
-    for job in ("0", "1"):
-        assert (tmp_path / job / "checkpoints" / "last.pt").exists()
-        assert f"({threads} threads: job {job}, 2 at once)" in (tmp_path / job / "run.log").read_text()
+    for job in (0, 1):
+        assert (job_dir(tmp_path, job) / "checkpoints" / "last.pt").exists()
+        assert f"({threads} threads: job {job}, 2 at once)" in (job_dir(tmp_path, job) / "run.log").read_text()
 
 
 def test_submitit_local_executor_runs_the_sweep(tmp_path):
@@ -39,7 +42,7 @@ def test_submitit_local_executor_runs_the_sweep(tmp_path):
     result = run_cli("-m", "hydra/launcher=submitit_local", *TINY, "optimizer=sgd,adam", "hydra.launcher.timeout_min=5",
                      f"hydra.sweep.dir={tmp_path}", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    for job in ("0", "1"):
+    for job in ("0_optimizer-sgd", "1_optimizer-adam"):  # the job process names its folder as the sweep's would
         assert "best val acc" in (tmp_path / job / "run.log").read_text()
         assert torch.is_tensor(load_checkpoint(tmp_path / job / "checkpoints" / "last.pt")["model"]["0.weight"])
 

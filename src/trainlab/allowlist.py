@@ -20,12 +20,18 @@ TRAINLAB_ALLOW_KEYS=hydra.launcher.setup (keys refused below).
 import importlib
 import os
 import re
+import shutil
 import sys
+from pathlib import Path
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.object_type import ObjectType
+from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from trainlab.errors import USER_ERROR_EXIT, TrainlabError
+from trainlab.config import check_known_keys, composition_error
+from trainlab.errors import ConfigRefused, TrainlabError
 
 ALLOW_TARGETS_ENV = "TRAINLAB_ALLOW_TARGETS"
 ALLOW_KEYS_ENV = "TRAINLAB_ALLOW_KEYS"
@@ -115,20 +121,41 @@ class CheckedConfigLoader(ConfigLoaderImpl):
     """Hydra's config loader, checking each config it composes: a run's, a sweep's, and each sweep job's (the
     joblib and submitit launchers carry this loader into the job's process and compose the job's config there).
 
-    A refusal ends the process at once with one line and status 2: Hydra would turn an exception into a traceback,
-    and its first composition (to learn the run mode) ignores exceptions altogether.
+    A config that cannot be composed (a misspelt key, an unknown option, a wrong type), names a key no schema has
+    (`+trainer.epochz=3`) or is refused by the allow-list ends the process at once, with one line and status 2, before
+    any folder is made: Hydra would print several lines and exit 1, and its first composition (to learn the run
+    mode) ignores exceptions altogether. HYDRA_FULL_ERROR=1 lets the exception through.
     """
 
     def load_configuration(self, *args, **kwargs) -> DictConfig:
-        cfg = super().load_configuration(*args, **kwargs)
         try:
+            cfg = super().load_configuration(*args, **kwargs)
             check_config(cfg)
-        except UnsafeConfig as e:
+            check_known_keys(cfg)
+        except (HydraException, OmegaConfBaseException, TrainlabError) as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.exit(USER_ERROR_EXIT)
+            message = composition_error(e, self._groups())
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            raise ConfigRefused(message) from None
         return cfg
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list) -> DictConfig:
+        """A sweep job's config; one that cannot be composed ends the sweep before any job runs, and takes the
+        sweep folder Hydra made just before (it holds only multirun.yaml) with it."""
+        try:
+            return super().load_sweep_config(master_config, sweep_overrides)
+        except ConfigRefused:
+            sweep_dir = Path(master_config.hydra.sweep.dir)
+            if sweep_dir.is_dir() and {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml"}:
+                shutil.rmtree(sweep_dir)
+            raise
+
+    def _groups(self) -> list:
+        try:
+            return self.repository.get_group_options("", ObjectType.GROUP)
+        except Exception:  # noqa: BLE001 (only for a suggestion)
+            return []
 
 
 def guard_hydra() -> None:

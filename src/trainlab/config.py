@@ -4,11 +4,16 @@ Values and their reasons live in conf/*.yaml; these classes only say which keys 
 misspelt key, an unknown option or a wrong type fails when Hydra composes the config, before any data is touched.
 `MISSING` marks a key the YAML must set; `None` marks a key that only some options use.
 """
+import dataclasses
+import difflib
+import re
+import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ConfigTypeError, OmegaConfBaseException, ValidationError
 
 from trainlab.errors import TrainlabError
 
@@ -18,7 +23,7 @@ class DataConfig:
     name: str = MISSING  # the builder in trainlab.data: cifar10, mnist, fashion_mnist, folder, shapes
     root: str = MISSING
     download: bool = MISSING
-    image_size: int = MISSING  # side of the square images the model sees
+    image_size: Optional[int] = MISSING  # side of the square images the model sees; null: data=folder learns it
     mean: List[float] = MISSING  # per-channel statistics for the normalize step
     std: List[float] = MISSING
     batch_size: int = MISSING
@@ -176,7 +181,10 @@ def register_configs() -> None:
 
     Stored outside the groups so that `--help` lists only the options a user picks.
     """
-    OmegaConf.register_new_resolver("run_stamp", _run_stamp, replace=True)  # conf/config.yaml's run folder name
+    # conf/config.yaml's run folder: a new one named by the start time, or the resumed run's own
+    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+    OmegaConf.register_new_resolver("config_subdir", _config_subdir, replace=True)
+    OmegaConf.register_new_resolver("sweep_job_folder", _sweep_job_folder, replace=True)  # hydra.sweep.subdir
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, schemas in SCHEMAS.items():
@@ -184,10 +192,28 @@ def register_configs() -> None:
             cs.store(name=f"{group}_{name}_schema", node=node)
 
 
-def _run_stamp() -> str:
+def _run_dir(resume: str) -> str:
+    """hydra.run.dir: the folder of the run trainer.resume continues, else outputs/runs/<start time> (under torchrun
+    the same in every process). Where the resume finds nothing, the run says so, from a new folder that it leaves."""
     from trainlab.distributed import launch_stamp  # imports torch: only when a run folder is named
+    from trainlab.resume import resume_folder
 
-    return launch_stamp()
+    folder = resume_folder(resume)
+    return str(folder) if folder is not None else f"outputs/runs/{launch_stamp()}"
+
+
+def _config_subdir(resume: str):
+    """hydra.output_subdir: .hydra, but none when resuming a run: its .hydra/ keeps the config it was made with."""
+    from trainlab.resume import resume_folder
+
+    return None if resume_folder(resume) is not None else ".hydra"
+
+
+def _sweep_job_folder(*, _root_) -> str:
+    """hydra.sweep.subdir: the job's number and the values its sweep gave it (trainlab.launch.job_folder_name)."""
+    from trainlab.launch import sweep_job_folder  # imports torch: only when a sweep names a job folder
+
+    return sweep_job_folder(_root_=_root_)
 
 
 def check_values(cfg: DictConfig) -> None:
@@ -205,7 +231,8 @@ def check_values(cfg: DictConfig) -> None:
         ("data.test_subset", d.test_subset, d.test_subset is None or d.test_subset >= 1, "at least 1, or null"),
         ("data.val_split", d.val_split, 0 <= d.val_split < 1, "from 0 (no validation split) to below 1"),
         ("data.split", d.split, d.split is None or 0 < d.split < 1, "between 0 and 1, or null"),
-        ("data.image_size", d.image_size, d.image_size >= 1, "at least 1"),
+        ("data.image_size", d.image_size, d.image_size >= 1 if d.image_size is not None else d.name == "folder",
+         "at least 1 (null, the images' own size, is for data=folder)"),
         ("trainer.epochs", t.epochs, t.epochs >= 1, "at least 1"),
         ("trainer.log_every_n_steps", t.log_every_n_steps, t.log_every_n_steps >= 1, "at least 1"),
         ("trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps, t.checkpoint_every_n_steps >= 0,
@@ -227,7 +254,8 @@ def check_values(cfg: DictConfig) -> None:
             raise TrainlabError(f"{key}={value} cannot work: it must be {should}")
 
 
-TYPE_NAMES = {int: "an integer", float: "a number", list: "a list", bool: "true or false", str: "a string"}
+TYPE_NAMES = {int: "an integer", float: "a number", list: "a list", bool: "true or false", str: "a string",
+              dict: "a mapping"}
 
 
 def check_keys(label: str, given: dict, allowed: dict, required: int = 0) -> dict:
@@ -246,3 +274,84 @@ def check_keys(label: str, given: dict, allowed: dict, required: int = 0) -> dic
         if key not in values:
             raise TrainlabError(f"{label}: set {key}")
     return values
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Every key of a part with a schema is one the schema declares. Hydra lets `+trainer.epochz=3` add a key to any
+    part (that is what `+` is for) and the run would go on as if it were not there; a part without a schema (an
+    optimizer, scheduler or loss YAML of the user's own) still takes any key, as its `_target_` may."""
+    for part in cfg:
+        if part == "hydra" or not isinstance(cfg[part], DictConfig):
+            continue
+        schema = OmegaConf.get_type(cfg, part)
+        if not dataclasses.is_dataclass(schema):
+            continue
+        declared = [f.name for f in dataclasses.fields(schema)]
+        for key in cfg[part]:
+            if key not in declared:
+                raise TrainlabError(f"{part}.{key} is not a key of {part}{_did_you_mean(part, key, declared)}")
+
+
+def composition_error(error: Exception, groups=()) -> str:
+    """What went wrong composing the config (Hydra's or OmegaConf's exception) -> one line that names the key or
+    option, and the closest valid one. `groups`: the config groups, for a misspelt group name."""
+    if isinstance(error, TrainlabError):
+        return str(error)
+    options = getattr(error, "options", None)
+    missing = getattr(error, "missing_cfg_file", None)
+    if missing and "/" in str(missing) and options is not None:  # model=resnet
+        group, name = str(missing).rsplit("/", 1)
+        return (f"{group}={name} is not an option of {group}{_did_you_mean(None, name, options, group + '=')}; "
+                f"the options: {', '.join(options)}")
+    override = getattr(error, "override", None)
+    if override is not None:  # the override grammar
+        return (f"'{override}' cannot be read: {str(error).splitlines()[0]}; quote a value with spaces or brackets, "
+                "e.g. 'data.mean=[0.5,0.5,0.5]'")
+    cause = error.__cause__
+    if isinstance(error, OmegaConfBaseException):
+        cause = error
+    full_key = getattr(cause, "full_key", None)
+    if isinstance(cause, OmegaConfBaseException) and full_key:
+        parent, _, key = str(full_key).rpartition(".")
+        node = getattr(cause, "parent_node", None)
+        if isinstance(cause, ConfigKeyError) or "not in" in str(cause).split("\n")[0]:  # an unknown key
+            known = [str(k) for k in node] if isinstance(node, DictConfig) else []
+            if not parent:
+                known += [g for g in groups if g not in known]
+            written = re.search(r"override '([^']+)'", str(error))  # trainr.epochs, where trainr is the unknown key
+            rest = written.group(1)[len(full_key):] if written and written.group(1).startswith(full_key) else ""
+            where = f" of {parent}" if parent else ""
+            return f"{full_key}{rest} is not a key{where}{_did_you_mean(parent or None, key, known, rest=rest)}"
+        if isinstance(cause, ValidationError):
+            wanted = _type_name(getattr(cause, "object_type", None), key)
+            value = getattr(cause, "value", None)
+            given, shown = ("null", "null") if value is None else (value, repr(value))
+            return f"{full_key}={given} cannot work: {full_key} takes {wanted}, not {shown}"
+        if isinstance(cause, ConfigTypeError) and "deletion" in str(cause):
+            return f"~{full_key}: {full_key} cannot be removed, every run reads it; set it instead ({full_key}=...)"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    twice = re.fullmatch(r"(\S+) appears more than once in the final defaults list", first)
+    if twice:  # +model=tudui: a second choice in a group that has one
+        group = twice.group(1)
+        return f"+{group}=... chooses {group} a second time: choose with {group}=NAME, without the +"
+    return first
+
+
+def _did_you_mean(parent, key: str, candidates, prefix: str = "", rest: str = "") -> str:
+    """': did you mean parent.closest?', or '' when nothing is close enough to be the one meant."""
+    close = difflib.get_close_matches(str(key), [str(c) for c in candidates], n=1, cutoff=0.75)
+    if not close:
+        return ""
+    return f": did you mean {prefix}{parent + '.' if parent else ''}{close[0]}{rest}?"
+
+
+def _type_name(schema, key: str) -> str:
+    """The type a schema's field takes, in words: 'an integer', 'a number or null', ..."""
+    hints = typing.get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
+    hint = hints.get(key)
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    if optional:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    base = typing.get_origin(hint) or hint
+    name = TYPE_NAMES.get(base, "another type")
+    return name + (" or null" if optional else "")

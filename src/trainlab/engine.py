@@ -24,6 +24,11 @@ class EpochStats:
     seconds: float
     images: int
     skipped: int = 0  # steps not applied: their loss or gradients were not finite
+    timed: Optional[int] = None  # the images trained in `seconds`: fewer than `images` in an epoch resumed part-way
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.images if self.timed is None else self.timed) / self.seconds
 
 
 def resolve_device(name: str, job: int = 0, jobs_at_once: int = 1) -> torch.device:
@@ -190,13 +195,14 @@ class TrainEpoch:
         self.step, self.loader, self.state, self.loop, self.on_log = step, loader, state, loop, on_log
         self.device = step.device
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # the first non-finite batch
-        self.start = None
+        self.start, self.seen_before = None, 0
 
     def __iter__(self):
         step, state, loop, device = self.step, self.state, self.loop, self.device
         step.model.train()
         self.start = time.perf_counter()
         totals = state.totals = state.totals or EpochTotals.zeros(device)
+        self.seen_before = totals.seen  # a resumed epoch's images before the checkpoint: not timed here
         window, window_steps = torch.zeros((), device=device), 0
         bar = tqdm(self.loader, desc=f"epoch {state.epoch}/{loop.epochs}", initial=state.batch, total=loop.batches,
                    leave=False, disable=not loop.progress, unit="batch", dynamic_ncols=True)
@@ -243,7 +249,8 @@ class TrainEpoch:
             loss, correct, seen = self.loop.combine(loss, correct, seen)
         seen = int(seen.item())
         mean_loss, acc = loss.item() / max(seen, 1), correct.item() / max(seen, 1)
-        return EpochStats(mean_loss, acc, time.perf_counter() - self.start, seen, totals.skipped)
+        timed = round(seen * (totals.seen - self.seen_before) / max(totals.seen, 1))  # every process alike
+        return EpochStats(mean_loss, acc, time.perf_counter() - self.start, seen, totals.skipped, timed)
 
 
 @torch.no_grad()

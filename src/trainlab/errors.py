@@ -9,6 +9,15 @@ class TrainlabError(Exception):
     """A problem in the user's config, data or files; the message names the problem and the fix."""
 
 
+class ConfigRefused(SystemExit):
+    """A config that cannot be composed or is refused, its line already printed: ends the process with status 2 from
+    wherever Hydra composes (its first composition ignores exceptions); a sweeper that catches it reads `message`."""
+
+    def __init__(self, message: str):
+        super().__init__(USER_ERROR_EXIT)
+        self.message = message
+
+
 class Interrupted(Exception):
     """SIGTERM or SIGINT stopped the run cleanly; the message says how to resume."""
 

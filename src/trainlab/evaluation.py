@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainlab.data import build_data, build_loaders
 from trainlab.errors import TrainlabError
 from trainlab.predict import Trained, check_required, load_trained, size_text
-from trainlab.run_folder import EVALUATE, run_of
+from trainlab.run_folder import CLASS_ACC, CONFUSION_MATRIX, EVALUATE, EVALUATE_ACC, run_of
 from trainlab.splits import sizes_text
 from trainlab.step import Numerics
 from trainlab.tensorboard import RunWriter
@@ -56,9 +56,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         shown = f"{per_class[i]:7.2%} ({confusion[i, i]}/{images})" if images else "no test images"
         log.info(f"  {name:<{width}}  {shown}")
     log_dir = Path(cfg.log_dir) if cfg.log_dir is not None else (run_of(trained.path) or trained.path.parent) / EVALUATE
-    prefix = "eval" if cfg.split == "test" else "eval_val"
-    write_tensorboard(log_dir, confusion, trained.classes, acc, per_class, trained.epoch or 0, prefix)
-    log.info(f"TensorBoard: {prefix}/acc, {prefix}/acc/<class> and {prefix}/confusion_matrix in {log_dir}")
+    tags = write_tensorboard(log_dir, confusion, trained.classes, acc, per_class, trained.epoch or 0, cfg.split)
+    log.info(f"TensorBoard: {', '.join(tags[:-1])} and {tags[-1]} in {log_dir}")
     return acc
 
 
@@ -86,27 +85,53 @@ def accuracies(confusion: np.ndarray) -> tuple:
 
 
 def write_tensorboard(log_dir: Path, confusion: np.ndarray, classes: list, acc: float, per_class: list,
-                      step: int, prefix: str = "eval") -> None:
+                      step: int, split: str = "test") -> list:
+    """The accuracy as one scalar, and each class's as one chart beside the confusion matrix (a card per class would
+    bury the run's own charts), under the split's group (test/, val/) -> the tags written."""
+    tags = [tag.format(split=split) for tag in (EVALUATE_ACC, CLASS_ACC, CONFUSION_MATRIX)]
     writer = RunWriter(log_dir)
     try:
-        values = {f"{prefix}/acc/{name}": a for name, a in zip(classes, per_class) if not np.isnan(a)}
-        writer.scalars({f"{prefix}/acc": acc, **values}, step)
-        writer.image(f"{prefix}/confusion_matrix", draw_confusion(confusion, classes), step)
+        writer.scalars({tags[0]: acc}, step)
+        title = f"{split} split: {acc:.1%} ({int(np.trace(confusion))}/{int(confusion.sum())})"
+        writer.image(tags[1], draw_class_accuracy(confusion, classes, per_class, title), step)
+        writer.image(tags[2], draw_confusion(confusion, classes), step)
     finally:
         writer.close()
+    return tags
+
+
+def draw_class_accuracy(confusion: np.ndarray, classes: list, per_class: list, title: str = "") -> torch.Tensor:
+    """-> (3, H, W) uint8 picture: a bar per class, its accuracy written beside it with the count it comes from."""
+    from matplotlib.figure import Figure  # matplotlib only here; no pyplot, no display
+
+    n = len(classes)
+    figure = Figure(figsize=(7, min(1.5 + 0.3 * n, 20)), dpi=100)  # inches: a line a class, up to a screen
+    axes = figure.add_subplot()
+    rows = range(n)
+    shown = [0.0 if np.isnan(a) else a for a in per_class]
+    axes.barh(rows, shown, color="tab:blue")
+    axes.set_yticks(rows, classes)
+    axes.invert_yaxis()  # the first class on top, as in the confusion matrix
+    axes.set_xlim(0, 1.3)  # room for the labels right of a full bar
+    axes.set_xticks([0, 0.25, 0.5, 0.75, 1], ["0%", "25%", "50%", "75%", "100%"])
+    axes.set_xlabel("accuracy")
+    axes.set_title(title)
+    for row, a in zip(rows, per_class):
+        images = int(confusion[row].sum())
+        text = f"{a:.1%} ({int(confusion[row, row])}/{images})" if images else "no images"
+        axes.text(0.01 if np.isnan(a) else a + 0.01, row, text, va="center", fontsize=8)
+    return _picture(figure)
 
 
 def draw_confusion(confusion: np.ndarray, classes: list) -> torch.Tensor:
     """-> (3, H, W) uint8 picture of the matrix: each row shaded by its share of that class's images, so a class
     taken for another stands out however many images it has; the counts written in the cells."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib only here; no pyplot, no display
     from matplotlib.figure import Figure
 
     n = len(classes)
     shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     side = min(3 + 0.5 * n, 20)  # inches: room for the labels, without growing past a screen for 100 classes
     figure = Figure(figsize=(side, side), dpi=100)
-    canvas = FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     axes.set_xticks(range(n), classes, rotation=45, ha="right")
@@ -117,6 +142,14 @@ def draw_confusion(confusion: np.ndarray, classes: list) -> torch.Tensor:
         for (row, column), count in np.ndenumerate(confusion):
             colour = "white" if shares[row, column] > 0.5 else "black"
             axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=8)
+    return _picture(figure)
+
+
+def _picture(figure) -> torch.Tensor:
+    """A matplotlib figure drawn off screen -> (3, H, W) uint8."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
     figure.tight_layout()
     canvas.draw()
     pixels = np.asarray(canvas.buffer_rgba())[..., :3]

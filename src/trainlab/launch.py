@@ -2,10 +2,12 @@
 notebook, so that a run behaves the same under Hydra, under pytest and in a notebook. Library code reads this,
 never Hydra's global state."""
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Optional
 
-from trainlab.distributed import launch_stamp
+MULTIRUN_YAML = "multirun.yaml"  # Hydra's basic sweeper writes the sweep's own config there before its first job
 
 
 @dataclass(frozen=True)
@@ -15,10 +17,14 @@ class Launch:
     job: int = 0  # this job's number in a sweep
     jobs_at_once: int = 1  # jobs a parallel launcher runs at once on this machine: each takes its share
     sweep: bool = False  # one job of a multirun: an error goes to its folder and the sweep goes on
+    swept: Optional[tuple] = None  # the keys the sweep varies (optimizer, optimizer.lr); None: not known
+    choices: Mapping = field(default_factory=dict)  # each config group's option (optimizer: adam), as Hydra chose
 
     @classmethod
     def of(cls, given=None) -> "Launch":
         """A Launch as given, or one for a run folder (a path), or a new folder under outputs/runs (None)."""
+        from trainlab.distributed import launch_stamp  # imports torch: report.py names sweep folders without it
+
         if isinstance(given, Launch):
             return given
         return cls(Path(given) if given is not None else Path("outputs/runs") / launch_stamp())  # as conf/ names it
@@ -31,7 +37,68 @@ class Launch:
 
         hydra = HydraConfig.get()
         run_dir, overrides = Path(hydra.runtime.output_dir), tuple(hydra.overrides.task)
+        choices = {group: option for group, option in hydra.runtime.choices.items()
+                   if option is not None and not group.startswith("hydra/")}
         if hydra.mode != RunMode.MULTIRUN:
-            return cls(run_dir, overrides)
+            return cls(run_dir, overrides, choices=choices)
         n_jobs = hydra.launcher.get("n_jobs", 1) or 1  # the parallel launcher's; -1: one per core
-        return cls(run_dir, overrides, hydra.job.num, (os.cpu_count() or 1) if n_jobs < 0 else n_jobs, sweep=True)
+        return cls(run_dir, overrides, hydra.job.num, (os.cpu_count() or 1) if n_jobs < 0 else n_jobs, sweep=True,
+                   swept=swept_keys(hydra.sweep.dir), choices=choices)
+
+
+def swept_keys(sweep_dir) -> Optional[tuple]:
+    """The keys a sweep of Hydra's basic sweeper varies (`optimizer=sgd,adam`, `hydra.sweeper.params`), in the order
+    given, from the sweep's multirun.yaml; None where that is not known (another sweeper: an Optuna search)."""
+    import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        hydra = yaml.safe_load((Path(str(sweep_dir)) / MULTIRUN_YAML).read_text())["hydra"]
+        if not hydra["sweeper"]["_target_"].endswith(".BasicSweeper"):
+            return None
+        params = [f"{key}={value}" for key, value in (hydra["sweeper"].get("params") or {}).items()]
+        overrides = OverridesParser.create().parse_overrides(params + list(hydra["overrides"]["task"]))
+    except (OSError, yaml.YAMLError, HydraException, KeyError, TypeError, AttributeError):  # not a basic sweep's
+        return None
+    return tuple(dict.fromkeys(_key(o) for o in overrides if o.is_sweep_override()))
+
+
+def job_folder_name(number, overrides, swept) -> str:
+    """A sweep job's folder, and its run's name in TensorBoard: its number, then the values the sweep gave it, e.g.
+    `3_optimizer-adam+optimizer.lr-0.01`. Hydra reads `=` and `,` in a value as syntax, so the folder is named with
+    `-` and `+` instead and can be given back unquoted (checkpoint=..., trainer.resume=...); in a value, anything
+    but letters, digits and `._-` becomes `_` (a path makes one folder), and a long one keeps its start and end.
+    Just the number where the sweep varies nothing, or what it varies is not known (swept None)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parts = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)) if swept else ():
+        if _key(override) in swept and not override.is_delete():
+            value = _UNSAFE.sub("_", override.get_value_element_as_str())
+            if len(value) > MAX_VALUE:  # a path's last folders, a number's first digits
+                value = value[:MAX_VALUE // 2 - 2] + ".." + value[-(MAX_VALUE - MAX_VALUE // 2):]
+            parts.append(f"{_UNSAFE.sub('_', _key(override))}-{value}")
+    name = f"{number}_{'+'.join(parts)}" if parts else str(number)
+    return name if len(name) <= MAX_NAME else name[:MAX_NAME - 2] + ".."
+
+
+MAX_VALUE, MAX_NAME = 24, 120  # a folder name may hold 255 bytes; a legend or a table column far fewer
+_UNSAFE = re.compile(r"[^A-Za-z0-9._\-]")
+
+
+def sweep_job_folder(*, _root_) -> str:
+    """The resolver conf/config.yaml names sweep job folders with (hydra.sweep.subdir): job_folder_name of the job
+    Hydra is starting. Naming never stops a sweep: where anything is amiss, the job's number alone."""
+    hydra = _root_.hydra
+    try:
+        if not str(hydra.sweeper._target_).endswith(".BasicSweeper"):
+            return str(hydra.job.num)  # trainlab's Optuna sweeper records each trial's folder by its number
+        return job_folder_name(hydra.job.num, hydra.overrides.task, swept_keys(hydra.sweep.dir))
+    except Exception:  # noqa: BLE001 (a folder name is a nicety; the number alone is still a folder of its own)
+        return str(hydra.job.num)
+
+
+def _key(override) -> str:
+    """An override's key as a job's overrides spell it: `+seed=1,2` and `seed=1` both `seed`."""
+    return override.get_key_element().lstrip("+~")

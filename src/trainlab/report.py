@@ -35,6 +35,7 @@ DEFAULT_SORT = "best_val_acc"  # the choice is made on validation; test is score
 DESCENDING = {"best_val_acc", "best_val_acc_mean", "test_acc", "test_acc_mean", "epochs_done", "n"}  # higher first
 STATUSES = ["done", "running", "failed", "missing"]
 MONITOR_DEFAULT = VAL_ACC  # trainer.monitor, for a config that predates it
+JOB_FOLDERS = ("${sweep_job_folder:}", "${hydra.job.num}")  # hydra.sweep.subdir: <number>_<its values>, <number>
 
 
 @dataclass
@@ -132,9 +133,9 @@ def find_jobs(root: Path) -> list:
     folders = sorted(config.parent.parent for config in root.glob("**/.hydra/config.yaml"))
     jobs = [read_run(folder, _name(folder, root)) for folder in folders]
     for sweep in sorted(path.parent for path in root.glob("**/multirun.yaml")):
-        started = {folder.name for folder in folders if folder.parent == sweep}
+        started = {_name(folder, root) for folder in folders if folder.parent == sweep}
         for number, overrides in enumerate(planned_jobs(sweep)):
-            if str(number) not in started:
+            if _name(sweep / str(number), root) not in started:
                 jobs.append(Job(_name(sweep / str(number), root), _parse_overrides(overrides)))
     if not jobs:
         raise TrainlabError(f"no runs in {root}: a run's folder holds .hydra/config.yaml; give a sweep's folder "
@@ -174,7 +175,7 @@ def planned_jobs(sweep: Path) -> list:
     hydra_config = _read_yaml(sweep / "multirun.yaml")["hydra"]
     if not hydra_config["sweeper"]["_target_"].endswith(".BasicSweeper"):
         return []  # Optuna and the like pick each job from the results so far
-    if hydra_config["sweep"]["subdir"] != "${hydra.job.num}":
+    if hydra_config["sweep"]["subdir"] not in JOB_FOLDERS:
         return []  # job folders named otherwise: which one is missing cannot be told
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -323,8 +324,12 @@ def draw_val_acc(groups: list, keys: list, path: Path) -> bool:
 
 
 def _name(folder: Path, root: Path) -> str:
+    """A job's name in the table: its folder, relative to `root`; a sweep's job by its number alone, since the rest
+    of its folder's name (3_optimizer-adam+optimizer.lr-0.01) is the settings the table shows beside it."""
     relative = folder.relative_to(root)
-    return folder.name if relative == Path(".") else relative.as_posix()
+    number, _, rest = folder.name.partition("_")
+    name = number if rest and number.isdigit() and (folder.parent / "multirun.yaml").exists() else folder.name
+    return name if relative == Path(".") else (relative.parent / name).as_posix()
 
 
 def _cell(column: str, value) -> str:

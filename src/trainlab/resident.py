@@ -128,8 +128,8 @@ def _decode(dataset, desc: str, progress: bool) -> tuple:
     """Every item of `dataset` (uint8 tensors, one size) -> ((N, C, H, W) uint8, (N,) int64), in parallel workers."""
     from tqdm import tqdm
 
-    loader = DataLoader(dataset, batch_size=256, num_workers=worker_processes(min(8, os.cpu_count() or 1)),
-                        collate_fn=_stack)
+    workers = worker_processes(min(8, os.cpu_count() or 1), asked=False)
+    loader = DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=_stack)
     images, targets = [], []
     for batch, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         if isinstance(batch, list):  # the sizes differed: reported here, by this process, as one line

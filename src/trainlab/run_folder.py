@@ -6,11 +6,12 @@ run's metrics back. What writes a run and what reads one (report, evaluate, benc
     <run>/metrics.csv                          a row per epoch and the test row: METRICS_COLUMNS
     <run>/events.out.tfevents.*                TensorBoard: the tags below
     <run>/checkpoints/last.pt, last.prev.pt, best.pt
-    <run>/error.log                            a failed sweep job's error and traceback
+    <run>/error.log                            a failed run's error and traceback (report.py: failed)
     <run>/evaluate/                            src/evaluate.py's events
 """
 import csv
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -20,18 +21,22 @@ ERROR_LOG = "error.log"
 METRICS_CSV = "metrics.csv"
 EVALUATE = "evaluate"
 
-# TensorBoard tags
+# TensorBoard tags. TensorBoard lists groups (the part before the slash) alphabetically and opens the first few:
+# test, train and val hold everything a run writes, so they come first; the HPARAMS metric is among them.
 TRAIN_LOSS = "train/loss"  # every trainer.log_every_n_steps steps
-TRAIN_ACC, VAL_LOSS, VAL_ACC, LR = "train/acc", "val/loss", "val/acc", "lr"  # per epoch
+TRAIN_ACC, VAL_LOSS, VAL_ACC, LR = "train/acc", "val/loss", "val/acc", "train/lr"  # per epoch
 TEST_LOSS, TEST_ACC = "test/loss", "test/acc"  # once, at the last step, with the weights validation chose
 TEST_EPOCH_LOSS, TEST_EPOCH_ACC = "test/epoch_loss", "test/epoch_acc"  # per epoch, with trainer.test_every_epoch
 IMAGES_PER_S = "train/images_per_s"
-STARTUP_S = "time/startup_s"
+STARTUP_S = "train/startup_s"  # once a process, at step 0: from the command to the first training step
+# src/evaluate.py's, in <run>/evaluate/ at step = the checkpoint's epoch; {split}: the split it scored, test or val
+EVALUATE_ACC, CLASS_ACC, CONFUSION_MATRIX = "{split}/evaluate_acc", "{split}/class_acc", "{split}/confusion_matrix"
 
 
 def best_metric(monitor: str) -> str:
-    """The HPARAMS tab's column for a run's best monitored value (a search's objective): hparams/best_val_acc."""
-    return "hparams/best_" + monitor.replace("/", "_")
+    """The best monitored value so far (a search's objective; HPARAMS's first metric): val/acc -> val/best_acc."""
+    split, name = monitor.split("/", 1)
+    return f"{split}/best_{name}"
 
 
 # metrics.csv: one row per epoch, then the test row, whose `epoch` is "test" and whose val_* columns are those of
@@ -98,6 +103,27 @@ def read_metrics(folder: Path) -> list:
             parsed["epoch"] = row["epoch"] if row["epoch"] == TEST_ROW else int(row["epoch"])
             rows.append(parsed)
     return rows
+
+
+def shown_path(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory where it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def discard_failed_start(run_dir: Path) -> bool:
+    """Remove a run folder that holds only what Hydra writes at the start (.hydra/ and the log): a start that failed
+    (a bad value, a missing data folder) leaves nothing to find. -> whether it did; a folder with anything of the
+    run's (checkpoints, events, metrics.csv) or the working directory itself is never touched."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or run_dir.resolve() == Path.cwd().resolve() or not (run_dir / ".hydra").is_dir():
+        return False
+    if any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir)
+    return True
 
 
 def run_of(checkpoint: Path) -> Optional[Path]:

@@ -1,8 +1,13 @@
 """The embedded data set: ten classes of drawn shapes, generated from a seed, so a quick start needs no download.
 
-Each image is a filled or outlined shape of random colour, size and position on a random background colour, with a
-little pixel noise; the class is the shape. Image i of a split is the same on every machine: its random numbers come
-from (seed, split, i) alone.
+Each image is a light shape, filled or outlined, of random tint, size and position on a dark background of random
+tint, with a little pixel noise; the class is the shape. Image i of a split is the same on every machine: its random
+numbers come from (seed, split, i) alone.
+
+The drawing is made for the tutorial's recipe (Tudui, which has no ReLU, and plain SGD at lr 0.01) to learn in a
+minute on a CPU. A shape of either polarity, lighter or darker than its background, asks for a nonlinearity Tudui
+lacks: drawn that way, smaller and with thinner strokes, it stayed near chance (19% test after 10 epochs). Light on
+dark, large and with broad strokes, it reaches 99% (seeds 0, 1, 2: 99.6%, 99.3%, 99.0%).
 """
 import math
 
@@ -26,14 +31,14 @@ def _polygon(cx, cy, r, corners, turn=0.0, inner=None):
 
 def draw_shape(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """One (size, size, 3) uint8 image of class `label`."""
-    background = rng.integers(0, 256, 3)
-    colour = (background + rng.integers(80, 177, 3)) % 256  # every channel differs from the background by 80+
+    background = rng.integers(0, 41, 3)  # dark: the shape is always the lighter one, so edges have one sign
+    colour = np.minimum(background + rng.integers(180, 256, 3), 255)  # light: every channel 180+ above the background
     image = Image.new("RGB", (size, size), tuple(int(c) for c in background))
     draw = ImageDraw.Draw(image)
-    r = rng.uniform(0.22, 0.4) * size  # radius of the shape's bounding circle
+    r = rng.uniform(0.3, 0.46) * size  # radius of the shape's bounding circle: large, so the shape fills the image
     cx, cy = rng.uniform(r + 1, size - r - 1, 2)
     fill = tuple(int(c) for c in colour)
-    width = max(2, round(r / 3))
+    width = max(2, round(r / 2.5))  # broad strokes (ring, frame, plus, cross): more lit pixels
     box = (cx - r, cy - r, cx + r, cy + r)
     name = CLASSES[label]
     if name == "circle":
@@ -59,7 +64,8 @@ def draw_shape(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
         draw.polygon(_polygon(cx, cy, r, 5, inner=r * 0.42), fill=fill)
     else:  # hexagon
         draw.polygon(_polygon(cx, cy, r, 6, turn=math.pi / 6), fill=fill)
-    pixels = np.asarray(image, dtype=np.int16) + rng.integers(-12, 13, (size, size, 3))
+    noise = rng.integers(-8, 9, (size, size, 3), dtype=np.int16)  # a little: no region is flat, as in a photo
+    pixels = np.asarray(image, dtype=np.int16) + noise
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
@@ -76,7 +82,7 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __init__(self, count: int, image_size: int, seed: int, split: str, transform=None):
         split_id = {"train": 0, "test": 1}[split]
         self.targets = [i % len(CLASSES) for i in range(count)]
-        # (N, H, W, 3) uint8: drawing once up front costs well under a second and makes every epoch cheap
+        # (N, H, W, 3) uint8: drawing once up front (about 0.1 s a thousand images) makes every epoch cheap
         self.images = np.stack(
             [draw_shape(t, image_size, np.random.default_rng([seed, split_id, i])) for i, t in enumerate(self.targets)]
         )

@@ -1,5 +1,6 @@
 """The run's TensorBoard writer: scalars, the first batch as an image grid, the model graph and the hparams."""
 import logging
+import time
 import warnings
 
 import torch
@@ -44,17 +45,42 @@ class RunWriter:
         except Exception as e:  # the graph is a nicety: a model that cannot be traced still trains
             log.warning("model graph not logged: %s", str(e).splitlines()[0])
 
-    def hparams(self, hparams: dict, metrics: list) -> None:
-        """Register this run in the HPARAMS tab with its settings; `metrics` are scalar tags the run writes."""
-        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+    def hparams(self, values: dict, metrics: list, swept=None) -> None:
+        """This run's row in the HPARAMS tab: `values`, {dotted key: number, text or bool}, as its session's start.
 
-        values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
-        # Written into this run's own folder (add_hparams would make a new sub-run), so the HPARAMS table links
-        # each row to the run's curves.
+        TensorBoard builds the tab's columns from one run's experiment summary, the first it finds, else from every
+        run's values: then each key is a column, its values its domain, and a key whose values differ across the runs
+        is marked as differing, listed first and shown (the first five columns are). With `swept`, the keys this
+        job's sweep varies, the job also writes the sweep's experiment summary, the same in every job of the sweep:
+        every key, the swept ones differing, and `metrics`, scalar tags, as the metric columns in that order (the
+        first five shown). Without it (a single run, an Optuna search) TensorBoard compares what it finds."""
         if isinstance(self.writer, _NoWriter):
             return
-        for summary in hparams_summaries(values, {tag: 0.0 for tag in metrics}):
-            self.writer.file_writer.add_summary(summary)
+        from tensorboard.compat.proto.summary_pb2 import Summary  # what torch's writer writes
+        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+        def summary(tag, **data):
+            content = metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(**data))
+            return Summary(value=[Summary.Value(tag=tag, metadata=content)])
+
+        start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())  # no group name: the run names the row
+        kinds = {}
+        for key, value in values.items():
+            if isinstance(value, bool):
+                start.hparams[key].bool_value, kinds[key] = value, api_pb2.DATA_TYPE_BOOL
+            elif isinstance(value, (int, float)):
+                start.hparams[key].number_value, kinds[key] = value, api_pb2.DATA_TYPE_FLOAT64
+            else:
+                start.hparams[key].string_value, kinds[key] = str(value), api_pb2.DATA_TYPE_STRING
+        if swept is not None:
+            # No domains: a run of another sweep in the same logdir would be filtered out of the table by them.
+            experiment = api_pb2.Experiment(
+                time_created_secs=time.time(),
+                hparam_infos=[api_pb2.HParamInfo(name=key, type=kind, differs=key in swept)
+                              for key, kind in kinds.items()],
+                metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metrics])
+            self.writer.file_writer.add_summary(summary(metadata.EXPERIMENT_TAG, experiment=experiment))
+        self.writer.file_writer.add_summary(summary(metadata.SESSION_START_INFO_TAG, session_start_info=start))
 
     def flush(self) -> None:
         self.writer.flush()

@@ -13,19 +13,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainlab import __version__, distributed
 from trainlab.allowlist import check_config
-from trainlab.checkpoint import FORMAT, Checkpointer, load_checkpoint, load_latest, set_rng_states
+from trainlab.checkpoint import Checkpointer, set_rng_states
 from trainlab.config import check_values
-from trainlab.data import build_run_data
+from trainlab.data import build_run_data, settle_image_size
 from trainlab.engine import (Loop, NonFiniteLoss, TrainState, evaluate, resolve_device, seconds_since_launch,
                              seed_everything, show_progress, train_epoch)
 from trainlab.errors import Interrupted, TrainlabError
 from trainlab.launch import Launch
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
+from trainlab.resume import check_resumable, continued_config, resume_command, resume_state
 from trainlab.step import Numerics, make_train_step
 from trainlab.run_folder import (CHECKPOINTS, IMAGES_PER_S, LR, STARTUP_S, TEST_ACC, TEST_EPOCH_ACC, TEST_EPOCH_LOSS,
                                  TEST_LOSS, TEST_ROW, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, MetricsFile,
-                                 best_metric, run_of)
+                                 best_metric, shown_path)
 from trainlab.splits import sizes_text
 from trainlab.tensorboard import RunWriter
 from trainlab.transforms import check_transforms, normalization
@@ -47,17 +48,22 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     launch = Launch.of(launch)
     check_values(cfg)
     check_config(cfg)  # nothing outside the allow-list (trainlab/allowlist.py), before anything runs
+    saved, run_dir = resume_state(cfg.trainer.resume, launch.run_dir)  # a checkpoint to resume from, or None
+    if saved is not None and cfg.trainer.resume != "auto":  # resumed by name: on with the config it was made with
+        cfg = continued_config(saved["config"], cfg, launch.overrides)
+        check_values(cfg)
+        check_config(cfg)
+    resizing = settle_image_size(cfg)  # data=folder's data.image_size=null: the images' own size, where they share one
     t = cfg.trainer
     ranks, device = distributed.setup(t.device)  # under torchrun: this process's rank and device
     if not ranks.main:
         log.setLevel(logging.WARNING)  # one process speaks for all
     device = device or resolve_device(t.device, launch.job, launch.jobs_at_once)
-    saved, run_dir = _resume_state(t.resume, launch.run_dir)  # a checkpoint to resume from, or None
     transforms = check_transforms(cfg.transform)  # order and keys checked; torchvision not needed yet
     check_blocks(cfg.model)  # a misspelt block key fails now, not after the data has loaded
     config = OmegaConf.to_container(cfg, resolve=True)  # plain: what checkpoints carry and resuming compares
     if saved is not None:
-        _check_resumable(saved, config)
+        check_resumable(saved, config)
 
     # data: train, validation and test splits (trainlab/splits.py)
     data, loaders, path = build_run_data(cfg, transforms, device, ranks)
@@ -67,6 +73,8 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
              + (f" ({torch.get_num_threads()} threads: job {launch.job}, {launch.jobs_at_once} at once)"
                 if launch.jobs_at_once > 1 else "")
              + f" · trainlab {__version__}")
+    if resizing:
+        log.info(resizing)
     if data.val is None:
         log.info("no validation split (data.val_split=0): nothing is chosen; best.pt holds the last epoch's weights")
     if data.test is None:
@@ -78,7 +86,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     # model
     seed_everything(t.seed, t.deterministic)  # here: decoding draws from the global generator, a cache hit does not
     model = build_model(cfg.model, data.image_shape, len(data.classes))
-    log.info(f"model {cfg.model.name}\n{summary_table(model, data.image_shape)}")
+    log.info(_model_lines(cfg.model, model, data.image_shape))
     numerics = Numerics.choose(device, t.precision, t.channels_last)
     model.to(device, memory_format=numerics.memory_format)
     net = torch.compile(model) if t.compile else model  # `model` keeps the plain state_dict keys for checkpoints
@@ -106,7 +114,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
         if scheduler is not None and saved["scheduler"] is not None:
             scheduler.load_state_dict(saved["scheduler"])
         state = TrainState.from_state_dict(saved, device)
-        log.info(f"resuming {run_dir} at epoch {state.epoch}, batch {state.batch}")
+        log.info(f"resuming {shown_path(run_dir)} at epoch {state.epoch}, batch {state.batch}")
     to_train = state.epoch <= t.epochs and not _stopped_early(state, t.early_stopping_patience)
     if to_train:
         state.test = state.stopped = None  # training on: the test is scored again at the end
@@ -114,7 +122,8 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
         how = ("raise trainer.epochs to train on" if state.epoch > t.epochs else
                f"it stopped early: no better {t.monitor} for {state.bad_epochs} epochs; raise "
                "trainer.early_stopping_patience to train on")
-        log.info(f"nothing to do: {run_dir} finished training ({how}); {_result(state, data.val is not None)}")
+        log.info(f"nothing to do: {shown_path(run_dir)} finished training ({how}); "
+                 f"{_result(state, data.val is not None)}")
         return state.best
 
     # logging, metrics.csv and checkpoints
@@ -127,8 +136,8 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                                  "trainlab_version": __version__},
                                 t.checkpoint_every_n_steps, enabled=t.checkpoint and ranks.main)
     if saved is None:
-        writer.hparams(_hparams(cfg, launch.overrides),
-                       [best_metric(t.monitor), VAL_ACC, VAL_LOSS, TEST_ACC, TEST_LOSS, TRAIN_LOSS])
+        writer.hparams(_hparams(cfg, launch),
+                       [best_metric(t.monitor), TEST_ACC, VAL_ACC, VAL_LOSS, TRAIN_LOSS, TEST_LOSS], launch.swept)
         # drawn only for what logs it: on the DataLoader path it decodes a batch (and starts the workers)
         first_batch = next(iter(loaders.train))[0] if t.log_images or t.log_graph else None
         if t.log_images:
@@ -159,7 +168,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                         checkpointer.save(state)
                     if stopping and not out_of_time:
                         stop.hand_on()
-                        how = (f"checkpoint written: rerun the same command, or add trainer.resume={run_dir}"
+                        how = (f"checkpoint written; to resume: {resume_command(run_dir)}"
                                if t.checkpoint else "trainer.checkpoint=false: nothing was saved")
                         raise Interrupted(f"stopped by {stop.signal or 'a signal to another process'} at epoch "
                                           f"{epoch}, batch {batch}; {how}")
@@ -168,7 +177,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                         break
                 if state.stopped:
                     log.info(f"time budget: trainer.max_minutes={t.max_minutes} spent at epoch {epoch}, batch "
-                             f"{state.batch}; checkpointed (rerun to go on)")
+                             f"{state.batch}; checkpointed; to go on: {resume_command(run_dir)}")
                     break
                 train = steps.stats()
                 if scheduler is not None and interval == "epoch":
@@ -191,7 +200,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                 if epoch < t.epochs and budget.spent():
                     state.stopped = "time budget"
                     log.info(f"time budget: trainer.max_minutes={t.max_minutes} spent after epoch {epoch}; "
-                             "checkpointed (rerun to go on)")
+                             f"checkpointed; to go on: {resume_command(run_dir)}")
                     break
 
         # the test split, once, with the weights validation chose; the test row ends metrics.csv even without one
@@ -216,7 +225,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
         distributed.teardown()
     minutes, seconds = divmod(time.perf_counter() - start, 60)
     log.info(f"{_result(state, data.val is not None)} · epochs {first_epoch}-{state.epoch - (state.batch == 0)} in "
-             f"{int(minutes)}m{seconds:04.1f}s · {run_dir}")
+             f"{int(minutes)}m{seconds:04.1f}s · {shown_path(run_dir)}")
     return state.best
 
 
@@ -234,7 +243,7 @@ def _report_epoch(writer, metrics, state: TrainState, epoch: int, step: int, lr:
                   t) -> None:
     """An epoch's figures, the same in TensorBoard, on the terminal and in metrics.csv: train, validation (None
     without a validation split) and, with trainer.test_every_epoch, the test split."""
-    images_per_s = train.images / train.seconds
+    images_per_s = train.images_per_s
     scalars = {TRAIN_ACC: train.acc, LR: lr, IMAGES_PER_S: images_per_s}
     if val is not None:
         scalars.update({VAL_LOSS: val.loss, VAL_ACC: val.acc, best_metric(t.monitor): state.best})
@@ -334,45 +343,6 @@ class StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _resume_state(resume: str, run_dir: Path) -> tuple:
-    """trainer.resume -> (checkpoint state or None, the run folder to write into)."""
-    if resume == "never":
-        return None, run_dir
-    if resume == "auto":
-        state, _ = load_latest(run_dir / CHECKPOINTS)
-        return state, run_dir
-    target = Path(resume).expanduser()
-    if target.is_file():
-        state = load_checkpoint(target)
-        folder = run_of(target) or run_dir
-    elif target.is_dir():
-        state, _ = load_latest(target / CHECKPOINTS)
-        folder = target
-    else:
-        raise TrainlabError(f"trainer.resume={resume}: no such run folder or checkpoint")
-    if state is None or "position" not in state:
-        raise TrainlabError(f"trainer.resume={resume}: no checkpoint to resume from there")
-    return state, folder
-
-
-def _check_resumable(state: dict, current: dict) -> None:
-    """The checkpoint must come from the same model and data set as this (plain) config, and choose its best epoch
-    the same way."""
-    if state.get("format", 0) < FORMAT:
-        raise TrainlabError("the checkpoint was written before validation splits (its best.pt was chosen on the test "
-                            "split) and cannot be trained on: start a new run folder")
-    if state["best"]["monitor"] != current["trainer"]["monitor"]:
-        raise TrainlabError(f"the run chose its best epoch by {state['best']['monitor']}, this command says "
-                            f"trainer.monitor={current['trainer']['monitor']}: resume with the same monitor, or "
-                            "start a new run folder")
-    saved = state["config"]
-    for key in ("model", "data"):
-        before, now = saved[key]["name"], current[key]["name"]
-        if before != now or (key == "model" and saved[key]["blocks"] != current[key]["blocks"]):
-            raise TrainlabError(f"the checkpoint comes from {key} {before}, this run uses {key} {now} (or other "
-                                f"blocks): resume with the same {key}, or start a new run folder")
-
-
 def _log_startup(writer) -> None:
     """Start-up ends: its time is logged once a process, and the garbage collector that src/run.py turned off for it
     comes back on."""
@@ -390,21 +360,46 @@ def _log_startup(writer) -> None:
 
 
 _startup_logged = False
+_tables_shown = set()  # the models whose table this process has shown: a sweep's later jobs name theirs in a line
 
 
-def _hparams(cfg: DictConfig, overrides) -> dict:
-    """The settings that tell runs apart, for TensorBoard's HPARAMS tab: the main ones and every overridden value
-    (so each job of a sweep shows the keys the sweep varies)."""
-    def short(target):
-        return target.rsplit(".", 1)[-1] if target else "none"
+def _model_lines(model_cfg, model, image_shape) -> str:
+    key = repr(OmegaConf.to_container(model_cfg, resolve=True))
+    if key in _tables_shown:
+        count = sum(p.numel() for p in model.parameters())
+        return f"model {model_cfg.name}: {count:,} parameters (its table is above)"
+    _tables_shown.add(key)
+    return f"model {model_cfg.name}\n{summary_table(model, image_shape)}"
 
-    values = {"data": cfg.data.name, "model": cfg.model.name, "optimizer": short(cfg.optimizer.get("_target_")),
-              "scheduler": short(cfg.scheduler.get("_target_")), "loss": short(cfg.loss.get("_target_")),
-              "lr": cfg.optimizer.get("lr", 0.0), "weight_decay": cfg.optimizer.get("weight_decay", 0.0),
-              "batch_size": cfg.data.batch_size, "epochs": cfg.trainer.epochs, "seed": cfg.trainer.seed}
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+
+# What HPARAMS shows of every run, by dotted key, beside the keys a command line sets; a group shows its option.
+HPARAMS = ("data", "transform", "model", "optimizer", "optimizer.lr", "optimizer.weight_decay", "scheduler", "loss",
+           "data.batch_size", "trainer.epochs", "trainer.seed")
+
+
+def _hparams(cfg: DictConfig, launch: Launch) -> dict:
+    """The settings that tell runs apart, for TensorBoard's HPARAMS tab, each once under its dotted key: HPARAMS and
+    every key the command line set, so a sweep's job shows what the sweep varies. A config group shows the option's
+    name (optimizer: adam, loss: cross_entropy): Hydra's choice, else the command line's, else the name the config
+    holds or its class (a run composed without them, in a notebook). Numbers stay numbers; null reads "null"."""
+    given = {}
+    for override in launch.overrides:
+        key, _, value = override.partition("=")
+        if not key.startswith("~"):
+            given[key.lstrip("+")] = value
+    values = {}
+    for key in dict.fromkeys([*HPARAMS, *given]):
         value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, (int, float, str, bool)):
+        if key in launch.choices:
+            value = launch.choices[key]
+        elif isinstance(value, DictConfig):  # a group Hydra's choices do not name
+            target = value.get("_target_")
+            value = given.get(key) or value.get("name") or (target.rsplit(".", 1)[-1] if target else None)
+            value = value or ("none" if key == "scheduler" else None)
+        elif value is not None and not isinstance(value, (int, float, str, bool)):  # a list
+            value = given.get(key) or str(OmegaConf.to_container(value))
+        elif value is None and key in given:
+            value = "null"
+        if value is not None:
             values[key] = value
     return values

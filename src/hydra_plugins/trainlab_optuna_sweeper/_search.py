@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from trainlab.errors import USER_ERROR_EXIT, TrainlabError, one_line
+from trainlab.errors import USER_ERROR_EXIT, ConfigRefused, TrainlabError, one_line
 from trainlab.run_folder import BEST, CHECKPOINTS, ERROR_LOG
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,9 @@ class Search:
         if _builds(self.sampler, optuna.samplers.GridSampler):  # cut to the number of points on the grid
             n_trials = min(n_trials, math.prod(len(v) for v in grid_values(space).values()))
 
-        optuna.logging.disable_default_handler()  # Optuna's lines ("Using an existing study ...") go through
-        optuna.logging.enable_propagation()  # Hydra's logging, beside the jobs' own
+        optuna.logging.disable_default_handler()  # Optuna's warnings go through Hydra's logging, beside the jobs' own;
+        optuna.logging.enable_propagation()  # its set-up lines ("A new study created ...") say what the next line says
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
         study = optuna.create_study(study_name=self.study_name, storage=self.storage, direction=self.direction,
                                     sampler=optuna.samplers.RandomSampler(), load_if_exists=True)  # replaced below
@@ -115,7 +116,7 @@ class Search:
     def _log_start(self, study, sampler, n_trials: int, done: list, to_run: int, stopped: list) -> None:
         where = f"Optuna study '{study.study_name}' in {self.storage or 'memory'}"
         if not done and not stopped:
-            log.info(f"{where}: {_trials(to_run)}, {self.direction}, {type(sampler).__name__}")
+            log.info(f"{where}, new: {_trials(to_run)}, {self.direction}, {type(sampler).__name__}")
             return
         failed = sum(t.state == TrialState.FAIL for t in done)
         line = (f"{where}: {_trials(len(done))} already done ({failed} failed); {to_run} to run, up to "
@@ -138,7 +139,8 @@ class Search:
                     if not folder.exists():
                         _tell_study(study, trial.number, state=TrialState.FAIL)
                         folder.mkdir(parents=True)
-                        (folder / ERROR_LOG).write_text(f"error: the job did not start: {_one_line(e)}\n")
+                        why = one_line(e.message, 300) if isinstance(e, ConfigRefused) else _one_line(e)
+                        (folder / ERROR_LOG).write_text(f"error: the job did not start: {why}\n")
                 raise
             for trial, ret in zip(group, returns):
                 self._tell(study, trial, ret)

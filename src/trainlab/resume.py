@@ -1,0 +1,127 @@
+"""What a run continues from: trainer.resume -> the run folder and its checkpoint, the config it goes on with, and
+the command that resumes a stopped run.
+
+    trainer.resume=auto      the run's own folder, where it holds a checkpoint (a rerun sweep job), else a new run
+    trainer.resume=never     a new run, always
+    trainer.resume=latest    the run (a single run or a sweep job under outputs/) that wrote a checkpoint last
+    trainer.resume=FOLDER    that run folder; or a .pt file: that checkpoint, in its own run's folder
+
+Resuming writes into the resumed run's own folder (conf/config.yaml names hydra.run.dir by resume_folder), and goes
+on with the config the run was made with: the command may change only how it goes on (ON_RESUME), so
+`python src/run.py trainer.resume=latest` is enough, with or without the run's first overrides.
+"""
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainlab.checkpoint import FORMAT, load_checkpoint, load_latest
+from trainlab.errors import TrainlabError
+from trainlab.run_folder import CHECKPOINTS, LAST, run_of, shown_path
+
+OUTPUTS = Path("outputs")  # where conf/config.yaml puts runs (runs/<time>) and sweeps (multirun/<time>/<job>)
+# Settings that say how the run goes on, not what it is: a resume takes them from the command where it sets them.
+ON_RESUME = ("trainer.resume", "trainer.epochs", "trainer.device", "trainer.progress_bar", "trainer.max_minutes",
+             "trainer.early_stopping_patience", "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps",
+             "trainer.test_every_epoch", "trainer.compile", "trainer.cuda_graphs", "data.root", "data.num_workers",
+             "data.pin_memory", "data.eval_batch_size")
+
+
+def newest_run(outputs: Path = OUTPUTS) -> Optional[Path]:
+    """The run folder, a single run's or a sweep job's, whose last checkpoint was written last; None if none."""
+    found = [*outputs.glob(f"runs/*/{CHECKPOINTS}/{LAST}"), *outputs.glob(f"multirun/*/*/{CHECKPOINTS}/{LAST}")]
+    return max(found, key=lambda p: p.stat().st_mtime).parent.parent if found else None
+
+
+def resume_folder(resume: str) -> Optional[Path]:
+    """The existing run folder trainer.resume continues, or None (auto, never, or nothing found there)."""
+    if resume in ("auto", "never"):
+        return None
+    if resume == "latest":
+        return newest_run()
+    target = Path(resume).expanduser()
+    return target if target.is_dir() else run_of(target) if target.is_file() else None
+
+
+def resume_state(resume: str, run_dir: Path) -> tuple:
+    """trainer.resume -> (the checkpoint's state or None, the run folder to write into)."""
+    if resume == "never":
+        return None, run_dir
+    if resume == "auto":
+        state, _ = load_latest(run_dir / CHECKPOINTS)
+        return state, run_dir
+    if resume == "latest":
+        folder = newest_run()
+        if folder is None:
+            raise TrainlabError(f"trainer.resume=latest: no run under {OUTPUTS}/ holds a checkpoint to resume")
+        state, _ = load_latest(folder / CHECKPOINTS)
+        return state, folder
+    target = Path(resume).expanduser()
+    if target.is_file():
+        state = load_checkpoint(target)
+        folder = run_of(target) or run_dir
+    elif target.is_dir():
+        state, _ = load_latest(target / CHECKPOINTS)
+        folder = target
+    else:
+        raise TrainlabError(f"trainer.resume={resume}: no such run folder or checkpoint")
+    if state is None or "position" not in state:
+        raise TrainlabError(f"trainer.resume={resume}: no checkpoint to resume from there")
+    return state, folder
+
+
+def continued_config(saved: dict, cfg: DictConfig, overrides) -> DictConfig:
+    """The config a resumed run goes on with: the one it was made with (`saved`, from its checkpoint), with the
+    ON_RESUME settings the command sets. Any other setting the command sets must be the run's own: a resumed run that
+    trained on with another optimizer would be neither the old run nor a new one."""
+    continued = OmegaConf.create(saved)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith("hydra.") or key.startswith("hydra/"):
+            continue
+        now = OmegaConf.select(cfg, key, default=None)
+        if key in ON_RESUME:
+            OmegaConf.update(continued, key, now, force_add=True)
+            continue
+        before = OmegaConf.select(continued, key, default=None)
+        # a group (optimizer=adam) or a key (optimizer.lr=0.1); a choice that is not a part (experiment=...) is not
+        if key.split(".")[0] in cfg and _plain(now) != _plain(before):
+            raise TrainlabError(f"{override}: the run being resumed was made with {key}={_shown(before)}; a resume "
+                                f"goes on as the run was made, so drop {override} (or start a new run to change it)")
+    return continued
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def _shown(value) -> str:
+    if isinstance(value, DictConfig):
+        return value.get("name") or str(value.get("_target_", "...")).rsplit(".", 1)[-1].lower()  # torch.optim.SGD: sgd
+    return str(value)
+
+
+def check_resumable(state: dict, current: dict) -> None:
+    """The checkpoint must come from the same model and data set as this (plain) config, and choose its best epoch
+    the same way."""
+    if state.get("format", 0) < FORMAT:
+        raise TrainlabError("the checkpoint was written before validation splits (its best.pt was chosen on the test "
+                            "split) and cannot be trained on: start a new run folder")
+    if state["best"]["monitor"] != current["trainer"]["monitor"]:
+        raise TrainlabError(f"the run chose its best epoch by {state['best']['monitor']}, this command says "
+                            f"trainer.monitor={current['trainer']['monitor']}: resume with the same monitor, or "
+                            "start a new run folder")
+    saved = state["config"]
+    for key in ("model", "data"):
+        before, now = saved[key]["name"], current[key]["name"]
+        if before != now or (key == "model" and saved[key]["blocks"] != current[key]["blocks"]):
+            raise TrainlabError(f"the checkpoint comes from {key} {before}, this run uses {key} {now} (or other "
+                                f"blocks): resume with the same {key}, or start a new run folder")
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that resumes the run in `run_dir`, to paste into a shell."""
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "src/run.py"
+    return f"python {shlex.quote(script)} {shlex.quote(f'trainer.resume={shown_path(run_dir)}')}"
