@@ -73,24 +73,28 @@ def run_cli(*args, env=None, timeout=240, cwd=None) -> subprocess.CompletedProce
 # test and signalling it raced: on a loaded machine the run could end before the signal landed.)
 SIGNAL_AT_STEP = """
 import os, runpy, signal, sys
-sig, step, sys.argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+sig, step, times, tag, sys.argv = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # src/, as `python src/run.py` has it
 from trainlab.tensorboard import RunWriter
 scalars, sent = RunWriter.scalars, []
 def scalars_then_signal(self, values, at):
     scalars(self, values, at)
-    if "train/loss" in values and at >= step and not sent:
+    if tag in values and at >= step and not sent:
         sent.append(at)
-        os.kill(os.getpid(), sig)  # as from outside: SIGKILL ends it here, SIGTERM is handled after this step
+        self.flush()  # the worst case: all that was logged is on disk
+        for _ in range(times):  # as from outside: SIGKILL ends it here, SIGTERM is handled after this step
+            os.kill(os.getpid(), sig)
 RunWriter.scalars = scalars_then_signal
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run_signalled(sig: int, step: int, *args, timeout=240, cwd=None) -> subprocess.CompletedProcess:
-    """run_cli's run, signalled by itself at training step `step` (see SIGNAL_AT_STEP)."""
+def run_signalled(sig: int, step: int, *args, timeout=240, cwd=None, times=1,
+                  tag="train/loss") -> subprocess.CompletedProcess:
+    """run_cli's run, signalled by itself `times` times once it logs `tag` at step `step` or later (SIGNAL_AT_STEP)."""
     script = "src/run.py" if cwd is None else str(ROOT / "src" / "run.py")
-    return subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, str(int(sig)), str(step), script, *args],
+    return subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, str(int(sig)), str(step), str(times), tag, script,
+                           *args],
                           cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)
 
 

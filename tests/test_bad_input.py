@@ -73,6 +73,8 @@ def test_an_empty_class_folder_and_a_root_without_images(messy_folder, tmp_path)
     (["data.subset=0"], "data.subset=0 cannot work"),
     (["trainer.precision=fp8"], "trainer.precision=fp8 cannot work: it must be one of fp32, bf16"),
     (["trainer.resume=/no/such/run"], "no such run folder or checkpoint"),
+    (["scheduler=cosine", "scheduler.T_max=0"], "scheduler.T_max=0 cannot work: it must be at least 1"),
+    (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0 cannot work: it must be at least 1"),
 ])
 def test_impossible_values_are_refused_before_any_data_is_read(tmp_path, args, expected):
     with pytest.raises(TrainlabError, match=re.escape(expected)):  # the CLI prints it as one line (test_runs.py)

@@ -164,6 +164,16 @@ def test_a_job_not_started_is_missing_an_untested_one_running_and_a_stopped_earl
     assert result.stdout.splitlines()[-1] == f"wrote {folder / 'report.csv'}"  # --no-plot: no val_acc.png
 
 
+def test_a_job_whose_config_cannot_be_read_is_named_unreadable_and_the_report_goes_on(sweep, tmp_path):
+    folder = shutil.copytree(sweep, tmp_path / "sweep")
+    (job_dir(folder, 2) / ".hydra" / "config.yaml").write_text("trainer: {epochs: [2\n")  # cut by hand
+    result = report_cli(folder, "--no-plot")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0] == f"{folder}: 4 jobs, 1 done, 2 failed, 1 unreadable"
+    assert "job 2 unreadable: cannot be read (" in result.stdout
+    assert "sgd" in table(result.stdout, ["optimizer", "data.batch_size"])[0]["optimizer"]  # job 0 still reported
+
+
 def test_monitor_val_loss_shows_the_val_acc_of_the_lowest_val_loss_epoch(sweep, tmp_path):
     folder = shutil.copytree(job_dir(sweep, 0), tmp_path / "run")
     config_file = folder / ".hydra" / "config.yaml"

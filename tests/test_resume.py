@@ -1,4 +1,5 @@
 """Runs survive being killed: exact resume, signals, damaged checkpoints, non-finite losses."""
+import logging
 import re
 import shlex
 import signal
@@ -149,9 +150,45 @@ def test_a_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path):
 
 def test_resuming_with_another_model_or_a_missing_run_is_refused(tmp_path):
     run(compose("data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK), tmp_path)
-    for args, message in ((["model=lenet"], "the checkpoint comes from model tudui, this run uses model lenet"),
-                          (["data=folder", f"data.root={tmp_path}"], "the checkpoint comes from data shapes"),
+    for args, message in ((["model=lenet"], "model.name is 'lenet' in this command but 'tudui' in the run being "
+                                            "resumed: a resume goes on as the run was made"),
                           ([f"trainer.resume={tmp_path / 'nope'}"], "no such run folder or checkpoint")):
         result = run_cli("data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=2", *QUICK, *args,
                          f"hydra.run.dir={tmp_path}")
-        assert result.returncode == 2 and message in result.stdout + result.stderr
+        assert result.returncode == 2 and message in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("made,changed,message", [
+    ([], ["optimizer.lr=0.5"], "optimizer.lr is 0.5 in this command but 0.01 in the run being resumed"),
+    ([], ["optimizer=adam"], "optimizer._target_ is 'torch.optim.Adam' in this command but 'torch.optim.SGD'"),
+    ([], ["data.batch_size=16"], "data.batch_size is 16 in this command but 32"),
+    ([], ["data.image_size=28"], "data.image_size is 28 in this command but 32"),
+    (["scheduler=cosine"], ["trainer.epochs=3"], "scheduler.T_max is 3 in this command but 2"),
+    (["scheduler=onecycle"], ["trainer.epochs=3"], "trainer.epochs 2 -> 3: the one-cycle schedule was laid out over 2"),
+])
+def test_a_setting_changed_on_resume_is_refused_naming_it(tmp_path, made, changed, message):
+    base = ["data=shapes", "data.num_train=128", "data.num_test=32", "data.batch_size=32", "model=mlp", *QUICK,
+            "trainer.log_images=false", *made]
+    run(compose(*base, "trainer.epochs=2", "trainer.checkpoint_every_n_steps=2"), tmp_path)
+    with pytest.raises(TrainlabError, match=re.escape(message)):
+        run(compose(*base, "trainer.epochs=2", *changed), tmp_path)
+
+
+def test_how_a_run_goes_on_may_change_on_resume_and_is_said(tmp_path, caplog):
+    base = ["data=shapes", "data.num_train=128", "data.num_test=32", "model=mlp", *QUICK, "trainer.log_images=false"]
+    run(compose(*base, "trainer.epochs=1"), tmp_path)
+    with caplog.at_level(logging.INFO, logger="trainlab"):
+        run(compose(*base, "trainer.epochs=2", "trainer.max_minutes=5"), tmp_path)
+    said = "resuming", "at epoch 2, batch 0 (trainer.epochs 1 -> 2, trainer.max_minutes None -> 5.0)"
+    assert all(part in caplog.text for part in said), caplog.text
+    assert [row["epoch"] for row in read_metrics(tmp_path)] == [1, 2, "test"]
+
+
+def test_resume_never_into_a_folder_holding_a_run_is_refused_and_leaves_it(tmp_path):
+    settings = ["data=shapes", "data.num_train=64", "data.num_test=32", "model=mlp", "trainer.epochs=1", *QUICK]
+    run(compose(*settings), tmp_path)
+    best = (tmp_path / "checkpoints" / "best.pt").read_bytes()
+    with pytest.raises(TrainlabError, match="trainer.resume=never, but .* holds a run .*a new run there would "
+                                            "overwrite it"):
+        run(compose(*settings, "trainer.resume=never"), tmp_path)
+    assert (tmp_path / "checkpoints" / "best.pt").read_bytes() == best

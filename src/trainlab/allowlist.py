@@ -159,10 +159,14 @@ class CheckedConfigLoader(ConfigLoaderImpl):
 
 
 def guard_hydra() -> None:
-    """Make Hydra compose through CheckedConfigLoader: call before @hydra.main's function (every entrypoint does)."""
+    """Make Hydra compose through CheckedConfigLoader, and report its own failures as one line: call before
+    @hydra.main's function (every entrypoint does)."""
     import hydra._internal.hydra
 
+    from trainlab.cli import report_hydra_errors
+
     hydra._internal.hydra.ConfigLoaderImpl = CheckedConfigLoader  # the name Hydra.create_main_hydra2 builds from
+    report_hydra_errors()
 
 
 def _walk(node, path: str, seen: set) -> None:

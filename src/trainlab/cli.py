@@ -12,9 +12,10 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf.errors import OmegaConfBaseException
 
-from trainlab.errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, Interrupted, TrainlabError, one_line
+from trainlab.errors import (INTERRUPTED_EXIT, KEYBOARD_EXIT, USER_ERROR_EXIT, Interrupted, TrainlabError, one_line,
+                             os_error_line, refused_by_file_system)
 from trainlab.launch import Launch
-from trainlab.run_folder import ERROR_LOG, discard_failed_start
+from trainlab.run_folder import CHECKPOINTS, ERROR_LOG, LAST, RunFolderBusy, discard_failed_start
 
 log = logging.getLogger("trainlab")
 
@@ -29,11 +30,31 @@ def report_errors(main):
         except Interrupted as e:
             log.warning("%s", e)
             sys.exit(INTERRUPTED_EXIT)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop's handler is set
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            run_dir = Launch.from_hydra().run_dir
+            if (run_dir / CHECKPOINTS / LAST).exists():
+                from trainlab.resume import resume_command  # imports torch: only here
+
+                log.warning(f"stopped at once by Ctrl-C; the last checkpoint is intact; to resume: "
+                            f"{resume_command(run_dir)}")
+            else:
+                log.warning("stopped by Ctrl-C before the run wrote a checkpoint: nothing to resume")
+                discard_failed_start(run_dir)
+            sys.exit(KEYBOARD_EXIT)
+        except RunFolderBusy as e:  # the folder is the other run's: no error.log there, nothing discarded
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            log.error("error: %s", e)
+            sys.exit(USER_ERROR_EXIT)
         except Exception as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            user_error = isinstance(e, (TrainlabError, OmegaConfBaseException))
-            message = _worker_message(e) if user_error else f"{type(e).__name__}: {e}"
+            refusal = refused_by_file_system(e)
+            user_error = isinstance(e, (TrainlabError, OmegaConfBaseException)) or refusal is not None
+            message = (os_error_line(refusal) if refusal is not None else _worker_message(e) if user_error
+                       else f"{type(e).__name__}: {e}")
             launch = Launch.from_hydra()
             error_log = launch.run_dir / ERROR_LOG
             if not launch.sweep:
@@ -41,15 +62,50 @@ def report_errors(main):
                     log.error("error: %s", message)
                 # a start that failed leaves nothing; a run folder with the run's files in it is marked failed
                 if not discard_failed_start(launch.run_dir) and (launch.run_dir / ".hydra").is_dir():
-                    error_log.write_text(f"error: {message}\n\n{traceback.format_exc()}")  # report.py: failed
+                    _write_error_log(error_log, message)  # report.py: failed
                 if not user_error:
                     raise  # a bug: Hydra shows where
                 sys.exit(USER_ERROR_EXIT)
             log.error("error: %s (traceback in %s)", message, error_log)
-            error_log.write_text(f"error: {message}\n\n{traceback.format_exc()}")
+            _write_error_log(error_log, message)
             return float("nan")  # the sweep goes on; a sweeper reads NaN as a failed trial
 
     return wrapper
+
+
+def _write_error_log(path: Path, message: str) -> None:
+    """error.log: the error's line, then its traceback. Where the disk is full, the line already printed must do."""
+    try:
+        path.write_text(f"error: {message}\n\n{traceback.format_exc()}")
+    except OSError:
+        pass
+
+
+def report_hydra_errors() -> None:
+    """Hydra's own steps around the task (making the run folder, its logs) fail as one line and status 2 too, where
+    the file system refuses (a file where the folder should be, a read-only disk) or Ctrl-C comes; any other error
+    keeps Hydra's report. Installed by allowlist.guard_hydra, which every entrypoint calls."""
+    import hydra._internal.utils as hydra_utils
+
+    hydra_report = hydra_utils.run_and_report
+    if getattr(hydra_report, "trainlab", False):
+        return
+
+    def run_and_report(func):
+        def guarded():
+            try:
+                return func()
+            except (OSError, KeyboardInterrupt) as e:
+                refusal = refused_by_file_system(e)
+                if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (isinstance(e, KeyboardInterrupt) or refusal):
+                    raise
+                print("stopped by Ctrl-C" if refusal is None else f"error: {os_error_line(refusal)}",
+                      file=sys.stderr, flush=True)
+                sys.exit(KEYBOARD_EXIT if isinstance(e, KeyboardInterrupt) else USER_ERROR_EXIT)
+        return hydra_report(guarded)
+
+    run_and_report.trainlab = True
+    hydra_utils.run_and_report = run_and_report
 
 
 def _worker_message(error: Exception) -> str:

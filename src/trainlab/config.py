@@ -249,6 +249,10 @@ def check_values(cfg: DictConfig) -> None:
     rules += [(key, value, value in allowed, "one of " + ", ".join(allowed)) for key, value, allowed in choices]
     if "lr" in cfg.optimizer:
         rules.append(("optimizer.lr", cfg.optimizer.lr, cfg.optimizer.lr > 0, "greater than 0"))
+    for key in ("T_max", "step_size", "total_steps"):  # a schedule over 0 epochs divides by 0 after the first epoch
+        value = cfg.scheduler.get(key)
+        if value is not None:
+            rules.append((f"scheduler.{key}", value, value >= 1, "at least 1" + (", or null" * (key == "total_steps"))))
     for key, value, ok, should in rules:
         if not ok:
             raise TrainlabError(f"{key}={value} cannot work: it must be {should}")

@@ -118,6 +118,7 @@ class TrainState:
     test: Optional[dict] = None  # {"loss", "acc", "epoch"}: the test split scored with the weights of that epoch
     stopped: Optional[str] = None  # why training ended before trainer.epochs ("early stopping"), if it did
     totals: Optional[EpochTotals] = None
+    epoch_lr: Optional[float] = None  # the learning rate the epoch in progress began at: its line reports it
 
     def record(self, val: Optional[dict], epoch: int) -> bool:
         """An epoch's validation {"loss", "acc"} (None without a validation split, where each epoch's weights are the
@@ -142,7 +143,14 @@ class TrainState:
         return None if self.best_val is None else self.value_of(self.best_val)
 
     def end_epoch(self) -> None:
-        self.epoch, self.batch, self.totals = self.epoch + 1, 0, None
+        self.epoch, self.batch, self.totals, self.epoch_lr = self.epoch + 1, 0, None, None
+
+    def begin_epoch(self, lr: float) -> float:
+        """The learning rate the epoch reports: `lr` now, at its start; for an epoch resumed part-way, the one it began
+        at (a per-step schedule has moved on since)."""
+        if self.batch == 0 or self.epoch_lr is None:
+            self.epoch_lr = lr
+        return self.epoch_lr
 
     @property
     def epochs_done(self) -> int:
@@ -153,7 +161,7 @@ class TrainState:
                 "best": {"monitor": self.monitor, "val": self.best_val, "epoch": self.best_epoch,
                          "bad_epochs": self.bad_epochs},
                 "val": self.val, "test": self.test, "stopped": self.stopped,
-                "totals": vars(self.totals).copy() if self.totals is not None else None}
+                "totals": vars(self.totals).copy() if self.totals is not None else None, "epoch_lr": self.epoch_lr}
 
     @classmethod
     def from_state_dict(cls, saved: dict, device) -> "TrainState":
@@ -162,7 +170,8 @@ class TrainState:
             totals = EpochTotals(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in totals.items()})
         best = saved["best"]
         return cls(saved["position"]["epoch"], saved["position"]["batch"], best["monitor"], best["val"],
-                   best["epoch"], best["bad_epochs"], saved["val"], saved["test"], saved["stopped"], totals)
+                   best["epoch"], best["bad_epochs"], saved["val"], saved["test"], saved["stopped"], totals,
+                   saved.get("epoch_lr"))  # absent from checkpoints written before it was kept
 
 
 @dataclass(frozen=True)

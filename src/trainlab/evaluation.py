@@ -33,6 +33,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     run_cfg = OmegaConf.create(trained.config)
     if cfg.data.root is not None:
         run_cfg.data.root = str(cfg.data.root)
+    check_folder_layout(run_cfg.data, cfg.data.root is not None)
     data = build_data(run_cfg.data, *build_transforms(check_transforms(run_cfg.transform)))
     if list(data.classes) != trained.classes:
         raise TrainlabError(f"the checkpoint knows classes {trained.classes[:5]}, data.root={run_cfg.data.root} "
@@ -59,6 +60,23 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     tags = write_tensorboard(log_dir, confusion, trained.classes, acc, per_class, trained.epoch or 0, cfg.split)
     log.info(f"TensorBoard: {', '.join(tags[:-1])} and {tags[-1]} in {log_dir}")
     return acc
+
+
+def check_folder_layout(data: DictConfig, given: bool) -> None:
+    """A folder run's data.root must be laid out as the run's was: one clear line, in the terms evaluate takes, where
+    its class folders are not in data.train_dir (data=folder's own line would say to set data.train_dir)."""
+    if data.name != "folder" or data.split is not None:
+        return
+    root = Path(data.root).expanduser()
+    if not root.is_dir() or (root / data.train_dir).is_dir():
+        return  # data=folder's own line, or nothing to say
+    found = sorted(p.name + "/" for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    beside = " and ".join(f"{name}/" for name in (data.val_dir, data.test_dir) if name)
+    raise TrainlabError(
+        f"data.root={data.root} holds {', '.join(found[:5]) or 'no folder'} but no {data.train_dir}/: evaluate reads "
+        f"a folder as the run did, the class folders in {data.train_dir}/ (the run's classes)"
+        + (f", {beside} beside it where they exist" if beside else "") + "; give data.root a folder laid out so"
+        + (", or leave data.root out to evaluate on the run's own data" if given else ""))
 
 
 @torch.no_grad()

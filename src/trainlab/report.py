@@ -8,7 +8,8 @@ on validation accuracy; the test accuracy stands beside it, never sorted on by d
 
 Made to be run while a sweep is still going or after some of its jobs failed: each job is done (tested, or all its
 epochs finished and it has no test split), running (not done and no error: a job stopped by a kill looks the same),
-failed (it left error.log) or missing (the sweep plans it but it has no folder yet).
+failed (it left error.log), missing (the sweep plans it but it has no folder yet) or unreadable (its .hydra/ or
+metrics.csv cannot be read: named, and the rest of the report goes on).
 """
 import csv
 import itertools
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from trainlab.errors import TrainlabError
+from trainlab.errors import TrainlabError, one_line
 from trainlab.run_folder import ERROR_LOG, TEST_ROW, VAL_ACC, VAL_LOSS, read_metrics
 
 CSV_NAME = "report.csv"
@@ -33,7 +34,7 @@ METRICS = ["epochs_done", "epochs", "best_val_acc", "best_epoch", "test_acc", "f
 GROUP_STATS = {"best_val_acc": ["best_val_acc_mean", "best_val_acc_std"], "test_acc": ["test_acc_mean", "test_acc_std"]}
 DEFAULT_SORT = "best_val_acc"  # the choice is made on validation; test is scored once and never chosen on
 DESCENDING = {"best_val_acc", "best_val_acc_mean", "test_acc", "test_acc_mean", "epochs_done", "n"}  # higher first
-STATUSES = ["done", "running", "failed", "missing"]
+STATUSES = ["done", "running", "failed", "missing", "unreadable"]
 MONITOR_DEFAULT = VAL_ACC  # trainer.monitor, for a config that predates it
 JOB_FOLDERS = ("${sweep_job_folder:}", "${hydra.job.num}")  # hydra.sweep.subdir: <number>_<its values>, <number>
 
@@ -49,7 +50,7 @@ class Job:
     monitor: str = MONITOR_DEFAULT  # trainer.monitor: what chose best.pt
     history: list = field(default_factory=list)  # metrics.csv's epoch rows, in order
     test: dict | None = None  # metrics.csv's test row, once the test split was scored
-    error: str = ""  # why a failed job failed: error.log's first line
+    error: str = ""  # why a failed job failed (error.log's first line), or why an unreadable one cannot be read
     config: dict = field(default_factory=dict)  # the composed config, for the value of a setting not overridden
     choices: dict = field(default_factory=dict)  # {group: option} as Hydra composed them
 
@@ -112,7 +113,7 @@ def report(folder, sort: str = DEFAULT_SORT, plot: bool = True, group_seeds: boo
               "--no-group-seeds lists each job")
     for job in jobs:
         if job.error:
-            print(f"job {job.name} failed: {job.error}")
+            print(f"job {job.name} {job.status}: {job.error}")
     write_csv(rows, root / CSV_NAME)
     written = [root / CSV_NAME]
     if plot:
@@ -146,12 +147,17 @@ def find_jobs(root: Path) -> list:
 def read_run(folder: Path, name: str) -> Job:
     """The job in `folder`: its settings from .hydra/, its metrics from metrics.csv, its status."""
     hydra_dir = folder / ".hydra"
-    config = _read_yaml(hydra_dir / "config.yaml") or {}
-    hydra_config = _read_yaml(hydra_dir / "hydra.yaml") or {}
-    job = Job(name, _parse_overrides(_read_yaml(hydra_dir / "overrides.yaml") or []),
-              epochs=_lookup(config, "trainer.epochs"), monitor=_lookup(config, "trainer.monitor") or MONITOR_DEFAULT,
-              config=config, choices=_lookup(hydra_config, "hydra.runtime.choices") or {})
-    rows = read_metrics(folder)
+    try:
+        config = _read_yaml(hydra_dir / "config.yaml") or {}
+        hydra_config = _read_yaml(hydra_dir / "hydra.yaml") or {}
+        job = Job(name, _parse_overrides(_read_yaml(hydra_dir / "overrides.yaml") or []),
+                  epochs=_lookup(config, "trainer.epochs"),
+                  monitor=_lookup(config, "trainer.monitor") or MONITOR_DEFAULT, config=config,
+                  choices=_lookup(hydra_config, "hydra.runtime.choices") or {})
+        rows = read_metrics(folder)
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError, UnicodeDecodeError) as e:
+        # one damaged job (an edited config, a cut metrics.csv) is shown as such; the rest of the report stands
+        return Job(name, {}, status="unreadable", error=f"cannot be read ({one_line(e, 120)})")
     job.history = [row for row in rows if row["epoch"] != TEST_ROW]
     job.test = next((row for row in rows if row["epoch"] == TEST_ROW), None)
     error_log = folder / ERROR_LOG
@@ -200,8 +206,9 @@ def planned_jobs(sweep: Path) -> list:
 
 def varied_settings(jobs: list) -> list:
     """The keys overridden in any job whose value is not the same in every job, in the order first given."""
-    keys = dict.fromkeys(key for job in jobs for key in job.overrides)
-    return [key for key in keys if len({job.setting(key) for job in jobs}) > 1]
+    readable = [job for job in jobs if job.status != "unreadable"]  # its settings are not known, not different
+    keys = dict.fromkeys(key for job in readable for key in job.overrides)
+    return [key for key in keys if len({job.setting(key) for job in readable}) > 1]
 
 
 def group_jobs(jobs: list, keys: list) -> list:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainlab import __version__
-from trainlab.checkpoint import save_checkpoint
+from trainlab.checkpoint import DamagedFile, FileLock, read_record, save_checkpoint
 from trainlab.data import (TORCHVISION_SETS, BatchPlan, DataSplits, Loaders, build_datasets, check_same_size,
-                           first_image, stream_seed, subset_indices, worker_processes)
+                           first_image, stream_seed, subset_indices, walk_folder, worker_processes)
+from trainlab.errors import one_line
 from trainlab.splits import split
 from trainlab.transforms import BatchedSteps, build_pipeline, split_for_device
 
@@ -98,28 +100,52 @@ def _subset(split: ResidentSplit, size) -> ResidentSplit:
 def _decoded(data_cfg, bake_train: list, bake_test: list, device, progress) -> tuple:
     """-> ({split name: ResidentSplit}, classes): the splits there are (train, val, test) as uint8 tensors on `device`,
     from the cache when it matches the source, the splits' settings and the baked steps, else decoded (and the cache
-    written)."""
+    written). One process decodes: another building the same cache waits for it (a lock file beside the cache), then
+    reads its cache. A cache folder that cannot be written is warned of and done without: the cache only saves time."""
     cache = _cache_path(data_cfg, bake_train, bake_test)
+    lock, unwritable = None, None
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(cache.with_name(cache.name + ".lock"),
+                            waiting=f"data: another process is decoding into {cache}; waiting for it")
+        except OSError as e:  # a cache there is still read: it was written whole
+            unwritable = e.strerror or str(e)
+    with lock or nullcontext():
+        return _cached_or_decoded(cache, data_cfg, bake_train, bake_test, device, progress, unwritable)
+
+
+def _cached_or_decoded(cache, data_cfg, bake_train: list, bake_test: list, device, progress,
+                       unwritable: str = None) -> tuple:
     if cache is not None and cache.is_file():
         try:
-            # mapped, not read: pages load as batches touch them (0.13 s less start-up for CIFAR-10 on the CPU)
-            saved = torch.load(cache, map_location="cpu", weights_only=True, mmap=True)
+            # read, not mapped: a cache cut short while mapped killed the process with SIGBUS. For CIFAR-10 on the CPU
+            # reading costs 0.11 s and the checksum 0.05 s at start-up, but the mapped pages cost more on first touch
+            saved = read_record(cache, checked=True)
             log.info(f"data: decoded images from {cache}")
             return ({k: ResidentSplit(saved[k].to(device), saved[k + "_targets"].to(device)) for k in SPLITS
                      if k in saved}, saved["classes"])
-        except Exception as e:  # a damaged cache is rebuilt, never trusted
-            log.warning(f"data: cache {cache} unreadable ({str(e)[:100]}); decoding again")
+        except DamagedFile as e:  # a damaged cache is rebuilt, never trusted
+            log.warning(f"warning: data: cache {e}; decoding again")
+        except Exception as e:
+            log.warning(f"warning: data: cache {cache} unreadable ({one_line(e, 100)}); decoding again")
     sources = build_datasets(data_cfg, build_pipeline(bake_train, "decode"), build_pipeline(bake_test, "decode"))
     sets = dict(zip(SPLITS, split(sources, data_cfg.val_split, data_cfg.split_seed)))
     sets = {name: dataset for name, dataset in sets.items() if dataset is not None}
     _check_fits(data_cfg, sets.values(), device)
     splits = {name: _decode(dataset, f"decoding {data_cfg.name} {name}", progress) for name, dataset in sets.items()}
-    if cache is not None:
+    if cache is not None and unwritable:
+        log.warning(f"warning: data: the cache folder {cache.parent} cannot be written ({unwritable}); decoding "
+                    "without a cache: free that path or make it writable to cache")
+    elif cache is not None:
         saved = {"classes": list(sources.classes)}
         for name, (images, targets) in splits.items():
             saved.update({name: images, name + "_targets": targets})
-        save_checkpoint(cache, saved)
-        log.info(f"data: decoded images cached in {cache}")
+        try:
+            save_checkpoint(cache, saved)
+            log.info(f"data: decoded images cached in {cache}")
+        except OSError as e:  # a full disk, a read-only folder
+            log.warning(f"warning: data: the cache {cache} cannot be written ({e.strerror or e}); training without it")
     return ({name: ResidentSplit(images.to(device), targets.to(device)) for name, (images, targets) in splits.items()},
             sources.classes)
 
@@ -182,8 +208,9 @@ def _cache_path(data_cfg, bake_train: list, bake_test: list):
 
 def source_stats(cfg) -> list:
     """What the resident cache's fingerprint covers: every file name and the time each folder last changed (a file
-    added, removed or renamed); [] when the data is generated. No per-file stat: 60,000 of them cost half a second of
-    every start, and an image edited in place under the same name is rare enough to leave to `rm -r .trainlab-cache`."""
+    added, removed or renamed), as data.walk_folder lists them; [] when the data is generated. No per-file stat:
+    60,000 of them cost half a second of every start, and an image edited in place under the same name is rare enough
+    to leave to `rm -r .trainlab-cache`."""
     if cfg.name in TORCHVISION_SETS:
         folder = {"cifar10": "cifar-10-batches-py", "mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw"}
         top = os.path.join(os.path.expanduser(cfg.root), folder[cfg.name])
@@ -193,15 +220,10 @@ def source_stats(cfg) -> list:
         return []
     if not os.path.isdir(top):
         return []  # not there yet: building the data set says why, or downloads it
-    stats, pending, skip = [], [top], len(top) + 1
-    while pending:
-        folder = pending.pop()
+    stats, skip = [], len(top) + 1
+    for folder, files in walk_folder(top):  # the folders and files the data set lists: the cache's own left out
         if folder != top:  # the top folder changes when the cache folder appears in it
             stats.append(f"{folder[skip:]}/ {os.stat(folder).st_mtime_ns}")
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if not entry.is_dir():
-                    stats.append(entry.path[skip:])
-                elif entry.name != ".trainlab-cache":
-                    pending.append(entry.path)
+        prefix = folder[skip:] + "/" if folder != top else ""
+        stats += (prefix + name for name in files)
     return sorted(stats)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainlab.checkpoint import FORMAT, load_checkpoint, load_latest
 from trainlab.errors import TrainlabError
-from trainlab.run_folder import CHECKPOINTS, LAST, run_of, shown_path
+from trainlab.run_folder import BEST, CHECKPOINTS, LAST, run_of, shown_path
 
 OUTPUTS = Path("outputs")  # where conf/config.yaml puts runs (runs/<time>) and sweeps (multirun/<time>/<job>)
 # Settings that say how the run goes on, not what it is: a resume takes them from the command where it sets them.
@@ -48,6 +48,10 @@ def resume_folder(resume: str) -> Optional[Path]:
 def resume_state(resume: str, run_dir: Path) -> tuple:
     """trainer.resume -> (the checkpoint's state or None, the run folder to write into)."""
     if resume == "never":
+        if any((run_dir / CHECKPOINTS / name).exists() for name in (LAST, BEST)):  # a new run would replace them
+            raise TrainlabError(f"trainer.resume=never, but {shown_path(run_dir)} holds a run ({CHECKPOINTS}/): a new "
+                                "run there would overwrite it; give the new run a folder of its own "
+                                "(hydra.run.dir=...), or move that one away")
         return None, run_dir
     if resume == "auto":
         state, _ = load_latest(run_dir / CHECKPOINTS)
@@ -103,22 +107,48 @@ def _shown(value) -> str:
     return str(value)
 
 
-def check_resumable(state: dict, current: dict) -> None:
-    """The checkpoint must come from the same model and data set as this (plain) config, and choose its best epoch
-    the same way."""
+def check_resumable(state: dict, current: dict) -> list:
+    """The run in `state` (a checkpoint) can go on as `current` (the plain config) says: the same settings but how it
+    goes on (ON_RESUME), the same way of choosing its best epoch, a schedule still laid out for its length.
+    -> the ON_RESUME settings that change, as lines to say; raises naming the first other setting that differs."""
     if state.get("format", 0) < FORMAT:
         raise TrainlabError("the checkpoint was written before validation splits (its best.pt was chosen on the test "
                             "split) and cannot be trained on: start a new run folder")
-    if state["best"]["monitor"] != current["trainer"]["monitor"]:
-        raise TrainlabError(f"the run chose its best epoch by {state['best']['monitor']}, this command says "
-                            f"trainer.monitor={current['trainer']['monitor']}: resume with the same monitor, or "
-                            "start a new run folder")
     saved = state["config"]
-    for key in ("model", "data"):
-        before, now = saved[key]["name"], current[key]["name"]
-        if before != now or (key == "model" and saved[key]["blocks"] != current[key]["blocks"]):
-            raise TrainlabError(f"the checkpoint comes from {key} {before}, this run uses {key} {now} (or other "
-                                f"blocks): resume with the same {key}, or start a new run folder")
+    changed = []
+    for key, before, now in _differences(saved, current):
+        if key in ON_RESUME:
+            if key != "trainer.resume":
+                changed.append(f"{key} {before} -> {now}")
+            continue
+        raise TrainlabError(f"{key} is {now!r} in this command but {before!r} in the run being resumed: a resume goes "
+                            f"on as the run was made; drop the change, or start a new run in another folder "
+                            f"(hydra.run.dir=...)")
+    scheduler = current.get("scheduler", {})
+    epochs_before, epochs_now = saved["trainer"]["epochs"], current["trainer"]["epochs"]
+    if epochs_before != epochs_now and "total_steps" in scheduler and scheduler["total_steps"] is None:
+        raise TrainlabError(f"trainer.epochs {epochs_before} -> {epochs_now}: the one-cycle schedule was laid out "
+                            f"over {epochs_before} epochs and cannot be stretched; start a new run to train longer")
+    return changed
+
+
+def longer_hint(config: dict) -> str:
+    """How to train a finished run longer: raise trainer.epochs, unless its schedule was laid out over them (cosine's
+    T_max follows trainer.epochs; one-cycle spans the whole run), which a resume refuses to stretch."""
+    scheduler, epochs = config.get("scheduler", {}), config["trainer"]["epochs"]
+    if scheduler.get("T_max") == epochs or ("total_steps" in scheduler and scheduler["total_steps"] is None):
+        return f"its schedule was laid out over {epochs} epochs: start a new run to train longer"
+    return "raise trainer.epochs to train on"
+
+
+def _differences(before, now, prefix: str = ""):
+    """(dotted key, saved value, current value) for each setting both configs have and that differs (a key only one
+    of them has is a setting from another trainlab version: not compared)."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        for key in (k for k in before if k in now):  # in the config's order: the first difference is named
+            yield from _differences(before[key], now[key], f"{prefix}{key}.")
+    elif before != now:
+        yield prefix.rstrip("."), before, now
 
 
 def resume_command(run_dir: Path) -> str:

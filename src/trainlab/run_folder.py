@@ -8,18 +8,24 @@ run's metrics back. What writes a run and what reads one (report, evaluate, benc
     <run>/checkpoints/last.pt, last.prev.pt, best.pt
     <run>/error.log                            a failed run's error and traceback (report.py: failed)
     <run>/evaluate/                            src/evaluate.py's events
+    <run>/.lock                                flocked by the process writing into the run (its pid inside)
 """
 import csv
+import fcntl
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Optional
+
+from trainlab.errors import TrainlabError
 
 CHECKPOINTS = "checkpoints"
 LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
 ERROR_LOG = "error.log"
 METRICS_CSV = "metrics.csv"
 EVALUATE = "evaluate"
+RUN_LOCK = ".lock"
 
 # TensorBoard tags. TensorBoard lists groups (the part before the slash) alphabetically and opens the first few:
 # test, train and val hold everything a run writes, so they come first; the HPARAMS metric is among them.
@@ -62,7 +68,7 @@ class MetricsFile:
         with open(self.path, newline="") as f:
             rows = [row for row in csv.DictReader(f) if None not in row.values()  # short: cut by a kill
                     and row["epoch"] != TEST_ROW and int(row["epoch"]) <= epochs_done]
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # no writer shares it
         with open(tmp, "w", newline="") as f:
             _write(f, rows, header=True)
         os.replace(tmp, self.path)
@@ -75,6 +81,81 @@ class MetricsFile:
             _write(f, [row], header=new)
             f.flush()
             os.fsync(f.fileno())
+
+
+class RunFolderBusy(TrainlabError):
+    """Another live process writes into the run folder: the folder is that run's, so this one leaves no error.log
+    there and never discards it."""
+
+
+class RunFolderLock:
+    """The one process writing into a run folder holds <run>/.lock (flock, its pid written inside): a second run
+    writing into the same folder (two commands given one hydra.run.dir, a resume of a run still going) is refused
+    rather than interleave its checkpoints, events and metrics.csv with the first's. The kernel lets go of the lock
+    when the process dies, however it dies; a process never refuses itself (runs one after another in a notebook).
+
+        lock = RunFolderLock(run_dir).acquire()   # TrainlabError: another run (pid N) is writing into <run>: ...
+        ...
+        lock.release()                            # or: with RunFolderLock(run_dir): ...
+    """
+
+    held = {}  # this process's: resolved folder -> [open lock file, how many hold it]
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.key = None
+
+    def acquire(self) -> "RunFolderLock":
+        key = self.run_dir.resolve()
+        if key in RunFolderLock.held:
+            RunFolderLock.held[key][1] += 1
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            f = open(self.run_dir / RUN_LOCK, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                pid = f.read().strip() or "unknown"  # unknown: the other has not written it yet
+                f.close()
+                raise RunFolderBusy(f"another run (pid {pid}) is writing into {shown_path(self.run_dir)}: wait for it "
+                                    "to end or stop it, or give this run a folder of its own (hydra.run.dir=...)"
+                                    ) from None
+            f.truncate(0)
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            RunFolderLock.held[key] = [f, 1]
+        self.key = key
+        return self
+
+    @staticmethod
+    def held_elsewhere(run_dir: Path) -> bool:
+        """Whether another live process holds the run folder's lock."""
+        path = Path(run_dir) / RUN_LOCK
+        if not path.is_file() or Path(run_dir).resolve() in RunFolderLock.held:
+            return False
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)  # let go of at once, by the close
+                return False
+            except BlockingIOError:
+                return True
+
+    def release(self) -> None:
+        if self.key is None:
+            return
+        entry = RunFolderLock.held[self.key]
+        entry[1] -= 1
+        if not entry[1]:
+            del RunFolderLock.held[self.key]
+            entry[0].close()  # the lock goes with it; the file stays, empty of meaning
+        self.key = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def _write(f, rows: list, header: bool) -> None:
@@ -116,11 +197,14 @@ def shown_path(path: Path) -> str:
 def discard_failed_start(run_dir: Path) -> bool:
     """Remove a run folder that holds only what Hydra writes at the start (.hydra/ and the log): a start that failed
     (a bad value, a missing data folder) leaves nothing to find. -> whether it did; a folder with anything of the
-    run's (checkpoints, events, metrics.csv) or the working directory itself is never touched."""
+    run's (checkpoints, events, metrics.csv), one another live run writes into, or the working directory itself is
+    never touched."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or run_dir.resolve() == Path.cwd().resolve() or not (run_dir / ".hydra").is_dir():
         return False
-    if any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
+    if any(p.name not in (".hydra", RUN_LOCK) and p.suffix != ".log" for p in run_dir.iterdir()):
+        return False
+    if RunFolderLock.held_elsewhere(run_dir):  # another run's, that has not written anything yet
         return False
     shutil.rmtree(run_dir)
     return True

@@ -22,11 +22,11 @@ from trainlab.errors import Interrupted, TrainlabError
 from trainlab.launch import Launch
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
-from trainlab.resume import check_resumable, continued_config, resume_command, resume_state
+from trainlab.resume import check_resumable, continued_config, longer_hint, resume_command, resume_state
 from trainlab.step import Numerics, make_train_step
 from trainlab.run_folder import (CHECKPOINTS, IMAGES_PER_S, LR, STARTUP_S, TEST_ACC, TEST_EPOCH_ACC, TEST_EPOCH_LOSS,
                                  TEST_LOSS, TEST_ROW, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, MetricsFile,
-                                 best_metric, shown_path)
+                                 RunFolderLock, best_metric, read_scalars, shown_path)
 from trainlab.splits import sizes_text
 from trainlab.tensorboard import RunWriter
 from trainlab.transforms import check_transforms, normalization
@@ -56,14 +56,14 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     resizing = settle_image_size(cfg)  # data=folder's data.image_size=null: the images' own size, where they share one
     t = cfg.trainer
     ranks, device = distributed.setup(t.device)  # under torchrun: this process's rank and device
+    folder_lock = RunFolderLock(run_dir).acquire() if ranks.main else None  # a second run writing here is refused
     if not ranks.main:
         log.setLevel(logging.WARNING)  # one process speaks for all
     device = device or resolve_device(t.device, launch.job, launch.jobs_at_once)
     transforms = check_transforms(cfg.transform)  # order and keys checked; torchvision not needed yet
     check_blocks(cfg.model)  # a misspelt block key fails now, not after the data has loaded
     config = OmegaConf.to_container(cfg, resolve=True)  # plain: what checkpoints carry and resuming compares
-    if saved is not None:
-        check_resumable(saved, config)
+    changed = check_resumable(saved, config) if saved is not None else []  # what the command changes, said below
 
     # data: train, validation and test splits (trainlab/splits.py)
     data, loaders, path = build_run_data(cfg, transforms, device, ranks)
@@ -114,16 +114,19 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
         if scheduler is not None and saved["scheduler"] is not None:
             scheduler.load_state_dict(saved["scheduler"])
         state = TrainState.from_state_dict(saved, device)
-        log.info(f"resuming {shown_path(run_dir)} at epoch {state.epoch}, batch {state.batch}")
+        log.info(f"resuming {shown_path(run_dir)} at epoch {state.epoch}, batch {state.batch}"
+                 + (f" ({', '.join(changed)})" if changed else ""))
     to_train = state.epoch <= t.epochs and not _stopped_early(state, t.early_stopping_patience)
     if to_train:
         state.test = state.stopped = None  # training on: the test is scored again at the end
     elif state.test is not None or data.test is None:
-        how = ("raise trainer.epochs to train on" if state.epoch > t.epochs else
+        how = (longer_hint(config) if state.epoch > t.epochs else
                f"it stopped early: no better {t.monitor} for {state.bad_epochs} epochs; raise "
                "trainer.early_stopping_patience to train on")
         log.info(f"nothing to do: {shown_path(run_dir)} finished training ({how}); "
                  f"{_result(state, data.val is not None)}")
+        if folder_lock is not None:
+            folder_lock.release()
         return state.best
 
     # logging, metrics.csv and checkpoints
@@ -156,7 +159,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     try:
         with StopOnSignal() as stop:
             for epoch in range(first_epoch, t.epochs + 1 if to_train else first_epoch):
-                lr = optimizer.param_groups[0]["lr"]
+                lr = state.begin_epoch(optimizer.param_groups[0]["lr"])
                 done_before = (epoch - 1) * steps_per_epoch
                 loaders.train.start(epoch, state.batch)
                 steps = train_epoch(step, loaders.train, state, loop, on_log=log_loss)
@@ -207,7 +210,8 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
         last_step = (state.epoch - 1) * steps_per_epoch + state.batch
         if loaders.test is not None:
             state.test = _test(net, model, loaders.test, loss_fn, numerics, state, best_weights, checkpointer)
-            writer.scalars({TEST_LOSS: state.test["loss"], TEST_ACC: state.test["acc"]}, last_step)
+            if not (saved is not None and not to_train and _logged(run_dir, TEST_ACC, last_step)):
+                writer.scalars({TEST_LOSS: state.test["loss"], TEST_ACC: state.test["acc"]}, last_step)
         chosen, test = state.best_val or {}, state.test or {}
         metrics.append(epoch=TEST_ROW, step=last_step, val_loss=chosen.get("loss"), val_acc=chosen.get("acc"),
                        test_loss=test.get("loss"), test_acc=test.get("acc"))
@@ -223,6 +227,8 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     finally:
         writer.close()
         distributed.teardown()
+        if folder_lock is not None:
+            folder_lock.release()
     minutes, seconds = divmod(time.perf_counter() - start, 60)
     log.info(f"{_result(state, data.val is not None)} · epochs {first_epoch}-{state.epoch - (state.batch == 0)} in "
              f"{int(minutes)}m{seconds:04.1f}s · {shown_path(run_dir)}")
@@ -259,6 +265,13 @@ def _report_epoch(writer, metrics, state: TrainState, epoch: int, step: int, lr:
     metrics.append(epoch=epoch, step=step, train_loss=train.loss, train_acc=train.acc,
                    val_loss=val and val.loss, val_acc=val and val.acc, test_loss=watched and watched.loss,
                    test_acc=watched and watched.acc, lr=lr, seconds=seconds, images_per_s=images_per_s)
+
+
+def _logged(run_dir: Path, tag: str, step: int) -> bool:
+    """Whether the run's events hold `tag` at `step`: a run killed after logging its test score but before
+    checkpointing it scores the test again when resumed, and must not log it twice. (Reading events takes a second:
+    only on that path.)"""
+    return any(at == step for at, _ in read_scalars(run_dir).get(tag, []))
 
 
 def _stopped_early(state: TrainState, patience: Optional[int]) -> bool:

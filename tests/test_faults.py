@@ -1,0 +1,126 @@
+"""A careful user's worst day: Ctrl-C at any moment, a file where the run folder should be, a full disk. Each is one
+line naming what to do, and nothing written before is lost."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import QUICK, ROOT, compose, run_cli, run_signalled, scalars
+from trainlab.checkpoint import load_checkpoint
+from trainlab.run_folder import read_metrics
+from trainlab.train import run
+
+TINY = ["data=shapes", "data.num_train=200", "data.num_test=50", "model=mlp", *QUICK, "trainer.log_images=false"]
+
+# `python src/run.py ARGS`, with Ctrl-C pressed while the data is being built: start-up, before the loop's handler.
+CTRL_C_AT_START_UP = """
+import os, runpy, signal, sys
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
+import trainlab.train as train
+build = train.build_run_data
+def pressed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return build(*args, **kwargs)
+train.build_run_data = pressed
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_folder(tmp_path):
+    result = subprocess.run([sys.executable, "-c", CTRL_C_AT_START_UP, "src/run.py", *TINY,
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 130 and "Traceback" not in output, output
+    assert output.strip().splitlines()[-1] == "stopped by Ctrl-C before the run wrote a checkpoint: nothing to resume"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_second_ctrl_c_stops_at_once_in_one_line_naming_the_command_that_resumes(tmp_path):
+    result = run_signalled(signal.SIGINT, 5, *TINY, "trainer.epochs=2", "trainer.checkpoint_every_n_steps=2",
+                           "trainer.log_every_n_steps=1", f"hydra.run.dir={tmp_path}", times=2)
+    output = result.stdout + result.stderr
+    assert result.returncode == 130 and "Traceback" not in output, output
+    assert output.strip().splitlines()[-1] == ("stopped at once by Ctrl-C; the last checkpoint is intact; to resume: "
+                                               f"python src/run.py trainer.resume={tmp_path}")
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["position"] == {"epoch": 2, "batch": 1}  # step 4
+
+
+def test_a_file_where_the_run_folder_should_be_is_one_line(tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    result = run_cli(*TINY, f"hydra.run.dir={tmp_path / 'taken' / 'run'}")
+    assert (result.returncode, (result.stdout + result.stderr).strip()) == (2, (
+        f"error: {tmp_path / 'taken'} is a file where a folder is needed (for {tmp_path / 'taken' / 'run'}): move it "
+        "away, or choose another folder (hydra.run.dir=...)"))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1.6 MB file system: room for a run's first checkpoints (last.pt and best.pt, 0.6 MB each), not a third."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here ({mounted.stderr.decode().strip()}): it takes root")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_the_run_goes_on_once_there_is_room(tiny_disk):
+    settings = ["data=shapes", "data.num_train=200", "data.num_test=50", *QUICK, "trainer.log_images=false",
+                "trainer.epochs=3", f"hydra.run.dir={tiny_disk / 'run'}"]  # tudui: 0.6 MB a checkpoint
+    full = run_cli(*settings)
+    output = full.stdout + full.stderr
+    assert full.returncode == 2 and "Traceback" not in output, output
+    line = output.strip().splitlines()[-1]
+    assert line.startswith(f"error: the disk is full: writing {tiny_disk / 'run' / 'checkpoints'}/") and \
+        "a checkpoint here takes 0.6 MB; free some space, then run the same command again" in line, line
+    assert load_checkpoint(tiny_disk / "run" / "checkpoints" / "last.pt")["position"] == {"epoch": 2, "batch": 0}
+    assert not list((tiny_disk / "run" / "checkpoints").glob("*.tmp"))  # no half-written file left taking room
+
+    subprocess.run(["mount", "-o", "remount,size=8m", str(tiny_disk)], check=True)
+    again = run_cli(*settings)
+    assert again.returncode == 0 and "resuming" in again.stdout and "epoch 3/3" in again.stdout, again.stdout
+
+
+def test_a_kill_after_the_test_score_is_logged_leaves_one_test_point_once_resumed(tmp_path):
+    settings = [*TINY, "trainer.epochs=1", f"hydra.run.dir={tmp_path}"]
+    killed = run_signalled(signal.SIGKILL, 0, *settings, tag="test/acc")  # logged, not yet in a checkpoint
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    again = run_cli(*settings)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(scalars(tmp_path)["test/acc"]) == 1
+    assert [row["epoch"] for row in read_metrics(tmp_path)] == [1, "test"]
+
+
+def test_an_epoch_resumed_part_way_reports_the_learning_rate_it_began_at(tmp_path):
+    # onecycle steps the learning rate every batch: the resumed epoch's line and row give the rate at its start
+    settings = [*TINY, "scheduler=onecycle", "trainer.epochs=2", "trainer.checkpoint_every_n_steps=1"]
+    run(compose(*settings), tmp_path / "whole")
+    killed = run_signalled(signal.SIGKILL, 5, *settings, f"hydra.run.dir={tmp_path / 'killed'}")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    again = run_cli(*settings, f"hydra.run.dir={tmp_path / 'killed'}")
+    assert again.returncode == 0 and "resuming" in again.stdout, again.stdout + again.stderr
+    assert [row["lr"] for row in read_metrics(tmp_path / "killed")] == \
+        [row["lr"] for row in read_metrics(tmp_path / "whole")]
+
+
+def test_a_second_run_into_a_folder_another_run_is_writing_is_refused_and_leaves_it_alone(tmp_path):
+    hold = (f"import time; from trainlab.run_folder import RunFolderLock; RunFolderLock({str(tmp_path)!r}).acquire(); "
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_cli(*TINY, "trainer.epochs=1", f"hydra.run.dir={tmp_path}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (result.stdout + result.stderr).strip().splitlines()[-1] == (
+        f"error: another run (pid {holder.pid}) is writing into {tmp_path}: wait for it to end or stop it, or give "
+        "this run a folder of its own (hydra.run.dir=...)")
+    assert not (tmp_path / "error.log").exists() and not (tmp_path / "checkpoints").exists()
