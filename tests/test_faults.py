@@ -57,16 +57,30 @@ def test_a_file_where_the_run_folder_should_be_is_one_line(tmp_path):
         "away, or choose another folder (hydra.run.dir=...)"))
 
 
+def mounted(folder, options: str):
+    """A small tmpfs at `folder` (mount options `options`), or a skip where this user cannot mount one."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here ({done.stderr.decode().strip()}): it takes root")
+    return folder
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 1.6 MB file system: room for a run's first checkpoints (last.pt and best.pt, 0.6 MB each), not a third."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small file system here ({mounted.stderr.decode().strip()}): it takes root")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    yield mounted(tmp_path / "disk", "size=1600k")
+    subprocess.run(["umount", str(tmp_path / "disk")], check=True)
+
+
+def test_a_run_folder_on_a_read_only_disk_is_one_line(tmp_path):
+    read_only = mounted(tmp_path / "ro", "size=100k,ro")
+    try:
+        result = run_cli(*TINY, f"hydra.run.dir={read_only / 'run'}")
+    finally:
+        subprocess.run(["umount", str(read_only)], check=True)
+    assert (result.returncode, (result.stdout + result.stderr).strip()) == (2, (
+        f"error: read-only file system: {read_only / 'run'}; choose a folder you can write (hydra.run.dir=...)"))
 
 
 def test_a_full_disk_is_one_line_and_the_run_goes_on_once_there_is_room(tiny_disk):
@@ -111,6 +125,8 @@ def test_an_epoch_resumed_part_way_reports_the_learning_rate_it_began_at(tmp_pat
 def test_a_second_run_into_a_folder_another_run_is_writing_is_refused_and_leaves_it_alone(tmp_path):
     hold = (f"import time; from trainlab.run_folder import RunFolderLock; RunFolderLock({str(tmp_path)!r}).acquire(); "
             "print('held', flush=True); time.sleep(60)")
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- the first run's\n")
     holder = subprocess.Popen([sys.executable, "-c", hold], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     try:
@@ -124,3 +140,4 @@ def test_a_second_run_into_a_folder_another_run_is_writing_is_refused_and_leaves
         f"error: another run (pid {holder.pid}) is writing into {tmp_path}: wait for it to end or stop it, or give "
         "this run a folder of its own (hydra.run.dir=...)")
     assert not (tmp_path / "error.log").exists() and not (tmp_path / "checkpoints").exists()
+    assert (tmp_path / ".hydra" / "overrides.yaml").read_text() == "- the first run's\n"  # Hydra wrote nothing there

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import QUICK, ROOT, compose
-from trainlab.data import list_images
+from trainlab.image_folder import list_images
 from trainlab.errors import TrainlabError
 from trainlab.evaluation import evaluate_checkpoint
 from trainlab.train import run

@@ -278,7 +278,7 @@ def test_a_folder_of_32px_images_trains_at_32px_and_a_resize_is_said(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 classes, 3x32x32" in result.stdout and "resized" not in result.stdout, result.stdout
 
-    from trainlab.data import settle_image_size
+    from trainlab.image_folder import settle_image_size
 
     cfg = compose("data=folder", f"data.root={root}")
     assert settle_image_size(cfg) is None and cfg.data.image_size == 32  # all one size: theirs

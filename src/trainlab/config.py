@@ -202,11 +202,15 @@ def _run_dir(resume: str) -> str:
     return str(folder) if folder is not None else f"outputs/runs/{launch_stamp()}"
 
 
-def _config_subdir(resume: str):
-    """hydra.output_subdir: .hydra, but none when resuming a run: its .hydra/ keeps the config it was made with."""
+def _config_subdir(resume: str, run_dir: str):
+    """hydra.output_subdir: .hydra, but none when resuming a run (its .hydra/ keeps the config it was made with) or
+    when another run is writing into the folder (this one will be refused: the other's .hydra/ stays as it is)."""
     from trainlab.resume import resume_folder
+    from trainlab.run_folder import RunFolderLock
 
-    return None if resume_folder(resume) is not None else ".hydra"
+    if resume_folder(resume) is not None or RunFolderLock.held_elsewhere(run_dir):
+        return None
+    return ".hydra"
 
 
 def _sweep_job_folder(*, _root_) -> str:

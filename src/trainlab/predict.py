@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab.checkpoint import load_checkpoint
-from trainlab.data import IMAGE_EXTENSIONS
+from trainlab.image_folder import IMAGE_EXTENSIONS
 from trainlab.engine import resolve_device
 from trainlab.errors import TrainlabError, one_line
 from trainlab.models import build_model

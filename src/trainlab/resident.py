@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 from trainlab import __version__
 from trainlab.checkpoint import DamagedFile, FileLock, read_record, save_checkpoint
 from trainlab.data import (TORCHVISION_SETS, BatchPlan, DataSplits, Loaders, build_datasets, check_same_size,
-                           first_image, stream_seed, subset_indices, walk_folder, worker_processes)
+                           first_image, stream_seed, subset_indices, worker_processes)
+from trainlab.image_folder import walk_folder
 from trainlab.errors import one_line
 from trainlab.splits import split
 from trainlab.transforms import BatchedSteps, build_pipeline, split_for_device
@@ -196,8 +197,8 @@ def _cache_path(data_cfg, bake_train: list, bake_test: list):
     if not stats:
         return None
     root = Path(data_cfg.root).expanduser().resolve()
-    choice = {k: data_cfg.get(k)
-              for k in ("name", "train_dir", "val_dir", "test_dir", "split", "val_split", "split_seed")}
+    choice = {k: data_cfg.get(k)  # bad_images: a cache that left a file out must not serve a run that would fail on it
+              for k in ("name", "train_dir", "val_dir", "test_dir", "split", "val_split", "split_seed", "bad_images")}
     key = json.dumps([__version__, choice, bake_train, bake_test, stats], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     folder = root / ".trainlab-cache"
@@ -208,7 +209,7 @@ def _cache_path(data_cfg, bake_train: list, bake_test: list):
 
 def source_stats(cfg) -> list:
     """What the resident cache's fingerprint covers: every file name and the time each folder last changed (a file
-    added, removed or renamed), as data.walk_folder lists them; [] when the data is generated. No per-file stat:
+    added, removed or renamed), as image_folder.walk_folder lists them; [] when the data is generated. No per-file stat:
     60,000 of them cost half a second of every start, and an image edited in place under the same name is rare enough
     to leave to `rm -r .trainlab-cache`."""
     if cfg.name in TORCHVISION_SETS:

@@ -15,7 +15,8 @@ from trainlab import __version__, distributed
 from trainlab.allowlist import check_config
 from trainlab.checkpoint import Checkpointer, set_rng_states
 from trainlab.config import check_values
-from trainlab.data import build_run_data, settle_image_size
+from trainlab.data import build_run_data
+from trainlab.image_folder import settle_image_size
 from trainlab.engine import (Loop, NonFiniteLoss, TrainState, evaluate, resolve_device, seconds_since_launch,
                              seed_everything, show_progress, train_epoch)
 from trainlab.errors import Interrupted, TrainlabError
