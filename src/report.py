@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from trainlab.errors import USER_ERROR_EXIT, TrainlabError
+from trainlab.errors import USER_ERROR_EXIT, TrainlabError, os_error_line, refused_by_file_system
 from trainlab.report import CSV_NAME, DEFAULT_SORT, PLOT_NAME, SEED, report
 
 
@@ -21,8 +21,11 @@ def main() -> None:
     args = parser.parse_args()
     try:
         report(args.folder, sort=args.sort, plot=not args.no_plot, group_seeds=not args.no_group_seeds)
-    except TrainlabError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (TrainlabError, OSError) as e:  # OSError: report.csv or the plot cannot be written (full, read-only)
+        refusal = refused_by_file_system(e)
+        if isinstance(e, OSError) and refusal is None:
+            raise
+        print(f"error: {os_error_line(refusal) if refusal is not None else e}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
 
 

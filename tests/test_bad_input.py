@@ -75,6 +75,8 @@ def test_an_empty_class_folder_and_a_root_without_images(messy_folder, tmp_path)
     (["trainer.resume=/no/such/run"], "no such run folder or checkpoint"),
     (["scheduler=cosine", "scheduler.T_max=0"], "scheduler.T_max=0 cannot work: it must be at least 1"),
     (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0 cannot work: it must be at least 1"),
+    (["optimizer.lr=1e308"], "optimizer.lr=1e+308 cannot work: it must be greater than 0 (and below 3.4e38)"),
+    (["trainer.seed=-1"], "trainer.seed=-1 cannot work: it must be from 0 to 2**32 - 1"),
 ])
 def test_impossible_values_are_refused_before_any_data_is_read(tmp_path, args, expected):
     with pytest.raises(TrainlabError, match=re.escape(expected)):  # the CLI prints it as one line (test_runs.py)
@@ -119,3 +121,13 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     error_log = (tmp_path / "1_data.batch_size-0" / "error.log").read_text()
     assert "data.batch_size=0 cannot work" in error_log and "Traceback" in error_log
     assert "1 job(s) of the sweep" in output and "#1_data.batch_size-0 " in output and "data.batch_size=0" in output
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["data.image_size=4"], "data.image_size=4 cannot work: it must be at least 8 for data=shapes"),
+    (["data.num_test=0"], "data.num_test=0 cannot work: it must be at least 1"),
+    (["data.num_train=10"], "data.val_split=0.1 holds out no image: no class of the 10 training images has two"),
+])
+def test_odd_numbers_for_the_embedded_data_are_one_line_not_a_traceback(tmp_path, args, expected):
+    with pytest.raises(TrainlabError, match=re.escape(expected)):
+        run(compose("data=shapes", "trainer.epochs=1", *args), tmp_path)

@@ -238,6 +238,7 @@ def check_values(cfg: DictConfig) -> None:
         ("data.image_size", d.image_size, d.image_size >= 1 if d.image_size is not None else d.name == "folder",
          "at least 1 (null, the images' own size, is for data=folder)"),
         ("trainer.epochs", t.epochs, t.epochs >= 1, "at least 1"),
+        ("trainer.seed", t.seed, 0 <= t.seed < 2**32, "from 0 to 2**32 - 1"),
         ("trainer.log_every_n_steps", t.log_every_n_steps, t.log_every_n_steps >= 1, "at least 1"),
         ("trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps, t.checkpoint_every_n_steps >= 0,
          "0 (epoch ends only) or more"),
@@ -251,8 +252,13 @@ def check_values(cfg: DictConfig) -> None:
                ("trainer.monitor", t.monitor, ("val/acc", "val/loss")),
                ("data.bad_images", d.bad_images, ("fail", "skip"))]
     rules += [(key, value, value in allowed, "one of " + ", ".join(allowed)) for key, value, allowed in choices]
-    if "lr" in cfg.optimizer:
-        rules.append(("optimizer.lr", cfg.optimizer.lr, cfg.optimizer.lr > 0, "greater than 0"))
+    if "lr" in cfg.optimizer:  # a float32 holds up to 3.4e38
+        rules.append(("optimizer.lr", cfg.optimizer.lr, 0 < cfg.optimizer.lr < 3.4e38,
+                      "greater than 0 (and below 3.4e38)"))
+    if d.name == "shapes":  # drawn images: a shape needs room, and each split at least an image
+        rules += [("data.image_size", d.image_size, d.image_size >= 8, "at least 8 for data=shapes"),
+                  ("data.num_train", d.num_train, d.num_train >= 1, "at least 1"),
+                  ("data.num_test", d.num_test, d.num_test >= 1, "at least 1")]
     for key in ("T_max", "step_size", "total_steps"):  # a schedule over 0 epochs divides by 0 after the first epoch
         value = cfg.scheduler.get(key)
         if value is not None:

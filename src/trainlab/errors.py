@@ -32,7 +32,7 @@ def one_line(text, limit: int = None) -> str:
 
 
 REFUSALS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
-            errno.EISDIR)
+            errno.EISDIR, errno.ENAMETOOLONG)
 
 
 def refused_by_file_system(error: BaseException):
@@ -63,4 +63,6 @@ def os_error_line(error: OSError) -> str:
         blocking = next((p for p in ([path, *path.parents] if path else []) if p.is_file()), path)
         return (f"{blocking or 'a file'} is a file where a folder is needed (for{where}): move it away, or choose "
                 "another folder (hydra.run.dir=...)")
+    if error.errno == errno.ENAMETOOLONG:
+        return f"a name in{where} is longer than the file system allows: choose a shorter one (hydra.run.dir=...)"
     return f"{error.strerror or type(error).__name__}:{where}"

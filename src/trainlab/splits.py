@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset, Subset
 
+from trainlab.errors import TrainlabError
+
 
 @dataclass
 class Sources:
@@ -29,6 +31,10 @@ def split(sources: Sources, val_split: float, split_seed: int) -> tuple:
     if sources.val is not None or not val_split:
         return sources.train, sources.val, sources.test
     kept, held = hold_out(targets_of(sources.train), val_split, split_seed)
+    if not held:  # every class has one image: each keeps it to train on
+        raise TrainlabError(f"data.val_split={val_split} holds out no image: no class of the {len(kept)} training "
+                            "images has two (one to train on, one to validate on); add images, or set "
+                            "data.val_split=0 to train on all and choose nothing")
     return Subset(sources.train, kept), Subset(sources.train_for_eval, held), sources.test
 
 
