@@ -51,6 +51,17 @@ def ants_bees(tmp_path_factory) -> Path:
     return root
 
 
+def assert_one_clear_line(result, *expected):
+    """The CLI's answer to a mistake: status 2, no traceback, one `error:` line holding each of `expected`."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output
+    for text in expected:
+        assert text in errors[0], errors[0]
+
+
 def compose(*overrides):
     """The real conf/ composed with `overrides`, as src/run.py would see it."""
     from hydra import compose as hydra_compose

@@ -5,22 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import QUICK, compose, run_cli
+from conftest import QUICK, assert_one_clear_line, compose, run_cli
 from trainlab.errors import TrainlabError
 from trainlab.train import run
 from test_resident import tiny_folder
 
 pytestmark = pytest.mark.slow
-
-
-def assert_one_clear_line(result, *expected):
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output, output
-    errors = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, output
-    for text in expected:
-        assert text in errors[0], errors[0]
 
 
 @pytest.fixture

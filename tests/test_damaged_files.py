@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import QUICK, ROOT, compose, run_cli
+from conftest import QUICK, ROOT, assert_one_clear_line, compose, run_cli
 from trainlab import checkpoint
 from trainlab.checkpoint import FileLock, load_checkpoint, load_latest, read_record, save_checkpoint
 from trainlab.errors import TrainlabError
@@ -30,16 +30,6 @@ def python(script: str, *args, stdin=None) -> subprocess.Popen:
     paths = [str(ROOT / "src"), str(ROOT / "tests")]
     return subprocess.Popen([sys.executable, "-c", f"import sys; sys.path[:0] = {paths!r}\n{script}", *map(str, args)],
                             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-
-
-def assert_one_clear_line(result, *expected):
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output, output
-    errors = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, output
-    for text in expected:
-        assert text in errors[0], errors[0]
 
 
 def flip_a_bit_in_a_tensor(path):
