@@ -57,7 +57,6 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     resizing = settle_image_size(cfg)  # data=folder's data.image_size=null: the images' own size, where they share one
     t = cfg.trainer
     ranks, device = distributed.setup(t.device)  # under torchrun: this process's rank and device
-    folder_lock = RunFolderLock(run_dir).acquire() if ranks.main else None  # a second run writing here is refused
     if not ranks.main:
         log.setLevel(logging.WARNING)  # one process speaks for all
     device = device or resolve_device(t.device, launch.job, launch.jobs_at_once)
@@ -126,11 +125,10 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                "trainer.early_stopping_patience to train on")
         log.info(f"nothing to do: {shown_path(run_dir)} finished training ({how}); "
                  f"{_result(state, data.val is not None)}")
-        if folder_lock is not None:
-            folder_lock.release()
         return state.best
 
-    # logging, metrics.csv and checkpoints
+    # logging, metrics.csv and checkpoints, in a folder no other live run writes into (a second one is refused)
+    folder_lock = RunFolderLock(run_dir).acquire() if ranks.main else None
     first_step = (state.epoch - 1) * steps_per_epoch + state.batch
     writer = RunWriter(run_dir, purge_step=first_step + 1 if saved is not None else None, enabled=ranks.main)
     metrics = MetricsFile(run_dir, enabled=ranks.main)
