@@ -100,25 +100,44 @@ def test_a_full_disk_is_one_line_and_the_run_goes_on_once_there_is_room(tiny_dis
     assert again.returncode == 0 and "resuming" in again.stdout and "epoch 3/3" in again.stdout, again.stdout
 
 
-def test_a_kill_after_the_test_score_is_logged_leaves_one_test_point_once_resumed(tmp_path):
-    settings = [*TINY, "trainer.epochs=1", f"hydra.run.dir={tmp_path}"]
-    killed = run_signalled(signal.SIGKILL, 0, *settings, tag="test/acc")  # logged, not yet in a checkpoint
-    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    again = run_cli(*settings)
-    assert again.returncode == 0, again.stdout + again.stderr
+def test_a_kill_after_the_test_score_is_logged_leaves_one_test_point_once_resumed(tmp_path, monkeypatch):
+    from trainlab.tensorboard import RunWriter
+
+    scalars_of = RunWriter.scalars
+
+    def die_after_the_test_score(self, values, step):  # logged and on disk, not yet in a checkpoint
+        scalars_of(self, values, step)
+        if "test/acc" in values:
+            self.flush()
+            raise SystemExit("killed")
+    monkeypatch.setattr(RunWriter, "scalars", die_after_the_test_score)
+    with pytest.raises(SystemExit):
+        run(compose(*TINY, "trainer.epochs=1"), tmp_path)
+    monkeypatch.undo()
+    run(compose(*TINY, "trainer.epochs=1"), tmp_path)  # resumed: the test is scored again, and logged once
     assert len(scalars(tmp_path)["test/acc"]) == 1
     assert [row["epoch"] for row in read_metrics(tmp_path)] == [1, "test"]
 
 
-def test_an_epoch_resumed_part_way_reports_the_learning_rate_it_began_at(tmp_path):
+def test_an_epoch_resumed_part_way_reports_the_learning_rate_it_began_at(tmp_path, monkeypatch):
     # onecycle steps the learning rate every batch: the resumed epoch's line and row give the rate at its start
-    settings = [*TINY, "scheduler=onecycle", "trainer.epochs=2", "trainer.checkpoint_every_n_steps=1"]
+    from trainlab.errors import Interrupted
+    from trainlab.tensorboard import RunWriter
+
+    settings = [*TINY, "scheduler=onecycle", "trainer.epochs=2"]
     run(compose(*settings), tmp_path / "whole")
-    killed = run_signalled(signal.SIGKILL, 5, *settings, f"hydra.run.dir={tmp_path / 'killed'}")
-    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    again = run_cli(*settings, f"hydra.run.dir={tmp_path / 'killed'}")
-    assert again.returncode == 0 and "resuming" in again.stdout, again.stdout + again.stderr
-    assert [row["lr"] for row in read_metrics(tmp_path / "killed")] == \
+    scalars_of = RunWriter.scalars
+
+    def stop_at_step_5(self, values, step):  # SIGTERM, in this process: checkpointed mid-epoch 2, then stopped
+        scalars_of(self, values, step)
+        if "train/loss" in values and step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(RunWriter, "scalars", stop_at_step_5)
+    with pytest.raises(Interrupted, match="at epoch 2, batch 2"):
+        run(compose(*settings, "trainer.log_every_n_steps=1"), tmp_path / "stopped")
+    monkeypatch.undo()
+    run(compose(*settings, "trainer.log_every_n_steps=1"), tmp_path / "stopped")
+    assert [row["lr"] for row in read_metrics(tmp_path / "stopped")] == \
         [row["lr"] for row in read_metrics(tmp_path / "whole")]
 
 
