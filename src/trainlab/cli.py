@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.errors import (INTERRUPTED_EXIT, KEYBOARD_EXIT, USER_ERROR_EXIT, Interrupted, TrainlabError, one_line,
                              os_error_line, refused_by_file_system)
-from trainlab.launch import Launch
+from trainlab.launch import Launch, script
 from trainlab.run_folder import CHECKPOINTS, ERROR_LOG, LAST, RunFolderBusy, discard_failed_start
 
 log = logging.getLogger("trainlab")
@@ -124,7 +124,7 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         failed = sorted(sweep_dir.glob(f"*/{ERROR_LOG}"), key=lambda p: _job_number(p.parent.name))
         jobs = sum(1 for p in sweep_dir.glob("*/.hydra"))
-        log.info(f"sweep: {jobs} jobs in {sweep_dir}; compare them: python {_script('report.py')} {sweep_dir}")
+        log.info(f"sweep: {jobs} jobs in {sweep_dir}; compare them: python {script('report.py')} {sweep_dir}")
         if not failed:
             return
         lines = [f"{len(failed)} job(s) of the sweep in {sweep_dir} failed:"]
@@ -140,9 +140,3 @@ def _job_number(folder: str) -> tuple:
     """A job folder's number, for the order jobs ran in: 10_optimizer-adam after 2_optimizer-sgd."""
     number = folder.split("_", 1)[0]
     return (int(number), folder) if number.isdigit() else (-1, folder)
-
-
-def _script(name: str) -> str:
-    """src/report.py beside the entrypoint that runs (src/run.py), as the user typed its path."""
-    here = Path(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else Path("src/run.py")
-    return str(here.with_name(name))

@@ -3,6 +3,7 @@ notebook, so that a run behaves the same under Hydra, under pytest and in a note
 never Hydra's global state."""
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
@@ -44,6 +45,13 @@ class Launch:
         n_jobs = hydra.launcher.get("n_jobs", 1) or 1  # the parallel launcher's; -1: one per core
         return cls(run_dir, overrides, hydra.job.num, (os.cpu_count() or 1) if n_jobs < 0 else n_jobs, sweep=True,
                    swept=swept_keys(hydra.sweep.dir), choices=choices)
+
+
+def script(name: str = "run.py") -> str:
+    """An entrypoint as the user typed its path (src/run.py), or `name` beside it (src/report.py); src/ when the run
+    was not started from one (a notebook)."""
+    here = Path(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else Path("src/run.py")
+    return str(here.with_name(name))
 
 
 def swept_keys(sweep_dir) -> Optional[tuple]:

@@ -11,7 +11,6 @@ on with the config the run was made with: the command may change only how it goe
 `python src/run.py trainer.resume=latest` is enough, with or without the run's first overrides.
 """
 import shlex
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainlab.checkpoint import FORMAT, load_checkpoint, load_latest
 from trainlab.errors import TrainlabError
+from trainlab.launch import script
 from trainlab.run_folder import BEST, CHECKPOINTS, LAST, run_of, shown_path
 
 OUTPUTS = Path("outputs")  # where conf/config.yaml puts runs (runs/<time>) and sweeps (multirun/<time>/<job>)
@@ -153,5 +153,4 @@ def _differences(before, now, prefix: str = ""):
 
 def resume_command(run_dir: Path) -> str:
     """The command that resumes the run in `run_dir`, to paste into a shell."""
-    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "src/run.py"
-    return f"python {shlex.quote(script)} {shlex.quote(f'trainer.resume={shown_path(run_dir)}')}"
+    return f"python {shlex.quote(script())} {shlex.quote(f'trainer.resume={shown_path(run_dir)}')}"
