@@ -10,7 +10,7 @@ from trainlab.allowlist import guard_hydra
 from trainlab.cli import report_errors
 from trainlab.evaluation import evaluate_checkpoint
 
-guard_hydra()  # every config Hydra composes is checked against the allow-list: see src/run.py
+guard_hydra("evaluate")  # every config Hydra composes is checked: see src/run.py
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")

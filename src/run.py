@@ -13,7 +13,7 @@ from trainlab.allowlist import guard_hydra
 from trainlab.cli import report_errors
 from trainlab.launch import Launch
 
-guard_hydra()  # every config Hydra composes is checked against the allow-list before anything is built
+guard_hydra("config", writes_runs=True)  # every config Hydra composes is checked before anything is built
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -62,13 +62,20 @@ def assert_one_clear_line(result, *expected):
         assert text in errors[0], errors[0]
 
 
-def compose(*overrides):
-    """The real conf/ composed with `overrides`, as src/run.py would see it."""
+def compose(*overrides, config: str = "config"):
+    """The real conf/ composed with `overrides`, as src/run.py (or src/<config>.py) would see it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+        return hydra_compose(config, overrides=list(overrides))
+
+
+def entry_config(config: str, **values):
+    """src/predict.py's or src/evaluate.py's config as conf/ ships it, with `values` set: for calling them in-process."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(compose(config=config), values)
 
 
 def run_cli(*args, env=None, timeout=240, cwd=None) -> subprocess.CompletedProcess:

@@ -5,6 +5,7 @@ torch.hub.load from a loss, a Hydra callback and a logging handler, in single ru
 """
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -71,11 +72,13 @@ def test_a_target_hidden_behind_an_interpolation_or_a_resolver_is_found():
     for config in ({"x": "torch.hub.load", "loss": {"_target_": "${x}"}},
                    {"loss": "${oc.create:'{_target_: torch.hub.load}'}"},
                    {"loss": {"nested": [{"_target_": "torch.nn.Linear"}, {"_target_": "os.system"}]}},
-                   {"loss": {"_target_": "${oc.env:NO_SUCH_VARIABLE_HERE}"}}):
-        with pytest.raises(UnsafeConfig, match="loss.* is not allowed"):
+                   {"loss": {"_target_": "${oc.env:TRAINLAB_NO_SUCH_VARIABLE_HERE}"}},
+                   {"loss": "${oc.decode:'{_target_: os.system}'}"}):
+        with pytest.raises(UnsafeConfig, match="loss.* (is not allowed|cannot be resolved)"):
             check_config(OmegaConf.create(config))
     loop = OmegaConf.create({"a": {"b": "${a}", "_target_": "torch.nn.Linear"}})  # points back at its parent
-    check_config(loop)
+    with pytest.raises(UnsafeConfig, match="a.b cannot be resolved .*Interpolation to parent node"):
+        check_config(loop)
 
 
 def test_the_users_own_trust_is_named_in_the_environment_only(monkeypatch):
@@ -101,25 +104,27 @@ def test_every_shipped_config_passes_with_hydras_part(overrides):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["+hydra.job.env_set.LD_PRELOAD=/tmp/x.so"], "hydra.job.env_set.LD_PRELOAD: a config may set only"),
-    (["+hydra.job.env_set.PYTHONPATH=/tmp"], "export PYTHONPATH in the shell instead"),
+    (["+hydra.job.env_set.LD_PRELOAD=/tmp/x.so"], "hydra.job.env_set.LD_PRELOAD is set by this config"),
+    (["+hydra.job.env_set.PYTHONPATH=/tmp"], "TRAINLAB_ALLOW_KEYS=hydra.job.env_set.PYTHONPATH"),
     (["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.setup=[curl x | sh]"],
-     "hydra.launcher.setup is set: its text goes into the job's shell script"),
+     "hydra.launcher.setup.0 is set by this config"),
     (["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "+hydra.launcher.additional_parameters.export=ALL"],
-     "hydra.launcher.additional_parameters is set"),
-    (["hparams_search=tudui_optuna", "hydra.sweeper.storage=redis://host:6379"], "Redis storage unpickles"),
-    (["hydra.job_logging.handlers.file.filename=/root/.bashrc"], "a log file is written in the run's folder"),
-    (["hydra.job_logging.handlers.file.filename=${hydra.runtime.output_dir}/../../x.log"], "in the run's folder"),
-    (["hydra.job.name=../../x"], "hydra.job.name is '../../x'"),
-    (["hydra.job_logging.handlers.console.stream=ext://torch.hub.load"], "may name only the streams"),
-    (["+hydra.hydra_logging.handlers.x.class=torch.hub.load"],
-     "hydra.hydra_logging.handlers.x.class 'torch.hub.load' is not allowed"),
+     "hydra.launcher.additional_parameters.export is set by this config"),
+    (["hparams_search=tudui_optuna", "hydra.sweeper.storage=redis://host:6379"],
+     "hydra.sweeper.storage=redis://host:6379 cannot be used"),
+    (["hydra.job_logging.handlers.file.filename=/root/.bashrc"],
+     "hydra.job_logging.handlers.file.filename is set by this config"),
+    (["hydra.job_logging.handlers.file.filename=${hydra.runtime.output_dir}/../../x.log"],
+     "hydra.job_logging.handlers.file.filename is set by this config"),
+    (["hydra.job.name=../../x"], "hydra.job.name is set by this config"),
+    (["hydra.job_logging.handlers.console.stream=ext://torch.hub.load"],
+     "hydra.job_logging.handlers.console.stream is set by this config"),
+    (["+hydra.hydra_logging.handlers.x.class=torch.hub.load"], "hydra.hydra_logging.handlers.x.class is set"),
     (["+hydra.hydra_logging.formatters.simple.class=torch.hub.Formatter"],
-     "hydra.hydra_logging.formatters.simple.class 'torch.hub.Formatter' is not allowed"),
+     "hydra.hydra_logging.formatters.simple.class is set"),
 ])
 def test_keys_that_reach_a_shell_the_environment_a_file_or_pickle_are_refused(overrides, message):
-    with pytest.raises(UnsafeConfig, match=message.replace("(", r"\(").replace("|", r"\|").replace("$", r"\$")
-                       .replace("{", r"\{").replace("}", r"\}").replace(".", r"\.")):
+    with pytest.raises(UnsafeConfig, match=re.escape(message)):
         check_config(compose_all(*overrides))
 
 
@@ -160,23 +165,25 @@ def yaml_attack(tmp_path, group, node, package_global=True):
 
 
 def attacks(tmp_path, folder):
-    """{name: (command-line args, the key the error must name)}: the three ways, from the command line and from
-    a YAML file in a search path."""
+    """{name: (command-line args, the start of the error line)}: the three ways, from the command line and from a
+    YAML file in a search path. A loss is held to the allow-list of targets; Hydra's own keys are not a user's."""
     load = {"repo_or_dir": str(folder), "model": "x", "source": "local"}
     in_logging = {"handlers": {"x": {"()": "torch.hub.load", **load}}}
+    hydra_key = "is set by this config (torch.hub.load)"
     return {
-        "loss, command line": (["loss._target_=torch.hub.load", *hub_keys("loss", folder)], "loss._target_"),
+        "loss, command line": (["loss._target_=torch.hub.load", *hub_keys("loss", folder)],
+                               "loss._target_ 'torch.hub.load' is not allowed"),
         "loss, file": (yaml_attack(tmp_path / "a", "loss", {"_target_": "torch.hub.load", **load}, False),
-                       "loss._target_"),
+                       "loss._target_ 'torch.hub.load' is not allowed"),
         "callback, command line": (["+hydra.callbacks.x._target_=torch.hub.load",
-                                    *hub_keys("hydra.callbacks.x", folder)], "hydra.callbacks.x._target_"),
+                                    *hub_keys("hydra.callbacks.x", folder)], f"hydra.callbacks.x._target_ {hydra_key}"),
         "callback, file": (yaml_attack(tmp_path / "b", "experiment", {"hydra": {"callbacks": {"x": {
-            "_target_": "torch.hub.load", **load}}}}), "hydra.callbacks.x._target_"),
+            "_target_": "torch.hub.load", **load}}}}), "hydra.callbacks.x._target_ " + hydra_key),
         "logging handler, command line": (["+hydra.job_logging.handlers.x.class=torch.hub.load",
                                            *hub_keys("hydra.job_logging.handlers.x", folder)],
-                                          "hydra.job_logging.handlers.x.class"),
+                                          "hydra.job_logging.handlers.x.class " + hydra_key),
         "logging handler, file": (yaml_attack(tmp_path / "c", "experiment", {"hydra": {"job_logging": in_logging}}),
-                                  "hydra.job_logging.handlers.x.()"),
+                                  "hydra.job_logging.handlers.x.() " + hydra_key),
     }
 
 
@@ -188,13 +195,13 @@ ATTACKS = ["loss, command line", "loss, file", "callback, command line", "callba
 @pytest.mark.parametrize("attack,mode", [(attack, "run") for attack in ATTACKS] + [("callback, file", "sweep")])
 def test_each_way_to_torch_hub_load_runs_nothing_and_exits_2_with_one_line(tmp_path, hub, attack, mode):
     folder, marker = hub
-    args, key = attacks(tmp_path, folder)[attack]
+    args, error = attacks(tmp_path, folder)[attack]
     out = tmp_path / "out"
     out.mkdir()
     (out / "kept.txt").write_text("written before")
     where = [f"hydra.run.dir={out}"] if mode == "run" else ["-m", f"hydra.sweep.dir={out}"]
     result = run_cli(*where, *TINY, *args)
-    assert_one_clear_line(result, f"{key} 'torch.hub.load' is not allowed", "TRAINLAB_ALLOW_TARGETS")
+    assert_one_clear_line(result, error, "TRAINLAB_ALLOW_TARGETS" if error.startswith("loss") else "TRAINLAB_ALLOW_KEYS")
     assert not marker.exists()
     assert sorted(p.name for p in out.iterdir()) == ["kept.txt"]  # nothing written, nothing lost
 
@@ -231,8 +238,10 @@ def test_the_loader_a_launcher_carries_to_a_jobs_process_checks_there_too(tmp_pa
     overrides = ["data=shapes", "loss._target_=torch.hub.load", *hub_keys("loss", folder)]
     job = textwrap.dedent(f"""\
         import pickle, sys
+        from hydra.core.utils import setup_globals
         from hydra.types import RunMode
         sys.path.insert(0, {str(ROOT / 'src')!r})
+        setup_globals()  # as the joblib and submitit launchers do in a job's process
         loader = pickle.load(open({str(tmp_path / 'loader.pkl')!r}, "rb"))
         loader.load_configuration("config", {overrides!r}, RunMode.RUN)
         print("composed without a check")

@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import QUICK, ROOT, compose
+from conftest import QUICK, ROOT, compose, entry_config
 from trainlab.image_folder import list_images
 from trainlab.errors import TrainlabError
 from trainlab.evaluation import evaluate_checkpoint
@@ -52,8 +51,7 @@ def test_the_cache_and_hidden_folders_beside_the_classes_are_not_classes(tmp_pat
     for path in PATHS:
         train(root, tmp_path / path, "data.split=0.2", path)
         assert data_line(caplog) == "data folder: 7 train / 2 val / 2 test images, 2 classes, 3x8x8", path
-    evaluate = OmegaConf.create({"checkpoint": str(checkpoint), "split": "test", "data": {"root": None},
-                                 "log_dir": str(tmp_path / "events")})
+    evaluate = entry_config("evaluate", checkpoint=str(checkpoint), log_dir=str(tmp_path / "events"))
     assert 0 <= evaluate_checkpoint(evaluate) <= 1  # src/evaluate.py reads the same folder
 
 
@@ -97,19 +95,20 @@ def test_an_image_past_the_decompression_bomb_limit_is_named_or_skipped(tmp_path
     root = tmp_path / "photos"
     classes_of(root / "train")
     warned, refused = root / "train" / "ants" / "big.png", root / "train" / "bees" / "huge.png"
-    Image.new("RGB", (12, 12)).save(warned)  # 144 pixels: past the limit below, where PIL only warns
-    Image.new("RGB", (16, 16)).save(refused)  # 256: past twice the limit, where PIL raises
+    Image.new("RGB", (12, 12)).save(warned)  # 144 pixels: past data.max_pixels below (PIL would only warn)
+    Image.new("RGB", (16, 16)).save(refused)  # 256: past twice PIL's limit, where PIL raises by itself
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # as a photo of more than 89 megapixels meets the default
     for path in PATHS:
         with pytest.raises(TrainlabError, match=re.escape(
-                f"{warned} is too large to decode safely (Image size (144 pixels) exceeds limit of 100 pixels, could "
-                "be decompression bomb DOS attack): shrink the image, or set data.bad_images=skip")):
-            train(root, tmp_path / "fail", "data.val_split=0", path)
+                f"{warned} has 12x12 = 144 pixels, more than data.max_pixels=100: shrink the image, or raise "
+                "data.max_pixels, or set data.bad_images=skip")):
+            train(root, tmp_path / "fail", "data.val_split=0", "data.max_pixels=100", path)
     caplog.set_level("INFO", logger="trainlab")
-    train(root, tmp_path / "skip", "data.val_split=0", "data.bad_images=skip", "trainer.data_path=loader")
-    assert f"skipped {warned}: is too large to decode safely" in caplog.text
+    train(root, tmp_path / "skip", "data.val_split=0", "data.bad_images=skip", "data.max_pixels=100",
+          "trainer.data_path=loader")
+    assert f"skipped {warned}: has 12x12 = 144 pixels, more than data.max_pixels=100" in caplog.text
     assert f"skipped {refused}: is too large to decode safely" in caplog.text
-    train(root, tmp_path / "resident", "data.val_split=0", "data.bad_images=skip")  # said by its decoding workers
+    train(root, tmp_path / "resident", "data.val_split=0", "data.bad_images=skip", "data.max_pixels=100")
     assert data_line(caplog) == "data folder: 8 train / no val / no test images, 2 classes, 3x8x8"  # 10 less 2
 
 

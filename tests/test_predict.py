@@ -7,11 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import QUICK, ROOT, SHARED, compose, needs_shared, scalars
+from conftest import QUICK, ROOT, SHARED, compose, entry_config, needs_shared, scalars
 from trainlab.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
 from trainlab.evaluation import evaluate_checkpoint
@@ -90,8 +89,7 @@ def test_a_grey_model_takes_photos_and_images_of_any_mode_resized_once(grey_chec
     drawn.convert("P").save(files[2])
     files += [sorted((photos / "val" / "bees").iterdir())[0], photos / "train" / "ants" / "imageNotFound.gif"]
     caplog.set_level("INFO", logger="trainlab")
-    results = predict(OmegaConf.create({"checkpoint": str(grey_checkpoint), "image": [str(f) for f in files],
-                                        "top_k": 4}))
+    results = predict(entry_config("predict", checkpoint=str(grey_checkpoint), image=[str(f) for f in files], top_k=4))
     assert [path for path, _ in results] == files
     for _, ranked in results:
         assert_ranked([(p, name) for name, p in ranked], CLASSES, k=4)
@@ -122,8 +120,8 @@ def test_evaluate_prints_the_runs_validation_accuracy_and_logs_the_confusion_mat
 def test_evaluate_in_process_and_on_another_copy_of_the_data(grey_checkpoint, ants_checkpoint, ants_bees, tmp_path,
                                                              caplog):
     def evaluate(checkpoint, root=None, split="test"):
-        return evaluate_checkpoint(OmegaConf.create({"checkpoint": str(checkpoint), "data": {"root": root},
-                                                     "split": split, "log_dir": str(tmp_path / "events")}))
+        return evaluate_checkpoint(entry_config("evaluate", checkpoint=str(checkpoint), data={"root": root}, split=split,
+                                                log_dir=str(tmp_path / "events")))
 
     tested = load_checkpoint(grey_checkpoint)  # a run of shapes: held-out validation, and its own test split
     assert evaluate(grey_checkpoint.parent.parent) == tested["test"]["acc"]  # a run folder: its best.pt

@@ -1,40 +1,49 @@
-"""What a config may make Python construct, and the check that holds every composed config to it.
+"""What a config may make Python construct, and the checks every composed config goes through before Hydra or
+trainlab acts on any of it.
 
-A config names callables in two ways: `_target_` anywhere (trainlab's optimizer, scheduler and loss; Hydra's
-callbacks, sweeper and launcher, and what they build), and `()` / `class` in Hydra's logging configs, which Python's
-logging.config builds. A prefix cannot hold: `torch` also holds torch.hub.load (imports a hubconf.py),
-torch.utils.cpp_extension.load_inline (compiles and runs C++), torch.ops.load_library, torch.package, file writers.
-So a target passes only by exact name, or as a public class of the right kind in a namespace of constructors (an
-optimizer in torch.optim, an nn.Module in torch.nn, ...). Its string is checked before its module is imported:
-only modules named here are ever imported to look a name up.
+A config names callables by `_target_` (trainlab's optimizer, scheduler and loss; Hydra's callbacks, sweeper and
+launcher) and by `()` (the factories of Python's logging.config); both are held to one allow-list. A prefix cannot
+hold: `torch` also holds torch.hub.load (imports a hubconf.py), torch.utils.cpp_extension.load_inline (compiles and
+runs C++), torch.ops.load_library, torch.package, file writers. So a target passes only by exact name, or as a public
+class of the right kind in a namespace of constructors (an optimizer in torch.optim, an nn.Module in torch.nn, ...).
+Its string is checked before its module is imported: only modules named here are ever imported to look a name up.
 
-A few other keys hand text to a shell, the process environment or pickle; they are refused too unless left as
-shipped. Hydra composes every config, single run or sweep job, in CheckedConfigLoader, which checks the config before
-Hydra builds a callback, a plugin or a logging handler from it; trainlab's own builders check again (optim.py),
-so a config read from a checkpoint or built in a notebook is held to the same list.
+The check sees the config resolved as it will be used (Hydra's runtime values set as they will be): a value from
+oc.create, oc.decode or ${hydra:...} is walked like any other, and one that cannot be resolved is refused. Under
+`hydra.*` the rule is deny by default (trainlab/hydra_policy.py). Hydra composes every config, single run or sweep
+job, in CheckedConfigLoader, which checks it before Hydra builds a callback, a plugin or a logging handler from it
+and before a run or sweep folder is written into (trainlab/run_folder.py); trainlab's own builders check again
+(optim.py), so a config read from a checkpoint or built in a notebook is held to the same list.
 
 A user who trusts more says so outside any config, in the environment:
 TRAINLAB_ALLOW_TARGETS=mypkg.MyNet,mypkg.losses.* (exact names, or every name below a module) and
-TRAINLAB_ALLOW_KEYS=hydra.launcher.setup (keys refused below).
+TRAINLAB_ALLOW_KEYS=hydra.launcher.setup (hydra keys a config may then set).
 """
+import copy
 import importlib
 import os
 import re
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.object_type import ObjectType
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.config import check_known_keys, composition_error
-from trainlab.errors import ConfigRefused, TrainlabError
+from trainlab.errors import ConfigRefused, TrainlabError, one_line, printable
+from trainlab.hydra_policy import (ALLOW_KEYS_ENV, UnsafeConfig, check_hydra, hydra_choices,  # noqa: F401
+                                   reference_config, unresolved)
+from trainlab.run_folder import check_run_folder, check_sweep_folder
 
 ALLOW_TARGETS_ENV = "TRAINLAB_ALLOW_TARGETS"
-ALLOW_KEYS_ENV = "TRAINLAB_ALLOW_KEYS"
 
 # Namespaces of constructors: a public class in one of them may be built when it is of the kind named.
 # (module, base classes, what the error calls them)
@@ -54,6 +63,10 @@ EXCLUDED = {"torchvision.transforms.Lambda", "torch.optim.lr_scheduler.LambdaLR"
 EXACT_TARGETS = {
     # trainlab's own
     "trainlab.optim.SoftmaxMSELoss", "trainlab.optim.SoftmaxL1Loss", "trainlab.cli.SweepReport",
+    # conf/'s optimizers, schedulers and loss by name too: checked without importing torch (a second), so a command
+    # that is refused for another reason says so at once
+    "torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.lr_scheduler.StepLR",
+    "torch.optim.lr_scheduler.CosineAnnealingLR", "torch.optim.lr_scheduler.OneCycleLR", "torch.nn.CrossEntropyLoss",
     # Hydra's sweepers and launchers, as the project ships them (Hydra builds only registered plugins of these)
     "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
@@ -65,28 +78,9 @@ EXACT_TARGETS = {
     "optuna.samplers.TPESampler", "optuna.samplers.RandomSampler", "optuna.samplers.CmaEsSampler",
     "optuna.samplers.NSGAIISampler", "optuna.samplers.GridSampler",
 }
-# What Hydra's logging configs may build (`class` / `()`), and the only streams `ext://` may name.
-LOGGING_TARGETS = {"logging.StreamHandler", "logging.FileHandler", "logging.NullHandler", "logging.Formatter"}
-LOGGING_STREAMS = {"ext://sys.stdout", "ext://sys.stderr"}
-LOGGING_SECTIONS = ("job_logging", "hydra_logging")
-# A log file stays in the run's folder: its name may not climb out or be spliced from other values.
-LOG_FILE = re.compile(r"\$\{hydra[.:]runtime\.output_dir\}/(\$\{hydra[.:]job\.name\}|[\w-]+)(\.[\w]+)?")
-
-# Environment variables a config may set for its job (hydra.job.env_set): none of them loads or runs code.
-# Others (LD_PRELOAD, PYTHONPATH, CXX, ...) can; export them in the shell.
-ENV_SET_NAMES = {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG",
-                 "PYTORCH_CUDA_ALLOC_CONF", "NCCL_DEBUG"}
-# Launcher keys whose text reaches a shell (sbatch script lines and #SBATCH options): only empty from a config.
-SHELL_KEYS = ("hydra.launcher.setup", "hydra.launcher.additional_parameters")
-# Optuna's Redis storage unpickles what the server sends; the database storages keep JSON.
-STORAGE_KEY = "hydra.sweeper.storage"
+TARGET_KEYS = ("_target_", "()")  # what Hydra's instantiate and Python's logging.config build a callable from
 
 NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
-_UNRESOLVED = object()  # an interpolation that cannot be resolved yet (${hydra:runtime.output_dir} before the job)
-
-
-class UnsafeConfig(TrainlabError):
-    """A config names something outside the allow-list."""
 
 
 def target_allowed(target) -> bool:
@@ -111,10 +105,79 @@ def target_allowed(target) -> bool:
 
 def check_config(cfg, where: str = "") -> None:
     """Raise UnsafeConfig, naming the key, if `cfg` (a whole composed config, or one part of it at `where`) would
-    build anything outside the allow-list or hand text to a shell, the environment or pickle."""
-    _walk(cfg, where, seen=set())
+    build anything outside the allow-list, or, composed with Hydra's part, sets a hydra key that is not a user's."""
     if isinstance(cfg, DictConfig) and not where and "hydra" in cfg:
-        _check_hydra(cfg.hydra)
+        given = OmegaConf.to_container(cfg.hydra.overrides)  # as typed: a ${...} in an override is not resolved
+        overrides = given["hydra"] + given["task"]
+        reference = reference_config(cfg.hydra.job.config_name or "config", hydra_choices(cfg))
+        probe = probe_of(cfg, OmegaConf.select(cfg, "hydra.run.dir", default=None))
+        with hydra_config_set(probe):
+            check_hydra(cfg, overrides, reference, probe)
+            check_app(probe)
+        return
+    check_app(cfg, where)
+
+
+def check_app(cfg, where: str = "") -> None:
+    """Every value of `cfg` but its hydra node, resolved as the run will read it, then walked: each `_target_` and
+    `()` on the allow-list. A value that cannot be resolved now is refused: it would resolve later, unchecked."""
+    try:
+        if isinstance(cfg, DictConfig) and not where and "hydra" in cfg:
+            value = {key: _plain(cfg, key) for key in cfg.keys() if key != "hydra"}  # Hydra's part: hydra_policy
+        else:
+            value = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except Exception as e:  # noqa: BLE001 (any resolver's failure)
+        raise UnsafeConfig(unresolved(where or "the config", e)) from None
+    _walk(value, where)
+
+
+def _plain(cfg: DictConfig, key):
+    if OmegaConf.is_missing(cfg, key):
+        return "???"
+    value = cfg[key]
+    return OmegaConf.to_container(value, resolve=True, throw_on_missing=False) if isinstance(
+        value, (DictConfig, ListConfig)) else value
+
+
+def _walk(value, path: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key in TARGET_KEYS and not target_allowed(item):
+                raise UnsafeConfig(_refusal(where, item))
+            _walk(item, where)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _walk(item, f"{path}.{i}")
+
+
+def probe_of(cfg: DictConfig, output_dir) -> DictConfig:
+    """A copy of `cfg` with Hydra's runtime values set as the job will see them: hydra.runtime.output_dir (the run's
+    folder) and, where the launcher has not numbered the job yet, job 0. What the checks resolve."""
+    probe = copy.deepcopy(cfg)
+    if "hydra" not in probe:
+        return probe
+    with read_write(probe.hydra), open_dict(probe.hydra):
+        if output_dir is not None:
+            probe.hydra.runtime.output_dir = os.path.abspath(str(output_dir))
+        if OmegaConf.is_missing(probe.hydra.job, "num"):
+            probe.hydra.job.num, probe.hydra.job.id = 0, "0"
+    return probe
+
+
+@contextmanager
+def hydra_config_set(probe: DictConfig):
+    """${hydra:...} reads Hydra's global config: for a check, the probe's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    instance = HydraConfig.instance()
+    before = instance.cfg
+    if "hydra" in probe:
+        instance.set_config(probe)
+    try:
+        yield
+    finally:
+        instance.cfg = before
 
 
 class CheckedConfigLoader(ConfigLoaderImpl):
@@ -122,34 +185,70 @@ class CheckedConfigLoader(ConfigLoaderImpl):
     joblib and submitit launchers carry this loader into the job's process and compose the job's config there).
 
     A config that cannot be composed (a misspelt key, an unknown option, a wrong type), names a key no schema has
-    (`+trainer.epochz=3`) or is refused by the allow-list ends the process at once, with one line and status 2, before
-    any folder is made: Hydra would print several lines and exit 1, and its first composition (to learn the run
-    mode) ignores exceptions altogether. HYDRA_FULL_ERROR=1 lets the exception through.
+    (`+trainer.epochz=3`), is refused by the allow-lists or, for src/run.py, aims at a run or sweep folder that is not
+    a new one or the run's own ends the process at once, with one line and status 2, before Hydra acts on it or writes
+    anything: Hydra would print several lines and exit 1, and its first composition (to learn the run mode) ignores
+    exceptions altogether. HYDRA_FULL_ERROR=1 lets the exception through.
     """
 
-    def load_configuration(self, *args, **kwargs) -> DictConfig:
+    entry = "config"  # the entrypoint's primary config, whose hydra node is the reference (guard_hydra sets it)
+    checks_folders = False  # src/run.py about to run: its run or sweep folder is checked before Hydra writes there
+    _sweep_job = False
+
+    def load_configuration(self, config_name, overrides, run_mode, from_shell=True, validate_sweep_overrides=True):
         try:
-            cfg = super().load_configuration(*args, **kwargs)
-            check_config(cfg)
-            check_known_keys(cfg)
+            _check_search_path(overrides)  # before Hydra looks in the folders it names: pkg:// imports a module
+            try:
+                cfg = super().load_configuration(config_name=config_name, overrides=overrides, run_mode=run_mode,
+                                                 from_shell=from_shell,
+                                                 validate_sweep_overrides=validate_sweep_overrides)
+            except KeyError as e:  # Hydra copies hydra.job.env_copy's variables as it composes: one that is not set
+                if not (e.args and isinstance(e.args[0], str) and e.args[0] not in os.environ):
+                    raise
+                raise UnsafeConfig(f"hydra.job.env_copy names {printable(e)}, which is not set; and a config may not "
+                                   "copy the environment at all (README: Security)") from None
+            if validate_sweep_overrides:  # else: Hydra's composition to learn the run mode, which acts on nothing
+                self._check(cfg, list(overrides), run_mode)
         except (HydraException, OmegaConfBaseException, TrainlabError) as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            message = composition_error(e, self._groups())
+            message = one_line(composition_error(e, self._groups()))
             print(f"error: {message}", file=sys.stderr, flush=True)
             raise ConfigRefused(message) from None
         return cfg
+
+    def _check(self, cfg: DictConfig, overrides: list, run_mode) -> None:
+        """Hydra's part against trainlab's own composition, then the rest, resolved, then the run or sweep folder."""
+        reference = reference_config(self.entry, hydra_choices(cfg))
+        sweep = run_mode == RunMode.MULTIRUN
+        key = "hydra.sweep.dir" if sweep or self._sweep_job else "hydra.run.dir"
+        folder = _resolved_folder(cfg, key)  # on cfg itself: the value Hydra will use (run_dir and now are cached)
+        if self._sweep_job:
+            folder = os.path.join(folder, _resolved_folder(probe_of(cfg, folder), "hydra.sweep.subdir"))
+        probe = probe_of(cfg, folder)
+        with hydra_config_set(probe):
+            check_hydra(cfg, overrides, reference, probe)
+            check_app(probe)
+        check_known_keys(cfg)
+        if self.checks_folders and not self._sweep_job:
+            if sweep:
+                check_sweep_folder(folder, lambda record: _same_sweep(record, overrides))
+            else:
+                check_run_folder(folder)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list) -> DictConfig:
         """A sweep job's config; one that cannot be composed ends the sweep before any job runs, and takes the
         sweep folder Hydra made just before (it holds only multirun.yaml) with it."""
         try:
+            self._sweep_job = True
             return super().load_sweep_config(master_config, sweep_overrides)
         except ConfigRefused:
             sweep_dir = Path(master_config.hydra.sweep.dir)
             if sweep_dir.is_dir() and {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml"}:
                 shutil.rmtree(sweep_dir)
             raise
+        finally:
+            self._sweep_job = False
 
     def _groups(self) -> list:
         try:
@@ -158,91 +257,88 @@ class CheckedConfigLoader(ConfigLoaderImpl):
             return []
 
 
-def guard_hydra() -> None:
+def _check_search_path(overrides: list) -> None:
+    """hydra.searchpath from the command line, held to its rule before Hydra reads it (Hydra imports a pkg://
+    entry's package to list its configs, before any composed config can be checked)."""
+    from trainlab.hydra_policy import USER_KEYS, trusted
+
+    key = "hydra.searchpath"
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.get_key_element() == key and not trusted(key):
+            value = override.value()
+            if not USER_KEYS[key].ok(value):
+                raise UnsafeConfig(f"{key}={printable(value)} cannot be used: {key} takes {USER_KEYS[key].takes}")
+
+
+def _resolved_folder(cfg: DictConfig, key: str) -> str:
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+    except Exception as e:  # noqa: BLE001 (any resolver's failure)
+        raise UnsafeConfig(unresolved(key, e)) from None
+    if not isinstance(value, str) or not value.strip() or re.search(r"[\x00-\x1f\x7f]", value):
+        raise UnsafeConfig(f"{key}={printable(value)} cannot be used: {key} takes a folder")
+    return value
+
+
+def _same_sweep(record: Path, overrides: list) -> None:
+    """A sweep folder of Hydra's basic sweeper goes on only with the settings it was made with (job folders are
+    numbered by position in the sweep: other settings would resume other jobs' runs); how it goes on may change."""
+    from trainlab.resume import ON_RESUME
+
+    try:
+        saved = yaml.safe_load(record.read_text())["hydra"]["overrides"]["task"]
+        parsed = OverridesParser.create().parse_overrides([*saved, *overrides])
+    except Exception as e:  # noqa: BLE001 (a damaged record: not a sweep to go on with)
+        raise TrainlabError(f"{printable(record)} cannot be read ({one_line(e, 120)}): give this sweep a folder of its "
+                            "own (hydra.sweep.dir=...)") from None
+    before, now = parsed[:len(saved)], parsed[len(saved):]
+
+    def settings(lines):
+        return sorted(o.input_line for o in lines if not o.is_hydra_override()
+                      and o.get_key_element().lstrip("+~") not in ON_RESUME)
+
+    if settings(before) != settings(now):
+        differ = sorted(set(settings(before)) ^ set(settings(now)))
+        raise TrainlabError(f"{printable(record.parent)} holds a sweep made with other settings ("
+                            f"{printable(', '.join(differ[:4]))}): a sweep goes on in its folder only as it was made; "
+                            "give this one a folder of its own (hydra.sweep.dir=...)")
+
+
+def guard_hydra(config_name: str = "config", writes_runs: bool = False) -> None:
     """Make Hydra compose through CheckedConfigLoader, and report its own failures as one line: call before
-    @hydra.main's function (every entrypoint does)."""
+    @hydra.main's function (every entrypoint does). `config_name`: the entrypoint's primary config (the reference for
+    Hydra's part); `writes_runs`: it writes run and sweep folders (src/run.py), checked before it runs."""
     import hydra._internal.hydra
 
     from trainlab.cli import report_hydra_errors
 
-    hydra._internal.hydra.ConfigLoaderImpl = CheckedConfigLoader  # the name Hydra.create_main_hydra2 builds from
+    checks_folders = writes_runs and _runs_a_job(sys.argv[1:])
+
+    def checked_loader(config_search_path):
+        loader = CheckedConfigLoader(config_search_path=config_search_path)
+        loader.entry, loader.checks_folders = config_name, checks_folders  # instance values: they travel to workers
+        return loader
+
+    hydra._internal.hydra.ConfigLoaderImpl = checked_loader  # the name Hydra.create_main_hydra2 builds from
     report_hydra_errors()
 
 
-def _walk(node, path: str, seen: set) -> None:
-    if id(node) in seen:  # an interpolation that points back at a parent
-        return
-    seen = seen | {id(node)}
-    logging = _in_logging(path)
-    for key, value in _children(node):
-        where = f"{path}.{key}" if path else str(key)
-        if key == "_target_" or (logging and key in ("()", "class")):
-            allowed = (value in LOGGING_TARGETS or _user_allowed(value)) if logging else target_allowed(value)
-            if not allowed:
-                raise UnsafeConfig(_refusal(where, value, logging))
-        elif logging and isinstance(value, str) and value.startswith("ext://") and value not in LOGGING_STREAMS:
-            raise UnsafeConfig(f"{where} is '{value}': a logging config may name only the streams "
-                               f"{', '.join(sorted(LOGGING_STREAMS))}")
-        elif isinstance(value, (DictConfig, ListConfig)):
-            _walk(value, where, seen)
+def _runs_a_job(argv: list) -> bool:
+    """Whether Hydra's command line runs the app (not --cfg, --help, --info, shell completion)."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args, _ = get_args_parser().parse_known_args(argv)
+    except SystemExit:
+        return True
+    return not (args.cfg or args.help or args.hydra_help or args.info or args.shell_completion)
 
 
-def _children(node):
-    """(key, value) pairs of a DictConfig or ListConfig, interpolations resolved: a `_target_` or a whole node
-    may come from elsewhere in the config, or from a resolver such as oc.create."""
-    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
-    for key in keys:
-        if OmegaConf.is_missing(node, key):
-            continue
-        try:
-            yield key, node[key]
-        except Exception:  # noqa: BLE001 (any resolver's failure): checked as a value that cannot be known
-            yield key, _UNRESOLVED
-
-
-def _check_hydra(hydra: DictConfig) -> None:
-    """The Hydra keys that take text for a shell, the environment, a file path or pickle."""
-    for section in LOGGING_SECTIONS:
-        handlers = OmegaConf.select(hydra, f"{section}.handlers", default=None) or {}
-        for name in handlers:
-            handler = handlers[name]
-            if isinstance(handler, DictConfig) and handler.get("class") == "logging.FileHandler":
-                filename = OmegaConf.to_container(handler, resolve=False).get("filename")
-                if not (isinstance(filename, str) and LOG_FILE.fullmatch(filename)):
-                    raise UnsafeConfig(f"hydra.{section}.handlers.{name}.filename is '{filename}': a log file is "
-                                       "written in the run's folder, as ${hydra.runtime.output_dir}/NAME.log")
-    job_name = hydra.job.get("name")
-    if isinstance(job_name, str) and (not re.fullmatch(r"[\w.-]+", job_name) or job_name in (".", "..")):
-        raise UnsafeConfig(f"hydra.job.name is '{job_name}': it names the log file, so letters, digits, _ . - only")
-    for name in hydra.job.get("env_set") or {}:
-        key = f"hydra.job.env_set.{name}"
-        if name not in ENV_SET_NAMES and not _key_allowed(key):
-            raise UnsafeConfig(f"{key}: a config may set only {', '.join(sorted(ENV_SET_NAMES))}; export {name} "
-                               f"in the shell instead (or trust the key: {ALLOW_KEYS_ENV}={key})")
-    for key in SHELL_KEYS:
-        if OmegaConf.select(hydra, key[len("hydra."):], default=None) and not _key_allowed(key):
-            raise UnsafeConfig(f"{key} is set: its text goes into the job's shell script, so a config may not set it; "
-                               f"to trust it, run with {ALLOW_KEYS_ENV}={key}")
-    storage = OmegaConf.select(hydra, STORAGE_KEY[len("hydra."):], default=None)
-    if isinstance(storage, str) and storage.startswith("redis") and not _key_allowed(STORAGE_KEY):
-        raise UnsafeConfig(f"{STORAGE_KEY} is '{storage}': Optuna's Redis storage unpickles what the server sends; "
-                           f"use a database URL such as sqlite:///outputs/optuna.db "
-                           f"(or {ALLOW_KEYS_ENV}={STORAGE_KEY})")
-
-
-def _refusal(where: str, value, logging: bool) -> str:
-    shown = "(an interpolation not yet resolved)" if value is _UNRESOLVED else f"'{value}'"
-    if logging:
-        kinds = ", ".join(sorted(LOGGING_TARGETS))
-    else:
-        kinds = ", ".join(f"{module} {kind}" for module, (_, kind) in CLASS_NAMESPACES.items())
-        kinds += f", {MODEL_BUILDERS} classifiers and trainlab's own classes"
-    return (f"{where} {shown} is not allowed: a config builds only {kinds}; to trust another, name it in the "
-            f"environment, not the config: {ALLOW_TARGETS_ENV}=module.Name")
-
-
-def _in_logging(path: str) -> bool:
-    return any(path == f"hydra.{s}" or path.startswith(f"hydra.{s}.") for s in LOGGING_SECTIONS)
+def _refusal(where: str, value) -> str:
+    kinds = ", ".join(f"{module} {kind}" for module, (_, kind) in CLASS_NAMESPACES.items())
+    kinds += f", {MODEL_BUILDERS} classifiers and trainlab's own classes"
+    return (f"{where} '{printable(value)}' is not allowed: a config builds only {kinds}; to trust another, name it in "
+            f"the environment, not the config: {ALLOW_TARGETS_ENV}=module.Name")
 
 
 def _user_allowed(target) -> bool:
@@ -252,10 +348,6 @@ def _user_allowed(target) -> bool:
         if target == entry or (entry.endswith(".*") and target.startswith(entry[:-1])):
             return True
     return False
-
-
-def _key_allowed(key: str) -> bool:
-    return key in _env_list(ALLOW_KEYS_ENV)
 
 
 def _env_list(name: str) -> list:

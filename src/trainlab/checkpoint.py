@@ -85,17 +85,18 @@ class Checkpointer:
         save_checkpoint(self.folder / BEST, record)
 
 
-def save_checkpoint(path: Path, state: dict, keep_previous: bool = False) -> None:
+def save_checkpoint(path: Path, state: dict, keep_previous: bool = False, key: bytes = None) -> None:
     """Write `state` with its checksum to a temporary file beside `path` (a name of this process's own: writers never
     meet), flush it to disk, then rename: a crash at any point leaves a complete file behind. With keep_previous, the
     one before is kept as last.prev.pt (a fallback if this one is later found damaged), by a link renamed over it:
-    `path` is never absent, even for a moment."""
+    `path` is never absent, even for a moment. `key`: the checksum is keyed (checksum()), so only a holder of the
+    key can write a file that reads back as intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {**state, CHECKSUM: checksum(state)}
+    record = {**state, CHECKSUM: checksum(state, key)}
     tmp, previous = temporary_name(path), temporary_name(path.with_name(PREVIOUS))
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666), "wb") as f:
             torch.save(record, f)
             f.flush()
             os.fsync(f.fileno())
@@ -121,16 +122,17 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def read_record(path: Path, checked: bool = False) -> dict:
+def read_record(path: Path, checked: bool = False, key: bytes = None) -> dict:
     """torch.load (weights only, onto the CPU, read into memory rather than mapped: a file cut short while mapped
     would kill the process with SIGBUS), its checksum checked where it has one. DamagedFile: it does not match (or,
-    `checked`, there is none)."""
+    `checked`, there is none). `key`: the checksum must be keyed with it (written by a holder of the key)."""
     record = torch.load(path, map_location="cpu", weights_only=True)
     if checked and not (isinstance(record, dict) and CHECKSUM in record):
         raise DamagedFile(f"{path} has no checksum (written by an older trainlab)")
     if isinstance(record, dict) and CHECKSUM in record:
-        if checksum(record) != record.pop(CHECKSUM):
-            raise DamagedFile(f"{path} is damaged: its contents no longer match the checksum written with it")
+        if checksum(record, key) != record.pop(CHECKSUM):
+            raise DamagedFile(f"{path} is damaged: its contents no longer match the checksum written with it" if key
+                              is None else f"{path} was not written by this user's trainlab, or changed since")
     return record
 
 
@@ -138,10 +140,10 @@ class DamagedFile(TrainlabError):
     """A file whose checksum does not match its contents: changed after it was written."""
 
 
-def checksum(record) -> str:
+def checksum(record, key: bytes = None) -> str:
     """A digest of everything in `record`: each tensor's dtype, shape and bytes, every other value's repr, the keys
-    and the nesting."""
-    digest = hashlib.blake2b(digest_size=16)
+    and the nesting. With `key`, a keyed digest (a MAC): only a holder of the key can make one that matches."""
+    digest = hashlib.blake2b(digest_size=16, key=key or b"")
 
     def add(value):
         if isinstance(value, torch.Tensor):
@@ -170,7 +172,9 @@ class FileLock:
     lets go of it if the process dies. `waiting`: logged when another process holds it, before waiting for it."""
 
     def __init__(self, path: Path, waiting: str = None):
-        self.file, self.waiting = open(path, "a"), waiting
+        # never through a symbolic link: the lock file sits in a folder that may be someone else's (a data folder)
+        self.file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o666), "a")
+        self.waiting = waiting
 
     def __enter__(self):
         try:

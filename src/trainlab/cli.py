@@ -15,7 +15,8 @@ from omegaconf.errors import OmegaConfBaseException
 from trainlab.errors import (INTERRUPTED_EXIT, KEYBOARD_EXIT, USER_ERROR_EXIT, Interrupted, TrainlabError, one_line,
                              os_error_line, refused_by_file_system)
 from trainlab.launch import Launch, script
-from trainlab.run_folder import CHECKPOINTS, ERROR_LOG, LAST, RunFolderBusy, discard_failed_start
+from trainlab.run_folder import (CHECKPOINTS, ERROR_LOG, LAST, RunFolderBusy, RunFolderLock, discard_failed_start,
+                                 open_own)
 
 log = logging.getLogger("trainlab")
 
@@ -46,7 +47,7 @@ def report_errors(main):
         except RunFolderBusy as e:  # the folder is the other run's: no error.log there, nothing discarded
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            log.error("error: %s", e)
+            log.error("error: %s", one_line(e))
             sys.exit(USER_ERROR_EXIT)
         except Exception as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -60,8 +61,9 @@ def report_errors(main):
             if not launch.sweep:
                 if user_error:
                     log.error("error: %s", message)
-                # a start that failed leaves nothing; a run folder with the run's files in it is marked failed
-                if not discard_failed_start(launch.run_dir) and (launch.run_dir / ".hydra").is_dir():
+                # a start that failed leaves nothing; a run folder with the run's files in it is marked failed, but
+                # only where the run is this process's: a command refused in another run's folder writes nothing there
+                if not discard_failed_start(launch.run_dir) and RunFolderLock.is_claimed(launch.run_dir):
                     _write_error_log(error_log, message)  # report.py: failed
                 if not user_error:
                     raise  # a bug: Hydra shows where
@@ -76,8 +78,9 @@ def report_errors(main):
 def _write_error_log(path: Path, message: str) -> None:
     """error.log: the error's line, then its traceback. Where the disk is full, the line already printed must do."""
     try:
-        path.write_text(f"error: {message}\n\n{traceback.format_exc()}")
-    except OSError:
+        with open_own(path, "w") as f:
+            f.write(f"error: {message}\n\n{traceback.format_exc()}")
+    except (OSError, TrainlabError):  # a full disk, a link where the file should be: the printed line must do
         pass
 
 

@@ -6,9 +6,11 @@ misspelt key, an unknown option or a wrong type fails when Hydra composes the co
 """
 import dataclasses
 import difflib
+import os
 import re
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -38,6 +40,7 @@ class DataConfig:
     val_subset: Optional[int] = MISSING
     test_subset: Optional[int] = MISSING
     bad_images: str = MISSING  # fail or skip: what a file that cannot be decoded does
+    max_pixels: int = MISSING  # an image file with more pixels is refused before it is decoded
     # folder only
     train_dir: Optional[str] = None
     val_dir: Optional[str] = None
@@ -182,9 +185,11 @@ def register_configs() -> None:
     Stored outside the groups so that `--help` lists only the options a user picks.
     """
     # conf/config.yaml's run folder: a new one named by the start time, or the resumed run's own
-    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+    # cached: the folder the check looks at is the folder Hydra makes (a new one is named by the second it is asked)
+    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("config_subdir", _config_subdir, replace=True)
     OmegaConf.register_new_resolver("sweep_job_folder", _sweep_job_folder, replace=True)  # hydra.sweep.subdir
+    OmegaConf.register_new_resolver("oc.env", _env, replace=True)  # OmegaConf's, on a leash: see _env
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, schemas in SCHEMAS.items():
@@ -192,25 +197,46 @@ def register_configs() -> None:
             cs.store(name=f"{group}_{name}_schema", node=node)
 
 
+ENV_ALLOW = "TRAINLAB_ENV_ALLOW"
+_NO_DEFAULT = object()
+
+
+class EnvRefused(TrainlabError):
+    """A config reads an environment variable it may not."""
+
+
+def env_readable(name: str) -> bool:
+    """Whether a config may read the environment variable `name`: TRAINLAB_* and those the user lists in
+    TRAINLAB_ENV_ALLOW. A config file may come from someone else, and what it reads is kept in run.log's lines, the
+    .hydra/ record and every checkpoint: ${oc.env:AWS_SECRET_ACCESS_KEY} would copy a secret into all of them."""
+    allowed = {entry.strip() for entry in os.environ.get(ENV_ALLOW, "").split(",") if entry.strip()}
+    return name.startswith("TRAINLAB_") or name in allowed
+
+
+def _env(key: str, default=_NO_DEFAULT):
+    """${oc.env:NAME} and ${oc.env:NAME,default}, as OmegaConf's own, for the variables env_readable allows."""
+    from omegaconf.resolvers import oc
+
+    if not env_readable(str(key)):
+        raise EnvRefused(f"${{oc.env:{key}}}: a config reads only environment variables named TRAINLAB_* or listed "
+                         f"in {ENV_ALLOW}; rename the variable, or run with {ENV_ALLOW}={key}")
+    return oc.env(key) if default is _NO_DEFAULT else oc.env(key, default)
+
+
 def _run_dir(resume: str) -> str:
     """hydra.run.dir: the folder of the run trainer.resume continues, else outputs/runs/<start time> (under torchrun
     the same in every process). Where the resume finds nothing, the run says so, from a new folder that it leaves."""
-    from trainlab.distributed import launch_stamp  # imports torch: only when a run folder is named
+    from trainlab.launch import launch_stamp
     from trainlab.resume import resume_folder
 
     folder = resume_folder(resume)
     return str(folder) if folder is not None else f"outputs/runs/{launch_stamp()}"
 
 
-def _config_subdir(resume: str, run_dir: str):
-    """hydra.output_subdir: .hydra, but none when resuming a run (its .hydra/ keeps the config it was made with) or
-    when another run is writing into the folder (this one will be refused: the other's .hydra/ stays as it is)."""
-    from trainlab.resume import resume_folder
-    from trainlab.run_folder import RunFolderLock
-
-    if resume_folder(resume) is not None or RunFolderLock.held_elsewhere(run_dir):
-        return None
-    return ".hydra"
+def _config_subdir(output_dir: str):
+    """hydra.output_subdir: .hydra, but none where the run folder has one already: a resumed run's .hydra/ keeps the
+    config it was made with, and a command refused there (another run's folder) leaves it as it was."""
+    return None if (Path(output_dir) / ".hydra").exists() or Path(output_dir, ".hydra").is_symlink() else ".hydra"
 
 
 def _sweep_job_folder(*, _root_) -> str:
@@ -233,6 +259,7 @@ def check_values(cfg: DictConfig) -> None:
         ("data.subset", d.subset, d.subset is None or d.subset >= 1, "at least 1, or null for all"),
         ("data.val_subset", d.val_subset, d.val_subset is None or d.val_subset >= 1, "at least 1, or null"),
         ("data.test_subset", d.test_subset, d.test_subset is None or d.test_subset >= 1, "at least 1, or null"),
+        ("data.max_pixels", d.max_pixels, d.max_pixels >= 1, "at least 1"),
         ("data.val_split", d.val_split, 0 <= d.val_split < 1, "from 0 (no validation split) to below 1"),
         ("data.split", d.split, d.split is None or 0 < d.split < 1, "between 0 and 1, or null"),
         ("data.image_size", d.image_size, d.image_size >= 1 if d.image_size is not None else d.name == "folder",

@@ -5,7 +5,6 @@ processes on `data.batch_size` images a step follow the same path as one process
 summed across the processes; only the first (rank 0) logs, writes TensorBoard and checkpoints.
 """
 import os
-import time
 from dataclasses import dataclass
 
 import torch
@@ -69,19 +68,3 @@ def any_process(flag: bool, device) -> bool:
 def teardown() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def launch_stamp() -> str:
-    """The run folder's time stamp: under torchrun, the launcher's start time, the same in every process (so all
-    write into one folder); else now."""
-    started = time.time()
-    if "LOCAL_RANK" in os.environ:
-        try:  # boot time (whole seconds) + the launcher's start in clock ticks since boot: exact in every process
-            with open(f"/proc/{os.getppid()}/stat") as f:
-                ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-            with open("/proc/stat") as f:
-                boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
-            started = boot + ticks // os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError, StopIteration):
-            pass
-    return time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(round(started)))

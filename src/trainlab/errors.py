@@ -1,6 +1,7 @@
 """The exception types for what a user can get wrong or interrupt, the exit codes the entrypoints give them, and
 the one way a message is folded onto one line (trainlab/cli.py reports them)."""
 import errno
+import re
 from pathlib import Path
 
 USER_ERROR_EXIT = 2
@@ -26,9 +27,21 @@ class Interrupted(Exception):
 
 
 def one_line(text, limit: int = None) -> str:
-    """Any message (or exception) on one line: white space folded, cut to `limit` characters."""
-    folded = " ".join(str(text).split())
+    """Any message (or exception) on one line: white space folded, other control characters escaped (printable), cut
+    to `limit` characters."""
+    folded = printable(" ".join(str(text).split()))
     return folded[:limit] if limit else folded
+
+
+# Control characters (C0, DEL, C1) and the Unicode marks that reorder or hide text: a name from a checkpoint, a
+# folder or a config holding them could move the cursor, recolour the terminal or print a fake `error:` line.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def printable(text) -> str:
+    """`text` (a name or a value that came from a file or a config) safe to print on a terminal or write into a log
+    line: each control character escaped as Python writes it in a string (a newline as \\n, ESC as \\x1b)."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
 REFUSALS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,

@@ -9,9 +9,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab.data import build_data, build_loaders
-from trainlab.errors import TrainlabError
+from trainlab.errors import TrainlabError, printable
 from trainlab.predict import Trained, check_required, load_trained, size_text
-from trainlab.run_folder import CLASS_ACC, CONFUSION_MATRIX, EVALUATE, EVALUATE_ACC, run_of
+from trainlab.run_folder import CLASS_ACC, CONFUSION_MATRIX, EVALUATE, EVALUATE_ACC, link_refusal, run_of
 from trainlab.splits import sizes_text
 from trainlab.step import Numerics
 from trainlab.tensorboard import RunWriter
@@ -33,6 +33,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     run_cfg = OmegaConf.create(trained.config)
     if cfg.data.root is not None:
         run_cfg.data.root = str(cfg.data.root)
+    # what this command allows, not what the checkpoint (perhaps someone else's) asks: no download into its data.root,
+    # and this command's pixel budget
+    run_cfg.data.download, run_cfg.data.max_pixels = False, cfg.data.max_pixels
     check_folder_layout(run_cfg.data, cfg.data.root is not None)
     data = build_data(run_cfg.data, *build_transforms(check_transforms(run_cfg.transform)))
     if list(data.classes) != trained.classes:
@@ -47,16 +50,18 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         sizes = sizes_text(data.train, data.val, data.test)
         raise TrainlabError(f"the run's data has no {SPLITS[cfg.split]} split ({sizes}): evaluate split={other}, or "
                             "give data.root a folder that has one")
-    log.info(f"{trained.describe()} · data {run_cfg.data.name}: {len(loader.dataset):,} {cfg.split} images")
+    log.info(f"{trained.describe()} · data {printable(run_cfg.data.name)}: {len(loader.dataset):,} {cfg.split} images")
     confusion = confusion_matrix(trained, loader, run_cfg.trainer)
     acc, per_class = accuracies(confusion)
     log.info(f"accuracy {acc:.2%} ({confusion.trace()}/{confusion.sum()})")
-    width = max(map(len, trained.classes))
+    width = max(len(printable(name)) for name in trained.classes)
     for i, name in enumerate(trained.classes):
         images = confusion[i].sum()
         shown = f"{per_class[i]:7.2%} ({confusion[i, i]}/{images})" if images else "no test images"
-        log.info(f"  {name:<{width}}  {shown}")
+        log.info(f"  {printable(name):<{width}}  {shown}")
     log_dir = Path(cfg.log_dir) if cfg.log_dir is not None else (run_of(trained.path) or trained.path.parent) / EVALUATE
+    if cfg.log_dir is None and log_dir.is_symlink():  # the run folder may be someone else's: no write through a link
+        raise TrainlabError(link_refusal(log_dir, "log_dir=..."))
     tags = write_tensorboard(log_dir, confusion, trained.classes, acc, per_class, trained.epoch or 0, cfg.split)
     log.info(f"TensorBoard: {', '.join(tags[:-1])} and {tags[-1]} in {log_dir}")
     return acc

@@ -9,7 +9,7 @@ from typing import Optional
 
 from torch.utils.data import Dataset, Subset
 
-from trainlab.errors import TrainlabError
+from trainlab.errors import TrainlabError, printable
 from trainlab.splits import Sources, hold_out, with_transform
 
 log = logging.getLogger("trainlab")
@@ -74,7 +74,7 @@ def folder_sources(cfg, train_tf, test_tf) -> Sources:
             raise TrainlabError(
                 f"{path} holds one class folder, {classes[0]} ({len(samples)} images): a classifier needs at least 2 "
                 f"classes; add a folder of images for each other class beside {classes[0]}")
-        return ImageFiles(samples, classes, transform, cfg.bad_images)
+        return ImageFiles(samples, classes, transform, cfg.bad_images, cfg.max_pixels)
 
     if cfg.split is not None:  # root holds the class folders: data.split of each class is the test split
         whole = image_folder(root, train_tf, training=True)
@@ -103,14 +103,30 @@ def folder_sources(cfg, train_tf, test_tf) -> Sources:
     return Sources(train, with_transform(train, test_tf), found.get("val_dir"), found.get("test_dir"), train.classes)
 
 
+def folder_classes(cfg):
+    """data=folder's class names as the folder holds them now (its train folder's, or root's with data.split), without
+    listing the images; None for another data set."""
+    if cfg.name != "folder":
+        return None
+    path = Path(cfg.root).expanduser() / ("" if cfg.split is not None else cfg.train_dir)
+    try:
+        return _class_folders(path)
+    except OSError:
+        return None
+
+
+def _class_folders(path) -> list:
+    here = os.path.realpath(path)
+    with os.scandir(path) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(".")
+                      and not (e.is_symlink() and _loop(e.path, os.path.realpath(e.path), here, (here,))))
+
+
 def list_images(path: Path) -> tuple:
     """A folder of class folders -> ([(image path, label), ...], classes), in ImageFolder's order, both data paths
     alike. Hidden folders (.trainlab-cache, .ipynb_checkpoints) and files are not classes or images, as for every
     image tool; symlinks are followed as walk_folder says."""
-    here = os.path.realpath(path)
-    with os.scandir(path) as entries:
-        classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(".")
-                         and not (e.is_symlink() and _loop(e.path, os.path.realpath(e.path), here, (here,))))
+    classes = _class_folders(path)
     if not classes:
         raise TrainlabError(f"{path} holds no class folder: each class needs a folder of images, {path}/<class>/*.jpg")
     samples, empty = [], []
@@ -171,8 +187,8 @@ def _loop(link: str, real: str, here: str, above: tuple) -> bool:
         return False
     if link not in _LOOPS_TOLD:
         _LOOPS_TOLD.add(link)
-        log.warning(f"warning: left out the symlink {link}: it points back to {real}, a folder above it (a loop); the "
-                    "images there are counted once, where they are")
+        log.warning(f"warning: left out the symlink {printable(link)}: it points back to {printable(real)}, a folder "
+                    "above it (a loop); the images there are counted once, where they are")
     return True
 
 
@@ -192,35 +208,58 @@ def _files_once(walked: list) -> list:
     return kept
 
 
-class ImageFiles(Dataset):
-    """(path, label) pairs read as RGB images: grey, palette, RGBA and GIF files are converted. A file that cannot
-    be decoded, or has more pixels than PIL.Image.MAX_IMAGE_PIXELS (a decompression bomb, to PIL), stops the run naming
-    it (bad_images=fail) or is left out of its batch with a warning (skip)."""
+class BadImage(Exception):
+    """A file that cannot be read as an image: `problem` says why, `fix` what to do."""
 
-    def __init__(self, samples: list, classes: list, transform, bad_images: str):
+    def __init__(self, problem: str, fix: str):
+        super().__init__(problem)
+        self.problem, self.fix = problem, fix
+
+
+def read_image(path, mode: str, max_pixels: int):
+    """An image file -> a PIL image in `mode` (RGB or L: grey, palette, RGBA and GIF files are converted). Its size
+    is read from the header first: more than `max_pixels` pixels (data.max_pixels) is refused before decoding, as is
+    what PIL calls a decompression bomb (a small file that decodes to gigabytes). BadImage says why a file cannot be
+    read."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():  # PIL warns past Image.MAX_IMAGE_PIXELS: data.max_pixels decides instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as file:  # the header only; past twice PIL's limit it refuses by itself
+                width, height = file.size
+                if width * height > max_pixels:
+                    raise BadImage(f"has {width}x{height} = {width * height:,} pixels, more than data.max_pixels="
+                                   f"{max_pixels:,}", "shrink the image, or raise data.max_pixels")
+                return file.convert(mode)
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"is too large to decode safely ({str(e).rstrip('.')})", "shrink the image") from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise BadImage(f"cannot be decoded ({e})", "remove or replace the file") from None
+
+
+class ImageFiles(Dataset):
+    """(path, label) pairs read as RGB images (read_image). A file that cannot be decoded, or has more pixels than
+    data.max_pixels, stops the run naming it (bad_images=fail) or is left out of its batch with a warning (skip)."""
+
+    def __init__(self, samples: list, classes: list, transform, bad_images: str, max_pixels: int):
         self.samples, self.classes, self.transform, self.bad_images = samples, classes, transform, bad_images
+        self.max_pixels = max_pixels
         self.targets = [label for _, label in samples]
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, index):
-        from PIL import Image
-
         path, label = self.samples[index]
         try:
-            with warnings.catch_warnings():  # beyond PIL.Image.MAX_IMAGE_PIXELS PIL only warns, up to twice that
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as file:
-                    image = file.convert("RGB")
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            return self._bad(path, f"is too large to decode safely ({str(e).rstrip('.')})", "shrink the image")
-        except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-            return self._bad(path, f"cannot be decoded ({e})", "remove or replace the file")
+            image = read_image(path, "RGB", self.max_pixels)
+        except BadImage as e:
+            return self._bad(path, e.problem, e.fix)
         return (self.transform(image) if self.transform is not None else image), label
 
     def _bad(self, path, problem: str, fix: str) -> None:
         if self.bad_images == "skip":
-            log.warning(f"warning: skipped {path}: {problem}")
+            log.warning(f"warning: skipped {printable(path)}: {printable(problem)}")
             return None
-        raise TrainlabError(f"{path} {problem}: {fix}, or set data.bad_images=skip") from None
+        raise TrainlabError(f"{printable(path)} {printable(problem)}: {fix}, or set data.bad_images=skip") from None

@@ -4,6 +4,7 @@ never Hydra's global state."""
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
@@ -24,8 +25,6 @@ class Launch:
     @classmethod
     def of(cls, given=None) -> "Launch":
         """A Launch as given, or one for a run folder (a path), or a new folder under outputs/runs (None)."""
-        from trainlab.distributed import launch_stamp  # imports torch: report.py names sweep folders without it
-
         if isinstance(given, Launch):
             return given
         return cls(Path(given) if given is not None else Path("outputs/runs") / launch_stamp())  # as conf/ names it
@@ -37,7 +36,10 @@ class Launch:
         from hydra.types import RunMode
 
         hydra = HydraConfig.get()
-        run_dir, overrides = Path(hydra.runtime.output_dir), tuple(hydra.overrides.task)
+        from omegaconf import OmegaConf
+
+        # as typed: an override holding ${...} is text here, not resolved again
+        run_dir, overrides = Path(hydra.runtime.output_dir), tuple(OmegaConf.to_container(hydra.overrides.task))
         choices = {group: option for group, option in hydra.runtime.choices.items()
                    if option is not None and not group.startswith("hydra/")}
         if hydra.mode != RunMode.MULTIRUN:
@@ -102,7 +104,9 @@ def sweep_job_folder(*, _root_) -> str:
     try:
         if not str(hydra.sweeper._target_).endswith(".BasicSweeper"):
             return str(hydra.job.num)  # trainlab's Optuna sweeper records each trial's folder by its number
-        return job_folder_name(hydra.job.num, hydra.overrides.task, swept_keys(hydra.sweep.dir))
+        from omegaconf import OmegaConf
+
+        return job_folder_name(hydra.job.num, OmegaConf.to_container(hydra.overrides.task), swept_keys(hydra.sweep.dir))
     except Exception:  # noqa: BLE001 (a folder name is a nicety; the number alone is still a folder of its own)
         return str(hydra.job.num)
 
@@ -110,3 +114,19 @@ def sweep_job_folder(*, _root_) -> str:
 def _key(override) -> str:
     """An override's key as a job's overrides spell it: `+seed=1,2` and `seed=1` both `seed`."""
     return override.get_key_element().lstrip("+~")
+
+
+def launch_stamp() -> str:
+    """The run folder's time stamp: under torchrun, the launcher's start time, the same in every process (so all
+    write into one folder); else now."""
+    started = time.time()
+    if "LOCAL_RANK" in os.environ:
+        try:  # boot time (whole seconds) + the launcher's start in clock ticks since boot: exact in every process
+            with open(f"/proc/{os.getppid()}/stat") as f:
+                ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+            with open("/proc/stat") as f:
+                boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+            started = boot + ticks // os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, StopIteration):
+            pass
+    return time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(round(started)))

@@ -12,9 +12,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab.checkpoint import load_checkpoint
-from trainlab.image_folder import IMAGE_EXTENSIONS
+from trainlab.image_folder import IMAGE_EXTENSIONS, BadImage, read_image
 from trainlab.engine import resolve_device
-from trainlab.errors import TrainlabError, one_line
+from trainlab.errors import TrainlabError, one_line, printable
 from trainlab.models import build_model
 from trainlab.run_folder import BEST, CHECKPOINTS
 from trainlab.transforms import build_pipeline
@@ -41,7 +41,8 @@ class Trained:
         when = f"epoch {self.epoch}"
         when += f", val acc {self.val['acc']:.2%}" if self.val else ""
         when += f", test acc {self.test['acc']:.2%}" if self.test else ""
-        return f"model {self.config['model']['name']} from {self.path} ({when}) · device {self.device}"
+        name, path = printable(self.config["model"]["name"]), printable(self.path)
+        return f"model {name} from {path} ({when}) · device {self.device}"
 
 
 def load_trained(path) -> Trained:
@@ -88,17 +89,20 @@ def predict(cfg: DictConfig) -> list:
     check_required(cfg)
     top_k = cfg.top_k
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise TrainlabError(f"top_k={top_k} cannot work: it must be an integer, at least 1")
+        raise TrainlabError(f"top_k={printable(top_k)} cannot work: it must be an integer, at least 1")
+    max_pixels = cfg.data.max_pixels
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise TrainlabError(f"data.max_pixels={printable(max_pixels)} cannot work: it must be an integer, at least 1")
     images = OmegaConf.to_container(cfg.image) if OmegaConf.is_list(cfg.image) else [cfg.image]
     files = [file for image in images for file in image_files(image)]  # every path checked before any work
     trained = load_trained(cfg.checkpoint)
     log.info(trained.describe())
-    prepare = ImagePreparer(trained)
+    prepare = ImagePreparer(trained, cfg.data.max_pixels)
     k = min(top_k, len(trained.classes))
     results = []
     for file in files:
         ranked = top_classes(trained, prepare(file), k)
-        log.info(f"{file}\n" + "\n".join(f"  {p:.4f}  {name}" for name, p in ranked))
+        log.info(f"{printable(file)}\n" + "\n".join(f"  {p:.4f}  {printable(name)}" for name, p in ranked))
         results.append((file, ranked))
     return results
 
@@ -121,8 +125,8 @@ class ImagePreparer:
     the checkpoint's transform.test; resized to the model's size first where that pipeline does not bring it there
     (the tutorial's to_tensor keeps each photo's own size)."""
 
-    def __init__(self, trained: Trained):
-        self.shape, self.path = trained.image_shape, trained.path
+    def __init__(self, trained: Trained, max_pixels: int):
+        self.shape, self.path, self.max_pixels = trained.image_shape, trained.path, max_pixels
         self.mode = "L" if self.shape[0] == 1 else "RGB"
         self.pipeline = build_pipeline(trained.config["transform"]["test"], "transform.test")
         self.told = False
@@ -130,12 +134,12 @@ class ImagePreparer:
     def __call__(self, path: Path) -> torch.Tensor:
         from PIL import Image
 
-        image = open_image(path, self.mode)
+        image = open_image(path, self.mode, self.max_pixels)
         x = self.pipeline(image)
         if tuple(x.shape) != self.shape:
             height, width = self.shape[1:]
             if not self.told:  # once: a folder of photos would repeat it for every one
-                log.info(f"note: transform.test of {self.path} gives {size_text(x.shape)} for {path.name}, the model "
+                log.info(f"note: transform.test of {self.path} gives {size_text(x.shape)} for {printable(path.name)}, the model "
                          f"takes {size_text(self.shape)}: such images are resized to {height}x{width} first")
                 self.told = True
             x = self.pipeline(image.resize((width, height), Image.Resampling.BILINEAR))
@@ -146,14 +150,11 @@ class ImagePreparer:
         return x.unsqueeze(0)
 
 
-def open_image(path: Path, mode: str):
-    from PIL import Image
-
+def open_image(path: Path, mode: str, max_pixels: int):
     try:
-        with Image.open(path) as file:
-            return file.convert(mode)  # grey, palette (GIF) and RGBA files alike
-    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError, truncated files: OSErrors
-        raise TrainlabError(f"{path} cannot be decoded ({e}): give an image file, or move it out of the way") from None
+        return read_image(path, mode, max_pixels)
+    except BadImage as e:
+        raise TrainlabError(f"{printable(path)} {printable(e.problem)}: {e.fix}") from None
 
 
 def size_text(shape) -> str:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from trainlab.errors import TrainlabError, one_line
-from trainlab.run_folder import ERROR_LOG, TEST_ROW, VAL_ACC, VAL_LOSS, read_metrics
+from trainlab.errors import TrainlabError, one_line, printable
+from trainlab.run_folder import ERROR_LOG, TEST_ROW, VAL_ACC, VAL_LOSS, csv_text, open_own, read_metrics
 
 CSV_NAME = "report.csv"
 PLOT_NAME = "val_acc.png"
@@ -106,14 +106,18 @@ def report(folder, sort: str = DEFAULT_SORT, plot: bool = True, group_seeds: boo
     shown = [key for key in keys if key != SEED] if group_seeds else keys
     rows = sort_rows([make_row(group, shown, group_seeds) for group in groups], sort)
     counts = ", ".join(f"{n} {s}" for s in STATUSES if (n := sum(job.status == s for job in jobs)))
-    print(f"{root}: {len(jobs)} job{'s' if len(jobs) != 1 else ''}, {counts}")
+    print(f"{printable(root)}: {len(jobs)} job{'s' if len(jobs) != 1 else ''}, {counts}")
     print(format_table(rows))
     if any(len(row.jobs) > 1 for row in rows):
         print(f"jobs that differ only in {SEED} share a row: mean ± std over its n done jobs; "
               "--no-group-seeds lists each job")
     for job in jobs:
         if job.error:
-            print(f"job {job.name} {job.status}: {job.error}")
+            print(f"job {printable(job.name)} {job.status}: {printable(job.error)}")
+    for name in (CSV_NAME, PLOT_NAME):  # both checked before either is written
+        if (root / name).is_symlink():
+            raise TrainlabError(f"{printable(root / name)} is a symbolic link: the report writes {name} only as a plain "
+                                "file in the folder it reports on; remove the link")
     write_csv(rows, root / CSV_NAME)
     written = [root / CSV_NAME]
     if plot:
@@ -121,7 +125,7 @@ def report(folder, sort: str = DEFAULT_SORT, plot: bool = True, group_seeds: boo
             written.append(root / PLOT_NAME)
         else:
             print(f"{PLOT_NAME} not drawn: no job has a validated epoch yet")
-    print("wrote " + ", ".join(str(path) for path in written))
+    print("wrote " + ", ".join(printable(path) for path in written))
 
 
 def find_jobs(root: Path) -> list:
@@ -282,8 +286,10 @@ def format_table(rows: list) -> str:
     """`rows` as aligned text: accuracies in percent (a group's as mean ± std (n)), numbers to the right, "-" where
     there is no value. No cell holds two spaces running: the columns are two or more apart."""
     columns = table_columns(rows[0].record)
-    lines = [columns] + [[_stat_cell(row, column) if column in GROUP_STATS and row.grouped
-                          else _cell(column, row.record[column]) for column in columns] for row in rows]
+    lines = [[printable(column) for column in columns]] + [  # settings come from other runs' files: shown escaped
+        [printable(_stat_cell(row, column) if column in GROUP_STATS and row.grouped else _cell(column,
+                                                                                             row.record[column]))
+         for column in columns] for row in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
     text = []
     for line in lines:
@@ -294,11 +300,13 @@ def format_table(rows: list) -> str:
 
 
 def write_csv(rows: list, path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0].record))
+    """report.csv: never through a symbolic link, and no cell a spreadsheet would run as a formula (csv_text): the
+    settings come from the runs' own files, which may be anyone's."""
+    with open_own(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[csv_text(column) for column in rows[0].record])
         writer.writeheader()
         for row in rows:
-            writer.writerow({column: _csv_value(value) for column, value in row.record.items()})
+            writer.writerow({csv_text(column): csv_text(_csv_value(value)) for column, value in row.record.items()})
 
 
 def draw_val_acc(groups: list, keys: list, path: Path) -> bool:
@@ -326,7 +334,8 @@ def draw_val_acc(groups: list, keys: list, path: Path) -> bool:
     axes.set(xlabel="epoch", ylabel="validation accuracy (%)", title=str(path.parent))
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", loc="best")
-    figure.savefig(path, dpi=100)
+    with open_own(path, "wb") as f:  # never through a symbolic link
+        figure.savefig(f, dpi=100, format="png")
     return True
 
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,8 @@ from trainlab import __version__
 from trainlab.checkpoint import DamagedFile, FileLock, read_record, save_checkpoint
 from trainlab.data import (TORCHVISION_SETS, BatchPlan, DataSplits, Loaders, build_datasets, check_same_size,
                            first_image, stream_seed, subset_indices, worker_processes)
-from trainlab.image_folder import walk_folder
-from trainlab.errors import one_line
+from trainlab.image_folder import folder_classes, walk_folder
+from trainlab.errors import one_line, printable
 from trainlab.splits import split
 from trainlab.transforms import BatchedSteps, build_pipeline, split_for_device
 
@@ -112,21 +113,27 @@ def _decoded(data_cfg, bake_train: list, bake_test: list, device, progress) -> t
                             waiting=f"data: another process is decoding into {cache}; waiting for it")
         except OSError as e:  # a cache there is still read: it was written whole
             unwritable = e.strerror or str(e)
+        if cache_key() is None:
+            unwritable, cache = "no key to sign it with: ~/.cache/trainlab cannot be written", None
     with lock or nullcontext():
         return _cached_or_decoded(cache, data_cfg, bake_train, bake_test, device, progress, unwritable)
 
 
 def _cached_or_decoded(cache, data_cfg, bake_train: list, bake_test: list, device, progress,
                        unwritable: str = None) -> tuple:
-    if cache is not None and cache.is_file():
+    if cache is not None and cache.is_file() and not cache.is_symlink():
         try:
             # read, not mapped: a cache cut short while mapped killed the process with SIGBUS. For CIFAR-10 on the CPU
             # reading costs 0.11 s and the checksum 0.05 s at start-up, but the mapped pages cost more on first touch
-            saved = read_record(cache, checked=True)
+            saved = read_record(cache, checked=True, key=cache_key())
+            classes = folder_classes(data_cfg)
+            if classes is not None and list(saved["classes"]) != classes:
+                raise DamagedFile(f"{cache} holds classes {printable(saved['classes'][:5])}, the folder "
+                                  f"{printable(classes[:5])}")
             log.info(f"data: decoded images from {cache}")
             return ({k: ResidentSplit(saved[k].to(device), saved[k + "_targets"].to(device)) for k in SPLITS
                      if k in saved}, saved["classes"])
-        except DamagedFile as e:  # a damaged cache is rebuilt, never trusted
+        except DamagedFile as e:  # a damaged cache, or one this user's trainlab did not write, is rebuilt
             log.warning(f"warning: data: cache {e}; decoding again")
         except Exception as e:
             log.warning(f"warning: data: cache {cache} unreadable ({one_line(e, 100)}); decoding again")
@@ -143,7 +150,7 @@ def _cached_or_decoded(cache, data_cfg, bake_train: list, bake_test: list, devic
         for name, (images, targets) in splits.items():
             saved.update({name: images, name + "_targets": targets})
         try:
-            save_checkpoint(cache, saved)
+            save_checkpoint(cache, saved, key=cache_key())
             log.info(f"data: decoded images cached in {cache}")
         except OSError as e:  # a full disk, a read-only folder
             log.warning(f"warning: data: the cache {cache} cannot be written ({e.strerror or e}); training without it")
@@ -198,13 +205,50 @@ def _cache_path(data_cfg, bake_train: list, bake_test: list):
         return None
     root = Path(data_cfg.root).expanduser().resolve()
     choice = {k: data_cfg.get(k)  # bad_images: a cache that left a file out must not serve a run that would fail on it
-              for k in ("name", "train_dir", "val_dir", "test_dir", "split", "val_split", "split_seed", "bad_images")}
+              for k in ("name", "train_dir", "val_dir", "test_dir", "split", "val_split", "split_seed", "bad_images",
+                        "max_pixels")}
     key = json.dumps([__version__, choice, bake_train, bake_test, stats], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    folder = root / ".trainlab-cache"
-    if not os.access(root, os.W_OK):
-        folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trainlab"
+    folder = root / CACHE_FOLDER
+    if folder.is_symlink():  # it could point anywhere: this user's own cache folder instead
+        log.warning(f"warning: data: {printable(folder)} is a symbolic link, not followed; caching in "
+                    f"{user_cache()} instead")
+    if folder.is_symlink() or not os.access(root, os.W_OK):
+        folder = user_cache()
     return folder / f"{data_cfg.name}-{digest}.pt"
+
+
+CACHE_FOLDER = ".trainlab-cache"
+KEY_FILE = "cache.key"
+
+
+def user_cache() -> Path:
+    """This user's cache folder: ~/.cache/trainlab (or $XDG_CACHE_HOME/trainlab)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trainlab"
+
+
+def cache_key():
+    """This user's key for the caches' checksums, made on first use (user_cache()/cache.key, readable by the user
+    alone): a cache in a data folder someone else handed over, or wrote into, does not match it and is decoded again,
+    so the images and labels a run trains on come from the files themselves. None where it cannot be kept."""
+    path = user_cache() / KEY_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            made = path.with_name(f"{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            with os.fdopen(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb") as f:
+                f.write(secrets.token_bytes(32))
+            try:
+                os.link(made, path)  # whole or not at all; another process's key, made at the same time, wins
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(made)
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+            key = f.read()
+        return key if len(key) == 32 else None
+    except OSError:
+        return None
 
 
 def source_stats(cfg) -> list:

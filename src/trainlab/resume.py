@@ -16,10 +16,9 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.checkpoint import FORMAT, load_checkpoint, load_latest
 from trainlab.errors import TrainlabError
 from trainlab.launch import script
-from trainlab.run_folder import BEST, CHECKPOINTS, LAST, run_of, shown_path
+from trainlab.run_folder import BEST, CHECKPOINTS, LAST, METRICS_CSV, run_of, shown_path
 
 OUTPUTS = Path("outputs")  # where conf/config.yaml puts runs (runs/<time>) and sweeps (multirun/<time>/<job>)
 # Settings that say how the run goes on, not what it is: a resume takes them from the command where it sets them.
@@ -29,10 +28,20 @@ ON_RESUME = ("trainer.resume", "trainer.epochs", "trainer.device", "trainer.prog
              "data.pin_memory", "data.eval_batch_size")
 
 
+NEWER_KEYS = ("data", "trainer")  # parts whose schema holds every option's keys: a key added later is safe to fill
+
+
 def newest_run(outputs: Path = OUTPUTS) -> Optional[Path]:
     """The run folder, a single run's or a sweep job's, whose last checkpoint was written last; None if none."""
     found = [*outputs.glob(f"runs/*/{CHECKPOINTS}/{LAST}"), *outputs.glob(f"multirun/*/*/{CHECKPOINTS}/{LAST}")]
     return max(found, key=lambda p: p.stat().st_mtime).parent.parent if found else None
+
+
+def run_traces(run_dir: Path) -> list:
+    """What of a finished epoch a folder holds: checkpoints and metrics.csv's rows. (Events alone are a start that
+    never reached a checkpoint or an epoch's end: starting it again loses nothing.)"""
+    found = [f"{CHECKPOINTS}/{p.name}" for p in sorted((Path(run_dir) / CHECKPOINTS).glob("*.pt"))]
+    return found + ([METRICS_CSV] if (Path(run_dir) / METRICS_CSV).exists() else [])
 
 
 def resume_folder(resume: str) -> Optional[Path]:
@@ -47,6 +56,8 @@ def resume_folder(resume: str) -> Optional[Path]:
 
 def resume_state(resume: str, run_dir: Path) -> tuple:
     """trainer.resume -> (the checkpoint's state or None, the run folder to write into)."""
+    from trainlab.checkpoint import load_checkpoint, load_latest  # torch: only where a run is continued
+
     if resume == "never":
         if any((run_dir / CHECKPOINTS / name).exists() for name in (LAST, BEST)):  # a new run would replace them
             raise TrainlabError(f"trainer.resume=never, but {shown_path(run_dir)} holds a run ({CHECKPOINTS}/): a new "
@@ -55,6 +66,11 @@ def resume_state(resume: str, run_dir: Path) -> tuple:
         return None, run_dir
     if resume == "auto":
         state, _ = load_latest(run_dir / CHECKPOINTS)
+        if state is None and run_traces(run_dir):  # a run that cannot be continued is still not overwritten
+            raise TrainlabError(f"{shown_path(run_dir)} holds a run ({', '.join(run_traces(run_dir))}) but no "
+                                f"{CHECKPOINTS}/{LAST} to continue it from: a new run there would replace it; "
+                                f"continue it from a checkpoint it has (trainer.resume=PATH.pt), or give the new run "
+                                f"a folder of its own (hydra.run.dir=...)")
         return state, run_dir
     if resume == "latest":
         folder = newest_run()
@@ -81,6 +97,9 @@ def continued_config(saved: dict, cfg: DictConfig, overrides) -> DictConfig:
     ON_RESUME settings the command sets. Any other setting the command sets must be the run's own: a resumed run that
     trained on with another optimizer would be neither the old run nor a new one."""
     continued = OmegaConf.create(saved)
+    for part in NEWER_KEYS:  # a setting the run's trainlab did not have yet (data.max_pixels) takes the command's value
+        news = {k: v for k, v in OmegaConf.to_container(cfg[part], resolve=True).items() if k not in saved[part]}
+        continued[part] = OmegaConf.merge(continued[part], news)
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key.startswith("hydra.") or key.startswith("hydra/"):
@@ -111,6 +130,8 @@ def check_resumable(state: dict, current: dict) -> list:
     """The run in `state` (a checkpoint) can go on as `current` (the plain config) says: the same settings but how it
     goes on (ON_RESUME), the same way of choosing its best epoch, a schedule still laid out for its length.
     -> the ON_RESUME settings that change, as lines to say; raises naming the first other setting that differs."""
+    from trainlab.checkpoint import FORMAT
+
     if state.get("format", 0) < FORMAT:
         raise TrainlabError("the checkpoint was written before validation splits (its best.pt was chosen on the test "
                             "split) and cannot be trained on: start a new run folder")

@@ -9,16 +9,25 @@ run's metrics back. What writes a run and what reads one (report, evaluate, benc
     <run>/error.log                            a failed run's error and traceback (report.py: failed)
     <run>/evaluate/                            src/evaluate.py's events
     <run>/.lock                                flocked by the process writing into the run (its pid inside)
+
+A run folder is ours or refused: trainlab opens its own files there never through a symbolic link (O_NOFOLLOW), and a
+folder handed over by someone else is checked before anything is written into it (check_run_folder,
+check_sweep_folder): a link among trainlab's names, files that are not a run's, or another live run writing there is
+refused in one line. run.log stays in memory until this process has taken the folder's lock (RunLogHandler), so a
+command refused after Hydra set up its logging leaves no line in another run's log.
 """
 import csv
+import errno
 import fcntl
+import logging
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
 from typing import Optional
 
-from trainlab.errors import TrainlabError
+from trainlab.errors import TrainlabError, printable
 
 CHECKPOINTS = "checkpoints"
 LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
@@ -26,6 +35,14 @@ ERROR_LOG = "error.log"
 METRICS_CSV = "metrics.csv"
 EVALUATE = "evaluate"
 RUN_LOCK = ".lock"
+RUN_LOG = "run.log"  # Hydra's job log, ${hydra.job.name}.log, for src/run.py
+HYDRA_DIR = ".hydra"
+OWN_NAMES = (HYDRA_DIR, RUN_LOCK, RUN_LOG, ERROR_LOG, METRICS_CSV, CHECKPOINTS, EVALUATE)  # a run folder's, by trainlab
+EVENTS = "events.out.tfevents."
+LEFT_BY_A_KILL = re.compile(r".+\.\d+\.[0-9a-f]{8}\.tmp")  # temporary_name()'s, where a kill cut a write short
+# What a sweep folder holds beside its jobs' folders: Hydra's record of the sweep, the Optuna study, the report.
+MULTIRUN_YAML, OPTUNA_DB = "multirun.yaml", "optuna.db"
+SWEEP_NAMES = (MULTIRUN_YAML, OPTUNA_DB, "optimization_results.yaml", "report.csv", "val_acc.png", ".submitit")
 
 # TensorBoard tags. TensorBoard lists groups (the part before the slash) alphabetically and opens the first few:
 # test, train and val hold everything a run writes, so they come first; the HPARAMS metric is among them.
@@ -65,7 +82,7 @@ class MetricsFile:
         row, if any, is written again at the end). A row cut short by a kill is dropped. Rewritten atomically."""
         if not self.enabled or not self.path.exists():
             return
-        with open(self.path, newline="") as f:
+        with open_own(self.path, "r", newline="") as f:
             rows = [row for row in csv.DictReader(f) if None not in row.values()  # short: cut by a kill
                     and row["epoch"] != TEST_ROW and int(row["epoch"]) <= epochs_done]
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # no writer shares it
@@ -77,7 +94,7 @@ class MetricsFile:
         if not self.enabled:
             return
         new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
+        with open_own(self.path, "a", newline="") as f:
             _write(f, [row], header=new)
             f.flush()
             os.fsync(f.fileno())
@@ -86,6 +103,11 @@ class MetricsFile:
 class RunFolderBusy(TrainlabError):
     """Another live process writes into the run folder: the folder is that run's, so this one leaves no error.log
     there and never discards it."""
+
+
+def busy(run_dir: Path, pid: str) -> str:
+    return (f"another run (pid {printable(pid)}) is writing into {printable(shown_path(run_dir))}: wait for it to end "
+            "or stop it, or give this run a folder of its own (hydra.run.dir=...)")
 
 
 class RunFolderLock:
@@ -100,6 +122,7 @@ class RunFolderLock:
     """
 
     held = {}  # this process's: resolved folder -> [open lock file, how many hold it]
+    claimed = set()  # every folder (resolved) this process has held: its run (run.log, error.log may be written)
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
@@ -111,30 +134,35 @@ class RunFolderLock:
             RunFolderLock.held[key][1] += 1
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            f = open(self.run_dir / RUN_LOCK, "a+")
+            f = open_own(self.run_dir / RUN_LOCK, "a+")
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
                 pid = f.read().strip() or "unknown"  # unknown: the other has not written it yet
                 f.close()
-                raise RunFolderBusy(f"another run (pid {pid}) is writing into {shown_path(self.run_dir)}: wait for it "
-                                    "to end or stop it, or give this run a folder of its own (hydra.run.dir=...)"
-                                    ) from None
+                raise RunFolderBusy(busy(self.run_dir, pid)) from None
             f.truncate(0)
             f.write(f"{os.getpid()}\n")
             f.flush()
             RunFolderLock.held[key] = [f, 1]
+            RunFolderLock.claimed.add(key)
+            RunLogHandler.claim(key)
         self.key = key
         return self
+
+    @staticmethod
+    def is_claimed(run_dir: Path) -> bool:
+        """Whether this process has held the folder's lock: the run in it is this process's."""
+        return Path(run_dir).resolve() in RunFolderLock.claimed
 
     @staticmethod
     def held_elsewhere(run_dir: Path) -> bool:
         """Whether another live process holds the run folder's lock."""
         path = Path(run_dir) / RUN_LOCK
-        if not path.is_file() or Path(run_dir).resolve() in RunFolderLock.held:
+        if not path.is_file() or path.is_symlink() or Path(run_dir).resolve() in RunFolderLock.held:
             return False
-        with open(path) as f:
+        with open_own(path, "r") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)  # let go of at once, by the close
                 return False
@@ -158,6 +186,162 @@ class RunFolderLock:
         self.release()
 
 
+def open_own(path: Path, mode: str = "a", **kwargs):
+    """open() for one of trainlab's own files in a run folder (modes r, a, a+, w), never through a symbolic link, and
+    never a file that has other names (a hard link): either would let a folder from someone else aim a write at any
+    file of the user's. TrainlabError, naming the file, for such a file."""
+    flags = {"r": os.O_RDONLY, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND,
+             "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC}[mode.replace("b", "")]
+    try:
+        fd = os.open(path, (flags & ~os.O_TRUNC) | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise TrainlabError(link_refusal(Path(path))) from None
+        raise
+    if mode != "r" and os.fstat(fd).st_nlink > 1:
+        os.close(fd)
+        raise TrainlabError(shared_name(Path(path)))
+    if flags & os.O_TRUNC:
+        os.ftruncate(fd, 0)
+    return os.fdopen(fd, mode, **kwargs)
+
+
+def shared_name(path: Path) -> str:
+    return (f"{printable(path)} has other names (a hard link): trainlab writes its own files in a run folder only "
+            "where no other file shares them; remove it, or give the run a new folder (hydra.run.dir=...)")
+
+
+def link_refusal(path: Path, elsewhere: str = "hydra.run.dir=...") -> str:
+    """The line for a symbolic link where trainlab writes one of its own files; `elsewhere`: how to choose another."""
+    try:
+        target = f" (to {printable(os.readlink(path))})"
+    except OSError:
+        target = ""
+    return (f"{printable(path)} is a symbolic link{target}: trainlab writes a run's files only as plain files in its "
+            f"own folder; remove the link, or choose another folder ({elsewhere})")
+
+
+def check_run_folder(run_dir: Path) -> bool:
+    """A run folder about to be written into, checked before anything is: -> whether it holds a run already (False:
+    absent or empty, a new run's). TrainlabError for a link among trainlab's own names, for files that are not a
+    run's (a folder of the user's), and RunFolderBusy where another live run writes into it."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return False
+    if run_dir.is_symlink() and not run_dir.is_dir():
+        raise TrainlabError(link_refusal(run_dir))
+    if not run_dir.is_dir():
+        raise TrainlabError(f"{printable(run_dir)} is a file where the run's folder should be: move it away, or "
+                            "choose another folder (hydra.run.dir=...)")
+    refuse_links(run_dir)
+    for name in (RUN_LOCK, RUN_LOG, ERROR_LOG, METRICS_CSV):  # files trainlab appends to or rewrites in place
+        if (run_dir / name).is_file() and (run_dir / name).stat().st_nlink > 1:
+            raise TrainlabError(shared_name(run_dir / name))
+    entries = sorted(p.name for p in run_dir.iterdir())
+    foreign = [name for name in entries if name not in OWN_NAMES and not name.startswith(EVENTS)
+               and not LEFT_BY_A_KILL.fullmatch(name)]
+    if foreign:
+        shown = ", ".join(printable(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise TrainlabError(f"{printable(shown_path(run_dir))} holds files that are not a run's ({shown}): a run "
+                            "writes into a new folder, or goes on in its own; choose another folder "
+                            "(hydra.run.dir=...)")
+    if RunFolderLock.held_elsewhere(run_dir):
+        with open_own(run_dir / RUN_LOCK, "r") as f:
+            raise RunFolderBusy(busy(run_dir, f.read().strip() or "unknown"))
+    return bool(entries)
+
+
+def check_sweep_folder(sweep_dir: Path, same_sweep) -> None:
+    """A sweep folder about to be written into, checked before anything is: absent or empty (a new sweep), the same
+    sweep again (`same_sweep(multirun.yaml's path)` says whether it is: it raises naming what differs), an Optuna
+    study's (the study checks its own search space), or refused: links among trainlab's names, here or in a job's
+    folder, and files that are neither a sweep's nor its jobs' folders."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.exists() and not sweep_dir.is_symlink():
+        return
+    if not sweep_dir.is_dir():
+        raise TrainlabError(link_refusal(sweep_dir, "hydra.sweep.dir=...") if sweep_dir.is_symlink() else
+                            f"{printable(sweep_dir)} is a file where the sweep's folder should be: move it away, or "
+                            "choose another folder (hydra.sweep.dir=...)")
+    refuse_links(sweep_dir, SWEEP_NAMES, "hydra.sweep.dir=...")
+    foreign = []
+    for entry in sorted(sweep_dir.iterdir()):
+        if entry.name in SWEEP_NAMES or LEFT_BY_A_KILL.fullmatch(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink() and not (set(os.listdir(entry)) - set(OWN_NAMES)) - {
+                n for n in os.listdir(entry) if n.startswith(EVENTS)}:
+            refuse_links(entry, elsewhere="hydra.sweep.dir=...")  # a job's folder
+            continue
+        foreign.append(entry.name)
+    if foreign:
+        shown = ", ".join(printable(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise TrainlabError(f"{printable(shown_path(sweep_dir))} holds files that are not a sweep's ({shown}): a sweep "
+                            "writes into a new folder, or goes on in its own; choose another folder "
+                            "(hydra.sweep.dir=...)")
+    if (sweep_dir / MULTIRUN_YAML).is_file():
+        same_sweep(sweep_dir / MULTIRUN_YAML)
+
+
+def refuse_links(folder: Path, names=OWN_NAMES, elsewhere: str = "hydra.run.dir=...") -> None:
+    """TrainlabError where one of trainlab's own `names` in `folder`, or a file in its checkpoints/, .hydra/ or
+    evaluate/, is a symbolic link."""
+    for name in names:
+        path = Path(folder) / name
+        if path.is_symlink():
+            raise TrainlabError(link_refusal(path, elsewhere))
+        if name in (CHECKPOINTS, HYDRA_DIR, EVALUATE) and path.is_dir():
+            for inside in path.iterdir():
+                if inside.is_symlink():
+                    raise TrainlabError(link_refusal(inside, elsewhere))
+
+
+class RunLogHandler(logging.FileHandler):
+    """Hydra's job log (run.log), as conf/config.yaml sets it up: opened without following a symbolic link, and kept
+    in memory until this process takes the run folder's lock (RunFolderLock), then written from the start. A command
+    refused before then (another run's folder, a setting a resume refuses) writes nothing there; a start that fails
+    before then leaves its lines on the terminal, and its folder is removed (discard_failed_start)."""
+
+    waiting = []  # this process's handlers whose folder it has not claimed yet
+
+    def __init__(self, filename, mode="a", encoding=None, **kwargs):
+        super().__init__(filename, mode, encoding, delay=True, **kwargs)
+        self.folder = Path(self.baseFilename).parent
+        self.pending = None if RunFolderLock.is_claimed(self.folder) else []
+        if self.pending is not None:
+            RunLogHandler.waiting.append(self)
+
+    @classmethod
+    def claim(cls, folder: Path) -> None:
+        """The folder's run is this process's: its waiting handlers write what they hold."""
+        for handler in [h for h in cls.waiting if h.folder.resolve() == folder]:
+            cls.waiting.remove(handler)
+            pending, handler.pending = handler.pending, None
+            for record in pending:
+                handler.emit(record)
+
+    def emit(self, record) -> None:
+        if self.pending is not None:
+            self.pending.append(record)
+            return
+        super().emit(record)
+
+    def _open(self):
+        return open_own(self.baseFilename, self.mode, encoding=self.encoding)
+
+    def close(self) -> None:
+        if self in RunLogHandler.waiting:
+            RunLogHandler.waiting.remove(self)
+        super().close()
+
+
+class PrintableFormatter(logging.Formatter):
+    """Every log line as the terminal and run.log show it: control characters escaped but the line breaks a message
+    holds by design (a model's table), so no text from a file or a config can colour, move or rewrite the screen."""
+
+    def format(self, record) -> str:
+        return "\n".join(printable(line) for line in super().format(record).split("\n"))
+
+
 def _write(f, rows: list, header: bool) -> None:
     writer = csv.DictWriter(f, METRICS_COLUMNS)
     if header:
@@ -168,7 +352,18 @@ def _write(f, rows: list, header: bool) -> None:
 def _cell(value):
     if isinstance(value, float):
         return f"{value:.6g}"
-    return "" if value is None else value
+    return "" if value is None else csv_text(value)
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula (OWASP)
+
+
+def csv_text(value):
+    """A CSV cell that a spreadsheet reads as text, never as a formula: text that starts like one gets a leading `'`
+    (OWASP's advice for CSV injection); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 def read_metrics(folder: Path) -> list:
@@ -177,7 +372,7 @@ def read_metrics(folder: Path) -> list:
     if not path.exists():
         return []
     rows = []
-    with open(path, newline="") as f:
+    with open_own(path, "r", newline="") as f:
         for row in csv.DictReader(f):
             parsed = {k: (None if v in ("", None) else float(v)) for k, v in row.items() if k != "epoch"}
             parsed["step"] = int(parsed["step"]) if parsed.get("step") is not None else None

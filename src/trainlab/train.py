@@ -19,7 +19,7 @@ from trainlab.data import build_run_data
 from trainlab.image_folder import settle_image_size
 from trainlab.engine import (Loop, NonFiniteLoss, TrainState, evaluate, resolve_device, seconds_since_launch,
                              seed_everything, show_progress, train_epoch)
-from trainlab.errors import Interrupted, TrainlabError
+from trainlab.errors import Interrupted, TrainlabError, printable
 from trainlab.launch import Launch
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
@@ -27,7 +27,7 @@ from trainlab.resume import check_resumable, continued_config, longer_hint, resu
 from trainlab.step import Numerics, make_train_step
 from trainlab.run_folder import (CHECKPOINTS, IMAGES_PER_S, LR, STARTUP_S, TEST_ACC, TEST_EPOCH_ACC, TEST_EPOCH_LOSS,
                                  TEST_LOSS, TEST_ROW, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, MetricsFile,
-                                 RunFolderLock, best_metric, read_scalars, shown_path)
+                                 RunFolderLock, best_metric, check_run_folder, read_scalars, shown_path)
 from trainlab.splits import sizes_text
 from trainlab.tensorboard import RunWriter
 from trainlab.transforms import check_transforms, normalization
@@ -49,7 +49,10 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     launch = Launch.of(launch)
     check_values(cfg)
     check_config(cfg)  # nothing outside the allow-list (trainlab/allowlist.py), before anything runs
+    check_run_folder(launch.run_dir)  # ours or refused: no link among its files, nothing of the user's (run_folder.py)
     saved, run_dir = resume_state(cfg.trainer.resume, launch.run_dir)  # a checkpoint to resume from, or None
+    if run_dir != launch.run_dir:
+        check_run_folder(run_dir)
     if saved is not None and cfg.trainer.resume != "auto":  # resumed by name: on with the config it was made with
         cfg = continued_config(saved["config"], cfg, launch.overrides)
         check_values(cfg)
@@ -68,7 +71,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     # data: train, validation and test splits (trainlab/splits.py)
     data, loaders, path = build_run_data(cfg, transforms, device, ranks)
     shape = "x".join(map(str, data.image_shape))
-    log.info(f"data {cfg.data.name}: {sizes_text(data.train, data.val, data.test)}, {len(data.classes)} classes, "
+    log.info(f"data {printable(cfg.data.name)}: {sizes_text(data.train, data.val, data.test)}, {len(data.classes)} classes, "
              f"{shape} · {path} · device {device}"
              + (f" ({torch.get_num_threads()} threads: job {launch.job}, {launch.jobs_at_once} at once)"
                 if launch.jobs_at_once > 1 else "")
@@ -379,9 +382,9 @@ def _model_lines(model_cfg, model, image_shape) -> str:
     key = repr(OmegaConf.to_container(model_cfg, resolve=True))
     if key in _tables_shown:
         count = sum(p.numel() for p in model.parameters())
-        return f"model {model_cfg.name}: {count:,} parameters (its table is above)"
+        return f"model {printable(model_cfg.name)}: {count:,} parameters (its table is above)"
     _tables_shown.add(key)
-    return f"model {model_cfg.name}\n{summary_table(model, image_shape)}"
+    return f"model {printable(model_cfg.name)}\n{summary_table(model, image_shape)}"
 
 
 # What HPARAMS shows of every run, by dotted key, beside the keys a command line sets; a group shows its option.

@@ -26,7 +26,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from trainlab.errors import USER_ERROR_EXIT, ConfigRefused, TrainlabError, one_line
-from trainlab.run_folder import BEST, CHECKPOINTS, ERROR_LOG
+from trainlab.run_folder import BEST, CHECKPOINTS, ERROR_LOG, open_own
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,13 @@ class Search:
         optuna.logging.enable_propagation()  # its set-up lines ("A new study created ...") say what the next line says
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
-        study = optuna.create_study(study_name=self.study_name, storage=self.storage, direction=self.direction,
-                                    sampler=optuna.samplers.RandomSampler(), load_if_exists=True)  # replaced below
+        try:
+            study = optuna.create_study(study_name=self.study_name, storage=self.storage, direction=self.direction,
+                                        sampler=optuna.samplers.RandomSampler(), load_if_exists=True)  # replaced below
+        except ImportError as e:  # the database's driver (SQLAlchemy imports it when it first connects)
+            if not any(self.sweep_dir.iterdir()):
+                self.sweep_dir.rmdir()  # made just above: a search that never started leaves nothing
+            raise TrainlabError(missing_driver(self.storage, e)) from None
         if study.direction.name.lower() != self.direction:
             raise TrainlabError(f"study '{self.study_name}' in {self.storage} was started to "
                                 f"{study.direction.name.lower()}, not {self.direction}: rerun with "
@@ -140,7 +145,8 @@ class Search:
                         _tell_study(study, trial.number, state=TrialState.FAIL)
                         folder.mkdir(parents=True)
                         why = one_line(e.message, 300) if isinstance(e, ConfigRefused) else _one_line(e)
-                        (folder / ERROR_LOG).write_text(f"error: the job did not start: {why}\n")
+                        with open_own(folder / ERROR_LOG, "w") as f:
+                            f.write(f"error: the job did not start: {why}\n")
                 raise
             for trial, ret in zip(group, returns):
                 self._tell(study, trial, ret)
@@ -159,7 +165,8 @@ class Search:
             error = f"see {error_log}"
         else:
             error_log.parent.mkdir(parents=True, exist_ok=True)
-            error_log.write_text(f"error: {error}\n\n{details}")
+            with open_own(error_log, "w") as f:
+                f.write(f"error: {error}\n\n{details}")
         log.warning(f"trial #{trial.number} failed ({error}); recorded as failed, the search goes on")
 
     def _report(self, study) -> None:
@@ -185,11 +192,28 @@ class Search:
         results = {"name": "optuna", "study": study.study_name, "best_trial": best.number,
                    "best_params": dict(best.params), "best_value": best.value, "monitor": self.monitor, "test": test,
                    "trials": len(trials), "failed": failed}
-        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / RESULTS)
+        with open_own(self.sweep_dir / RESULTS, "w") as f:  # the sweep folder's own file: never through a link
+            OmegaConf.save(OmegaConf.create(results), f)
         log.info(f"Best parameters written to {self.sweep_dir / RESULTS}")
 
     def _shown(self, value: float) -> str:
         return f"{self.monitor} {value:.2%}" if self.monitor.endswith("acc") else f"{self.monitor} {value:.6g}"
+
+
+# Database drivers SQLAlchemy imports, by module -> the package that installs it
+DRIVERS = {"psycopg2": "psycopg2-binary", "psycopg": "psycopg[binary]", "pymysql": "PyMySQL", "MySQLdb": "mysqlclient",
+           "mysql": "mysql-connector-python", "asyncpg": "asyncpg", "pg8000": "pg8000"}
+
+
+def missing_driver(storage: str, error: ImportError) -> str:
+    """hydra.sweeper.storage names a database whose driver is not installed -> the line that names the package."""
+    while error.__cause__ is not None and not getattr(error, "name", None):  # Optuna wraps SQLAlchemy's ImportError
+        error = error.__cause__
+    module = (getattr(error, "name", None) or "the database driver").split(".")[0]
+    package = DRIVERS.get(module, module)
+    scheme = str(storage).split("://", 1)[0]  # the URL's scheme only: the rest may hold a password
+    return (f"hydra.sweeper.storage: a {scheme} storage needs the {module} module, which is not installed: "
+            f"pip install {package} (or use sqlite:///PATH, which needs nothing more)")
 
 
 def search_space(overrides: list) -> tuple:
