@@ -41,7 +41,8 @@ from trainlab.config import check_known_keys, composition_error
 from trainlab.errors import ConfigRefused, TrainlabError, one_line, printable
 from trainlab.hydra_policy import (ALLOW_KEYS_ENV, UnsafeConfig, check_hydra, hydra_choices,  # noqa: F401
                                    reference_config, unresolved)
-from trainlab.run_folder import check_run_folder, check_sweep_folder
+from trainlab.launch import first_process
+from trainlab.run_folder import RunFolderLock, check_run_folder, check_sweep_folder
 
 ALLOW_TARGETS_ENV = "TRAINLAB_ALLOW_TARGETS"
 
@@ -230,11 +231,13 @@ class CheckedConfigLoader(ConfigLoaderImpl):
             check_hydra(cfg, overrides, reference, probe)
             check_app(probe)
         check_known_keys(cfg)
-        if self.checks_folders and not self._sweep_job:
+        if self.checks_folders and not self._sweep_job and first_process():  # torchrun: the first speaks for all
             if sweep:
                 check_sweep_folder(folder, lambda record: _same_sweep(record, overrides))
-            else:
-                check_run_folder(folder)
+            elif not check_run_folder(folder):
+                # a new run's folder is this process's from now on: a second run started into it at the same moment
+                # is refused before Hydra writes its .hydra/ there
+                RunFolderLock(folder).acquire()
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list) -> DictConfig:
         """A sweep job's config; one that cannot be composed ends the sweep before any job runs, and takes the

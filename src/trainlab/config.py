@@ -234,9 +234,13 @@ def _run_dir(resume: str) -> str:
 
 
 def _config_subdir(output_dir: str):
-    """hydra.output_subdir: .hydra, but none where the run folder has one already: a resumed run's .hydra/ keeps the
-    config it was made with, and a command refused there (another run's folder) leaves it as it was."""
-    return None if (Path(output_dir) / ".hydra").exists() or Path(output_dir, ".hydra").is_symlink() else ".hydra"
+    """hydra.output_subdir: .hydra for a new run's folder only: a run folder's own .hydra/ keeps the config it was made
+    with, one made in a notebook gets none from the command that continues it, and a command refused there (another
+    run's folder) leaves it as it was."""
+    from trainlab.resume import run_traces
+
+    folder = Path(output_dir)
+    return None if (folder / ".hydra").exists() or (folder / ".hydra").is_symlink() or run_traces(folder) else ".hydra"
 
 
 def _sweep_job_folder(*, _root_) -> str:

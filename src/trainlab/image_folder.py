@@ -39,11 +39,15 @@ def settle_image_size(cfg) -> Optional[str]:
     sizes = {}
     for f in sample:
         try:
-            with warnings.catch_warnings():  # an image past PIL's limit is data.bad_images' business too
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(f) as image:  # reads the header only
-                    sizes[image.size] = sizes.get(image.size, 0) + 1
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            if cfg.bad_images == "skip":  # a file the run will leave out must not choose the size: decoded whole
+                size = read_image(f, "RGB", cfg.max_pixels).size
+            else:
+                with warnings.catch_warnings():  # an image past PIL's limit is data.bad_images' business too
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(f) as image:  # reads the header only
+                        size = image.size
+            sizes[size] = sizes.get(size, 0) + 1
+        except (BadImage, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             continue  # a file that cannot be decoded is data.bad_images' business
     common = max(sizes, key=sizes.get) if sizes else None
     if cfg.image_size is None:
@@ -231,11 +235,40 @@ def read_image(path, mode: str, max_pixels: int):
                 if width * height > max_pixels:
                     raise BadImage(f"has {width}x{height} = {width * height:,} pixels, more than data.max_pixels="
                                    f"{max_pixels:,}", "shrink the image, or raise data.max_pixels")
-                return file.convert(mode)
+                return eight_bit(file).convert(mode)
     except Image.DecompressionBombError as e:
         raise BadImage(f"is too large to decode safely ({str(e).rstrip('.')})", "shrink the image") from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
         raise BadImage(f"cannot be decoded ({e})", "remove or replace the file") from None
+
+
+# TIFF's tags for the largest value a sample may take (MaxSampleValue, SMaxSampleValue): where the file says its range
+MAX_SAMPLE_TAGS = (281, 341)
+
+
+def eight_bit(image):
+    """An image of more than 8 bits a channel (16-bit PNG and TIFF, 32-bit integer and float TIFF: PIL modes I;16*, I,
+    F) -> the same picture as 8-bit grey, scaled by its range: the type's for 16 bits, the one the file gives, else
+    the smallest of 0-1 (floats), 0-255 and 0-65535 that holds its values. convert("RGB") would clip instead (a 16-bit
+    image all white, a float one all black). Other modes as they are; BadImage where no such range holds the values."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    given = next((image.tag_v2.get(t) for t in MAX_SAMPLE_TAGS if getattr(image, "tag_v2", {}).get(t)), None)
+    if image.mode.startswith("I;16"):
+        top = 65535.0
+    elif isinstance(given, (int, float)) and given > 0:
+        top = float(given)
+    else:
+        top = next((t for t in ((1.0,) if image.mode == "F" else ()) + (255.0, 65535.0) if high <= t), None)
+    if top is None or low < 0 or not np.isfinite(values).all():
+        raise BadImage(f"is a mode-{image.mode} image with values from {low:g} to {high:g}, which no 8-bit range maps "
+                       f"without losing them", "save it as 8 bits a channel (or scale its values to 0-65535)")
+    return Image.fromarray(np.round(values.clip(0, top) * (255.0 / top)).astype(np.uint8), mode="L")
 
 
 class ImageFiles(Dataset):

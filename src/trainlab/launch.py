@@ -49,6 +49,12 @@ class Launch:
                    swept=swept_keys(hydra.sweep.dir), choices=choices)
 
 
+def first_process() -> bool:
+    """Whether this is the first process of a torchrun launch (RANK 0), or the only one: the one that checks, locks
+    and writes the run folder."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def script(name: str = "run.py") -> str:
     """An entrypoint as the user typed its path (src/run.py), or `name` beside it (src/report.py); src/ when the run
     was not started from one (a notebook)."""

@@ -21,7 +21,7 @@ from trainlab.checkpoint import DamagedFile, FileLock, read_record, save_checkpo
 from trainlab.data import (TORCHVISION_SETS, BatchPlan, DataSplits, Loaders, build_datasets, check_same_size,
                            first_image, stream_seed, subset_indices, worker_processes)
 from trainlab.image_folder import folder_classes, walk_folder
-from trainlab.errors import one_line, printable
+from trainlab.errors import TrainlabError, one_line, printable
 from trainlab.splits import split
 from trainlab.transforms import BatchedSteps, build_pipeline, split_for_device
 
@@ -114,7 +114,9 @@ def _decoded(data_cfg, bake_train: list, bake_test: list, device, progress) -> t
         except OSError as e:  # a cache there is still read: it was written whole
             unwritable = e.strerror or str(e)
         if cache_key() is None:
-            unwritable, cache = "no key to sign it with: ~/.cache/trainlab cannot be written", None
+            log.warning(f"warning: data: no cache: its key ({user_cache() / KEY_FILE}) cannot be made or read; "
+                        "decoding without one")
+            lock, cache = None, None
     with lock or nullcontext():
         return _cached_or_decoded(cache, data_cfg, bake_train, bake_test, device, progress, unwritable)
 
@@ -165,11 +167,18 @@ def _decode(dataset, desc: str, progress: bool) -> tuple:
     workers = worker_processes(min(8, os.cpu_count() or 1), asked=False)
     loader = DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=_stack)
     images, targets = [], []
-    for batch, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
-        if isinstance(batch, list):  # the sizes differed: reported here, by this process, as one line
-            check_same_size(batch)
-        images.append(batch)
-        targets.append(labels)
+    try:
+        for batch, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+            if isinstance(batch, list):  # the sizes differed: reported here, by this process, as one line
+                check_same_size(batch)
+            images.append(batch)
+            targets.append(labels)
+    except RuntimeError as e:  # torch's word for a worker that died (killed, out of memory), not one that raised
+        if "DataLoader worker" not in str(e):
+            raise
+        raise TrainlabError(f"{desc}: a decoding process died ({one_line(e, 120)}), most often for want of "
+                            "memory: free some, then run the same command again; trainer.data_path=loader decodes "
+                            "as it trains instead") from None
     check_same_size([b.shape[1:] for b in images])
     return torch.cat(images), torch.cat(targets)
 
@@ -249,6 +258,14 @@ def cache_key():
         return key if len(key) == 32 else None
     except OSError:
         return None
+
+
+def files_fingerprint(cfg):
+    """A digest of the data's file names (source_stats without the folders' times), which with the run's settings
+    decide its train, validation and test splits: a run resumed on other files would be split otherwise (images it
+    trained on could become validation images). None for a generated data set."""
+    names = [entry for entry in source_stats(cfg) if "/ " not in entry]  # a folder's entry: "path/ <its time>"
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16] if names else None
 
 
 def source_stats(cfg) -> list:

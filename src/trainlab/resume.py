@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainlab.errors import TrainlabError
 from trainlab.launch import script
-from trainlab.run_folder import BEST, CHECKPOINTS, LAST, METRICS_CSV, run_of, shown_path
+from trainlab.run_folder import BEST, CHECKPOINTS, EVENTS, LAST, METRICS_CSV, run_of, shown_path
 
 OUTPUTS = Path("outputs")  # where conf/config.yaml puts runs (runs/<time>) and sweeps (multirun/<time>/<job>)
 # Settings that say how the run goes on, not what it is: a resume takes them from the command where it sets them.
@@ -38,10 +38,11 @@ def newest_run(outputs: Path = OUTPUTS) -> Optional[Path]:
 
 
 def run_traces(run_dir: Path) -> list:
-    """What of a finished epoch a folder holds: checkpoints and metrics.csv's rows. (Events alone are a start that
-    never reached a checkpoint or an epoch's end: starting it again loses nothing.)"""
+    """What a folder holds of a run beyond a start's (.hydra/, run.log, error.log): checkpoints, metrics.csv, events.
+    Any of them is a run that a new one there would overwrite or mix with."""
     found = [f"{CHECKPOINTS}/{p.name}" for p in sorted((Path(run_dir) / CHECKPOINTS).glob("*.pt"))]
-    return found + ([METRICS_CSV] if (Path(run_dir) / METRICS_CSV).exists() else [])
+    found += [METRICS_CSV] if (Path(run_dir) / METRICS_CSV).exists() else []
+    return found + (["TensorBoard events"] if any(Path(run_dir).glob(f"{EVENTS}*")) else [])
 
 
 def resume_folder(resume: str) -> Optional[Path]:
@@ -68,9 +69,9 @@ def resume_state(resume: str, run_dir: Path) -> tuple:
         state, _ = load_latest(run_dir / CHECKPOINTS)
         if state is None and run_traces(run_dir):  # a run that cannot be continued is still not overwritten
             raise TrainlabError(f"{shown_path(run_dir)} holds a run ({', '.join(run_traces(run_dir))}) but no "
-                                f"{CHECKPOINTS}/{LAST} to continue it from: a new run there would replace it; "
-                                f"continue it from a checkpoint it has (trainer.resume=PATH.pt), or give the new run "
-                                f"a folder of its own (hydra.run.dir=...)")
+                                f"{CHECKPOINTS}/{LAST} to continue it from: a new run there would replace it; give "
+                                f"the new run a folder of its own (hydra.run.dir=...), continue from a checkpoint it "
+                                f"has (trainer.resume=PATH.pt), or move the folder away")
         return state, run_dir
     if resume == "latest":
         folder = newest_run()

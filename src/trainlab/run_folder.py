@@ -77,14 +77,33 @@ class MetricsFile:
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.path, self.enabled = Path(run_dir) / METRICS_CSV, enabled
 
-    def keep(self, epochs_done: int) -> None:
-        """Keep the rows of epochs 1..epochs_done, as written: what the checkpoint a run resumes from covers (its test
-        row, if any, is written again at the end). A row cut short by a kill is dropped. Rewritten atomically."""
+    def kept_rows(self, epochs_done: int) -> list:
+        """The rows of epochs 1..epochs_done, as written: what the checkpoint a run resumes from covers (its test
+        row, if any, is written again at the end); a row cut short by a kill is left out. TrainlabError, naming the
+        line, for a file damaged otherwise (a stray byte, an epoch that is not a number): read before the run writes
+        anything, so the run it belongs to is left as it was."""
+        if not self.enabled or not self.path.exists():
+            return []
+        try:
+            with open_own(self.path, "r", newline="") as f:
+                reader = csv.DictReader(f)
+                rows = []
+                for row in reader:
+                    if None in row.values() or row["epoch"] == TEST_ROW:  # cut short by a kill; the test row
+                        continue
+                    if not (row["epoch"] or "").isdigit():
+                        raise ValueError(f"line {reader.line_num}: epoch {row['epoch']!r} is not a number")
+                    rows += [row] if int(row["epoch"]) <= epochs_done else []
+        except (UnicodeDecodeError, ValueError, csv.Error) as e:
+            raise TrainlabError(f"{printable(shown_path(self.path))} is damaged ({printable(e)}): the run's figures "
+                                "are in its TensorBoard events and checkpoints too; repair the file or move it away, "
+                                "then run the same command again") from None
+        return rows
+
+    def keep(self, rows: list) -> None:
+        """Rewrite the file to hold `rows` (kept_rows'), atomically: a new run starts it afresh."""
         if not self.enabled or not self.path.exists():
             return
-        with open_own(self.path, "r", newline="") as f:
-            rows = [row for row in csv.DictReader(f) if None not in row.values()  # short: cut by a kill
-                    and row["epoch"] != TEST_ROW and int(row["epoch"]) <= epochs_done]
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # no writer shares it
         with open(tmp, "w", newline="") as f:
             _write(f, rows, header=True)

@@ -16,11 +16,12 @@ from trainlab.allowlist import check_config
 from trainlab.checkpoint import Checkpointer, set_rng_states
 from trainlab.config import check_values
 from trainlab.data import build_run_data
+from trainlab.resident import files_fingerprint
 from trainlab.image_folder import settle_image_size
 from trainlab.engine import (Loop, NonFiniteLoss, TrainState, evaluate, resolve_device, seconds_since_launch,
                              seed_everything, show_progress, train_epoch)
 from trainlab.errors import Interrupted, TrainlabError, printable
-from trainlab.launch import Launch
+from trainlab.launch import Launch, first_process
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
 from trainlab.resume import check_resumable, continued_config, longer_hint, resume_command, resume_state
@@ -49,9 +50,10 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     launch = Launch.of(launch)
     check_values(cfg)
     check_config(cfg)  # nothing outside the allow-list (trainlab/allowlist.py), before anything runs
-    check_run_folder(launch.run_dir)  # ours or refused: no link among its files, nothing of the user's (run_folder.py)
+    if first_process():  # ours or refused: no link among its files, nothing of the user's (run_folder.py)
+        check_run_folder(launch.run_dir)
     saved, run_dir = resume_state(cfg.trainer.resume, launch.run_dir)  # a checkpoint to resume from, or None
-    if run_dir != launch.run_dir:
+    if run_dir != launch.run_dir and first_process():
         check_run_folder(run_dir)
     if saved is not None and cfg.trainer.resume != "auto":  # resumed by name: on with the config it was made with
         cfg = continued_config(saved["config"], cfg, launch.overrides)
@@ -67,6 +69,12 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     check_blocks(cfg.model)  # a misspelt block key fails now, not after the data has loaded
     config = OmegaConf.to_container(cfg, resolve=True)  # plain: what checkpoints carry and resuming compares
     changed = check_resumable(saved, config) if saved is not None else []  # what the command changes, said below
+    files = files_fingerprint(cfg.data)  # which files the splits were drawn from: a resume must find the same
+    if saved is not None and saved.get("data_files", files) != files:
+        raise TrainlabError(f"the files in data.root={printable(cfg.data.root)} are not those the run began with "
+                            "(files added, removed or renamed): its train and validation splits would change, and "
+                            "images it trained on could be validated on; resume with the same files, or start a new "
+                            "run (hydra.run.dir=...)")
 
     # data: train, validation and test splits (trainlab/splits.py)
     data, loaders, path = build_run_data(cfg, transforms, device, ranks)
@@ -131,13 +139,15 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
         return state.best
 
     # logging, metrics.csv and checkpoints, in a folder no other live run writes into (a second one is refused)
+    metrics = MetricsFile(run_dir, enabled=ranks.main)
+    kept = metrics.kept_rows(state.epochs_done)  # what the checkpoint covers; a damaged file is refused here, unwritten
     folder_lock = RunFolderLock(run_dir).acquire() if ranks.main else None
     first_step = (state.epoch - 1) * steps_per_epoch + state.batch
     writer = RunWriter(run_dir, purge_step=first_step + 1 if saved is not None else None, enabled=ranks.main)
-    metrics = MetricsFile(run_dir, enabled=ranks.main)
-    metrics.keep(state.epochs_done)  # what the checkpoint covers: a new run starts the file afresh
+    metrics.keep(kept)
     checkpointer = Checkpointer(run_dir / CHECKPOINTS, model, optimizer, scheduler, writer,
                                 {"config": config, "classes": list(data.classes), "image_shape": list(data.image_shape),
+                                 "data_files": files,
                                  "trainlab_version": __version__},
                                 t.checkpoint_every_n_steps, enabled=t.checkpoint and ranks.main)
     if saved is None:

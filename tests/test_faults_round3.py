@@ -1,0 +1,140 @@
+"""Faults, round three (issue 21): what still lost data or was silently wrong, and the tracebacks where one line is
+promised. Each test drives the real code (in-process where that shows the same, to keep the suite short)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import QUICK, ROOT, assert_one_clear_line, compose, run_cli
+from trainlab.errors import TrainlabError
+from trainlab.image_folder import ImageFiles, read_image
+from trainlab.resident import build_resident
+from trainlab.transforms import check_transforms
+
+GRADIENT = np.linspace(0, 1, 64).reshape(8, 8)  # a picture: dark top left, light bottom right
+
+
+def deep_images(folder):
+    """The same gradient as 8-bit PNG, 16-bit PNG (I;16), 32-bit integer TIFF (I) and float TIFF (F, 0 to 1)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(GRADIENT * 255).astype(np.uint8)).save(folder / "eight.png")
+    Image.fromarray(np.round(GRADIENT * 65535).astype(np.uint16)).save(folder / "sixteen.png")
+    Image.fromarray(np.round(GRADIENT * 65535).astype(np.int32), mode="I").save(folder / "int32.tif")
+    Image.fromarray(GRADIENT.astype(np.float32), mode="F").save(folder / "float.tif")
+    return sorted(folder.iterdir())
+
+
+def test_deep_images_are_scaled_to_8_bits_not_clipped_on_every_path(tmp_path):
+    files = deep_images(tmp_path / "data" / "train" / "grey")
+    deep_images(tmp_path / "data" / "train" / "other")
+    expected = np.asarray(Image.open(files[0]).convert("RGB"))
+    assert {Image.open(f).mode for f in files} == {"L", "I;16", "I", "F"}
+    for f in files:  # predict.py reads each file with read_image, as training does
+        assert np.abs(np.asarray(read_image(f, "RGB", 10**6)).astype(int) - expected).max() <= 1, f
+    loader = ImageFiles([(str(f), 0) for f in files], ["grey"], None, "fail", 10**6)  # the DataLoader path
+    assert all(np.abs(np.asarray(loader[i][0]).astype(int) - expected).max() <= 1 for i in range(len(files)))
+    cfg = compose("data=folder", f"data.root={tmp_path / 'data'}", "data.image_size=8", "data.val_split=0")
+    data = build_resident(cfg.data, check_transforms(cfg.transform), torch.device("cpu"), 0, False)[0]  # the cache
+    images = data.train.images.numpy().transpose(0, 2, 3, 1).astype(int)
+    assert np.abs(images - expected).max() <= 1
+
+
+def test_an_image_whose_values_no_8_bit_range_holds_is_one_line(tmp_path):
+    for name in ("ants", "bees"):
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (90, 0, 0)).save(tmp_path / "data" / "train" / name / "0.png")
+    Image.fromarray(np.full((8, 8), -3.5, np.float32), mode="F").save(tmp_path / "data" / "train" / "bees" / "x.tif")
+    files = ImageFiles([(str(tmp_path / "data" / "train" / "bees" / "x.tif"), 1)], ["ants", "bees"], None, "fail",
+                       10**6)
+    with pytest.raises(TrainlabError, match="x.tif is a mode-F image with values from -3.5 to -3.5, which no 8-bit "
+                                            "range maps without losing them: save it as 8 bits a channel"):
+        files[0]
+
+
+def test_a_resume_after_images_were_added_is_refused_before_it_resplits(tmp_path):
+    from trainlab.train import run
+
+    root = tmp_path / "data"
+    for name, colour in (("ants", (200, 0, 0)), ("bees", (0, 0, 200))):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (8, 8), colour).save(root / "train" / name / f"{i}.png")
+    settings = ["data=folder", f"data.root={root}", "data.image_size=8", "data.batch_size=4", *QUICK,
+                "trainer.log_images=false"]
+    run(compose(*settings, "trainer.epochs=1"), tmp_path / "run")
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(root / "train" / "bees" / "new.png")
+    with pytest.raises(TrainlabError, match="the files in data.root=.* are not those the run began with"):
+        run(compose(*settings, "trainer.epochs=2"), tmp_path / "run")
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("left", [["checkpoints/best.pt", "metrics.csv"], ["events.out.tfevents.1.host"]])
+def test_a_run_whose_last_checkpoint_is_gone_is_not_replaced_by_the_same_command(tmp_path, left):
+    for name in left:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"what the run left")
+    result = run_cli("data=shapes", "trainer.epochs=1", *QUICK, f"hydra.run.dir={tmp_path}")
+    assert_one_clear_line(result, "but no checkpoints/last.pt to continue it from: a new run there would replace it")
+    assert all((tmp_path / name).read_bytes() == b"what the run left" for name in left)
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe", b"two,1,2,3,4,5,6,7,8,9,10\n"])
+def test_a_damaged_metrics_csv_stops_a_resume_in_one_line_and_leaves_the_run_as_it_was(tmp_path, damage):
+    from trainlab.train import run
+
+    settings = ["data=shapes", "data.num_train=64", "data.num_test=32", *QUICK, f"hydra.run.dir={tmp_path}"]
+    run(compose(*settings[:-1], "trainer.epochs=1"), tmp_path)
+    with open(tmp_path / "metrics.csv", "ab") as f:
+        f.write(damage)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = run_cli(*settings, "trainer.epochs=2")
+    assert_one_clear_line(result, "metrics.csv is damaged (", "repair the file or move it away")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # no error.log, no new line
+
+
+# src/run.py, but a decoding worker process dies (as the kernel's out-of-memory killer ends one) at its 4th image
+WORKER_DIES = """
+import os, runpy, signal, sys
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
+import torch.utils.data
+from trainlab import image_folder
+read = image_folder.ImageFiles.__getitem__
+def dies(self, index):
+    if torch.utils.data.get_worker_info() is not None and index == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return read(self, index)
+image_folder.ImageFiles.__getitem__ = dies
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_decoding_worker_that_dies_ends_the_run_in_one_line(tmp_path):
+    for name in ("ants", "bees"):
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        for i in range(20):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "data" / "train" / name / f"{i}.png")
+    result = subprocess.run([sys.executable, "-c", WORKER_DIES, "src/run.py", "data=folder",
+                             f"data.root={tmp_path / 'data'}", "data.image_size=8", *QUICK,
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert_one_clear_line(result, "decoding folder train: a decoding process died (DataLoader worker")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_left_out_by_bad_images_skip_does_not_choose_the_image_size(tmp_path, caplog):
+    from trainlab.train import run
+
+    for name in ("ants", "bees"):
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), (60 * i, 0, 0)).save(tmp_path / "data" / "train" / name / f"{i}.png")
+    Image.new("RGB", (64, 64), (0, 0, 200)).save(tmp_path / "broken.png")
+    (tmp_path / "data" / "train" / "bees" / "broken.png").write_bytes((tmp_path / "broken.png").read_bytes()[:90])
+    caplog.set_level("INFO", logger="trainlab")
+    run(compose("data=folder", f"data.root={tmp_path / 'data'}", "data.bad_images=skip", "data.val_split=0",
+                "trainer.epochs=1", *QUICK, "trainer.log_images=false"), tmp_path / "run")
+    assert "data folder: 8 train / no val / no test images, 2 classes, 3x32x32" in caplog.text  # no 64x64 resize
