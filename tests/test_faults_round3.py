@@ -1,5 +1,6 @@
 """Faults, round three (issue 21): what still lost data or was silently wrong, and the tracebacks where one line is
 promised. Each test drives the real code (in-process where that shows the same, to keep the suite short)."""
+import signal
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import QUICK, ROOT, assert_one_clear_line, compose, run_cli
+from conftest import QUICK, ROOT, assert_one_clear_line, compose, run_cli, run_signalled
 from trainlab.errors import TrainlabError
 from trainlab.image_folder import ImageFiles, read_image
 from trainlab.resident import build_resident
@@ -138,3 +139,80 @@ def test_a_file_left_out_by_bad_images_skip_does_not_choose_the_image_size(tmp_p
     run(compose("data=folder", f"data.root={tmp_path / 'data'}", "data.bad_images=skip", "data.val_split=0",
                 "trainer.epochs=1", *QUICK, "trainer.log_images=false"), tmp_path / "run")
     assert "data folder: 8 train / no val / no test images, 2 classes, 3x32x32" in caplog.text  # no 64x64 resize
+
+
+def test_sigterm_while_the_run_writes_its_end_lets_it_finish(tmp_path):
+    from trainlab.checkpoint import load_checkpoint
+
+    args = ["data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK,
+            f"hydra.run.dir={tmp_path}"]
+    result = run_signalled(signal.SIGTERM, 0, *args, tag="test/acc")  # as the test score is logged
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "SIGTERM came while the run was writing its end: it finished first" in output
+    assert "test" in load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert not list(tmp_path.rglob("*.tmp"))
+    again = run_cli(*args)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_model_changed_before_a_rerun_is_named_by_the_block_that_differs(tmp_path):
+    from trainlab.train import run
+
+    settings = ["data=shapes", "data.num_train=64", "data.num_test=32", *QUICK, "trainer.log_images=false"]
+    run(compose(*settings, "trainer.epochs=1"), tmp_path)
+    changed = compose(*settings, "trainer.epochs=2")
+    changed.model.blocks[4].out_channels = 48  # conf/model/tudui.yaml edited between the two commands
+    with pytest.raises(TrainlabError) as refused:
+        run(changed, tmp_path)
+    assert str(refused.value).startswith("model.blocks.4.out_channels is 48 in this command but 64 in the run")
+    assert len(str(refused.value)) < 250
+
+
+def test_a_run_that_finishes_after_a_failure_is_no_longer_reported_failed(tmp_path, capsys):
+    from trainlab.report import report
+    from trainlab.train import run
+
+    settings = ["data=shapes", "data.num_train=64", "data.num_test=32", *QUICK, "trainer.log_images=false"]
+    run(compose(*settings, "trainer.epochs=1"), tmp_path / "run")
+    (tmp_path / "run" / ".hydra").mkdir()  # as src/run.py leaves it: what report.py finds a run by
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("trainer:\n  epochs: 2\n")
+    (tmp_path / "run" / "error.log").write_text("error: the disk is full: ...\n")  # the attempt that failed
+    run(compose(*settings, "trainer.epochs=2"), tmp_path / "run")  # the same run, resumed and finished
+    report(tmp_path, plot=False)
+    assert not (tmp_path / "run" / "error.log").exists() and " done " in capsys.readouterr().out
+
+
+def test_resume_latest_on_a_finished_run_says_only_that_it_is_finished(tmp_path):
+    args = ["data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    again = run_cli(*args, "trainer.resume=latest", cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to do" in again.stdout and "resuming" not in again.stdout
+
+
+def test_predict_on_a_folder_predicts_every_readable_image_and_names_the_others(tmp_path):
+    from trainlab.train import run
+
+    run(compose("data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK,
+                "trainer.log_images=false"), tmp_path / "run")
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a_broken.png").write_bytes(b"\x89PNG not really")
+    for name in ("b_red.png", "c_blue.png"):
+        Image.new("RGB", (32, 32), (200, 0, 0) if "red" in name else (0, 0, 200)).save(images / name)
+    result = subprocess.run([sys.executable, "src/predict.py", f"checkpoint={tmp_path / 'run'}", f"image={images}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert_one_clear_line(result, "1 of 3 images could not be read (a_broken.png", "the other 2 were predicted")
+    assert f"{images / 'b_red.png'}\n" in result.stdout and f"{images / 'c_blue.png'}\n" in result.stdout
+    assert "warning: skipped" in result.stdout + result.stderr and "a_broken.png cannot be decoded" in result.stdout
+
+
+def test_an_epoch_whose_every_step_was_skipped_says_it_trained_nothing(tmp_path, caplog):
+    from trainlab.run_folder import read_metrics
+    from trainlab.train import run
+
+    caplog.set_level("INFO", logger="trainlab")
+    run(compose("data=shapes", "data.num_train=128", "data.num_test=32", "trainer.epochs=2", "optimizer.lr=1e37",
+                "trainer.nonfinite=skip", *QUICK, "trainer.log_images=false"), tmp_path)  # one step, then none finite
+    line = next(line for line in caplog.text.splitlines() if "epoch 2/2" in line)
+    assert "trained nothing: all 2 steps were skipped" in line and "train loss" not in line
+    assert read_metrics(tmp_path)[1]["train_loss"] is None

@@ -99,11 +99,22 @@ def predict(cfg: DictConfig) -> list:
     log.info(trained.describe())
     prepare = ImagePreparer(trained, cfg.data.max_pixels)
     k = min(top_k, len(trained.classes))
-    results = []
-    for file in files:
-        ranked = top_classes(trained, prepare(file), k)
+    results, unread = [], []
+    for file in files:  # every image that can be read is predicted; the others are named, then the exit says so
+        try:
+            ranked = top_classes(trained, prepare(file), k)
+        except TrainlabError as e:
+            if len(files) == 1:
+                raise
+            log.warning(f"warning: skipped {one_line(e)}")
+            unread.append(file)
+            continue
         log.info(f"{printable(file)}\n" + "\n".join(f"  {p:.4f}  {printable(name)}" for name, p in ranked))
         results.append((file, ranked))
+    if unread:
+        names = ", ".join(printable(f.name) for f in unread[:3]) + (", ..." if len(unread) > 3 else "")
+        raise TrainlabError(f"{len(unread)} of {len(files)} images could not be read ({names}; each is named above "
+                            f"with why); the other {len(files) - len(unread)} were predicted")
     return results
 
 

@@ -165,12 +165,28 @@ def longer_hint(config: dict) -> str:
 
 def _differences(before, now, prefix: str = ""):
     """(dotted key, saved value, current value) for each setting both configs have and that differs (a key only one
-    of them has is a setting from another trainlab version: not compared)."""
+    of them has is a setting from another trainlab version: not compared); lists of one length item by item, so a
+    changed model names its block (model.blocks.3.out_channels), not both lists."""
     if isinstance(before, dict) and isinstance(now, dict):
         for key in (k for k in before if k in now):  # in the config's order: the first difference is named
             yield from _differences(before[key], now[key], f"{prefix}{key}.")
+    elif isinstance(before, list) and isinstance(now, list) and len(before) == len(now):
+        for i, (old, new) in enumerate(zip(before, now)):
+            yield from _differences(old, new, f"{prefix}{i}.")
     elif before != now:
-        yield prefix.rstrip("."), before, now
+        yield prefix.rstrip("."), _brief(before), _brief(now)
+
+
+def _brief(value):
+    """A setting as a one-line message shows it: a long list or mapping by its size."""
+    if isinstance(value, (list, dict)) and len(repr(value)) > 60:
+        return _Said(f"a list of {len(value)}" if isinstance(value, list) else f"a mapping of {len(value)} keys")
+    return value
+
+
+class _Said(str):
+    def __repr__(self):
+        return str(self)
 
 
 def resume_command(run_dir: Path) -> str:

@@ -26,9 +26,9 @@ from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
 from trainlab.resume import check_resumable, continued_config, longer_hint, resume_command, resume_state
 from trainlab.step import Numerics, make_train_step
-from trainlab.run_folder import (CHECKPOINTS, IMAGES_PER_S, LR, STARTUP_S, TEST_ACC, TEST_EPOCH_ACC, TEST_EPOCH_LOSS,
-                                 TEST_LOSS, TEST_ROW, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, MetricsFile,
-                                 RunFolderLock, best_metric, check_run_folder, read_scalars, shown_path)
+from trainlab.run_folder import (CHECKPOINTS, ERROR_LOG, IMAGES_PER_S, LR, STARTUP_S, TEST_ACC, TEST_EPOCH_ACC,
+                                 TEST_EPOCH_LOSS, TEST_LOSS, TEST_ROW, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS,
+                                 MetricsFile, RunFolderLock, best_metric, check_run_folder, read_scalars, shown_path)
 from trainlab.splits import sizes_text
 from trainlab.tensorboard import RunWriter
 from trainlab.transforms import check_transforms, normalization
@@ -125,9 +125,10 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
         if scheduler is not None and saved["scheduler"] is not None:
             scheduler.load_state_dict(saved["scheduler"])
         state = TrainState.from_state_dict(saved, device)
+    to_train = state.epoch <= t.epochs and not _stopped_early(state, t.early_stopping_patience)
+    if saved is not None and (to_train or state.test is None and data.test is not None):
         log.info(f"resuming {shown_path(run_dir)} at epoch {state.epoch}, batch {state.batch}"
                  + (f" ({', '.join(changed)})" if changed else ""))
-    to_train = state.epoch <= t.epochs and not _stopped_early(state, t.early_stopping_patience)
     if to_train:
         state.test = state.stopped = None  # training on: the test is scored again at the end
     elif state.test is not None or data.test is None:
@@ -218,18 +219,26 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                              f"checkpointed; to go on: {resume_command(run_dir)}")
                     break
 
-        # the test split, once, with the weights validation chose; the test row ends metrics.csv even without one
-        last_step = (state.epoch - 1) * steps_per_epoch + state.batch
-        if loaders.test is not None:
-            state.test = _test(net, model, loaders.test, loss_fn, numerics, state, best_weights, checkpointer)
-            if not (saved is not None and not to_train and _logged(run_dir, TEST_ACC, last_step)):
-                writer.scalars({TEST_LOSS: state.test["loss"], TEST_ACC: state.test["acc"]}, last_step)
-        chosen, test = state.best_val or {}, state.test or {}
-        metrics.append(epoch=TEST_ROW, step=last_step, val_loss=chosen.get("loss"), val_acc=chosen.get("acc"),
-                       test_loss=test.get("loss"), test_acc=test.get("acc"))
-        if state.test is not None:
-            checkpointer.save(state)
-            checkpointer.add_test(state.test)
+        # the test split, once, with the weights validation chose; the test row ends metrics.csv even without one.
+        # A signal now waits for the end to be written (seconds): killed in the middle of it, best.pt would lack its
+        # test score and a checkpoint's write would be left half done.
+        with StopOnSignal() as ending:
+            last_step = (state.epoch - 1) * steps_per_epoch + state.batch
+            if loaders.test is not None:
+                state.test = _test(net, model, loaders.test, loss_fn, numerics, state, best_weights, checkpointer)
+                if not (saved is not None and not to_train and _logged(run_dir, TEST_ACC, last_step)):
+                    writer.scalars({TEST_LOSS: state.test["loss"], TEST_ACC: state.test["acc"]}, last_step)
+            chosen, test = state.best_val or {}, state.test or {}
+            metrics.append(epoch=TEST_ROW, step=last_step, val_loss=chosen.get("loss"), val_acc=chosen.get("acc"),
+                           test_loss=test.get("loss"), test_acc=test.get("acc"))
+            if state.test is not None:
+                checkpointer.save(state)
+                checkpointer.add_test(state.test)
+        if ending.signal:
+            log.info(f"{ending.signal} came while the run was writing its end: it finished first, nothing is left to "
+                     "resume")
+        if ranks.main:  # an earlier attempt's error is over: report.py shows the run done, not failed
+            (run_dir / ERROR_LOG).unlink(missing_ok=True)
     except NonFiniteLoss as e:
         global_step = (state.epoch - 1) * steps_per_epoch + e.step
         raise TrainlabError(
@@ -242,8 +251,10 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
         if folder_lock is not None:
             folder_lock.release()
     minutes, seconds = divmod(time.perf_counter() - start, 60)
-    log.info(f"{_result(state, data.val is not None)} · epochs {first_epoch}-{state.epoch - (state.batch == 0)} in "
-             f"{int(minutes)}m{seconds:04.1f}s · {shown_path(run_dir)}")
+    last_epoch = state.epoch - (state.batch == 0)
+    trained = (f"epochs {first_epoch}-{last_epoch} in {int(minutes)}m{seconds:04.1f}s" if last_epoch >= first_epoch
+               else "no epoch left to train")
+    log.info(f"{_result(state, data.val is not None)} · {trained} · {shown_path(run_dir)}")
     return state.best
 
 
@@ -262,7 +273,8 @@ def _report_epoch(writer, metrics, state: TrainState, epoch: int, step: int, lr:
     """An epoch's figures, the same in TensorBoard, on the terminal and in metrics.csv: train, validation (None
     without a validation split) and, with trainer.test_every_epoch, the test split."""
     images_per_s = train.images_per_s
-    scalars = {TRAIN_ACC: train.acc, LR: lr, IMAGES_PER_S: images_per_s}
+    trained = train.images > 0  # with trainer.nonfinite=skip every step of an epoch may have been skipped
+    scalars = {TRAIN_ACC: train.acc, LR: lr, IMAGES_PER_S: images_per_s} if trained else {LR: lr}
     if val is not None:
         scalars.update({VAL_LOSS: val.loss, VAL_ACC: val.acc, best_metric(t.monitor): state.best})
     if watched is not None:
@@ -272,9 +284,12 @@ def _report_epoch(writer, metrics, state: TrainState, epoch: int, step: int, lr:
     shown = f"  val loss {val.loss:.4f} acc {val.acc:6.2%}" if val is not None else ""
     shown += f"  (test acc {watched.acc:6.2%})" if watched is not None else ""
     skipped = f"  {train.skipped} non-finite steps skipped" if train.skipped else ""
-    log.info(f"epoch {epoch:>{len(str(t.epochs))}}/{t.epochs}  train loss {train.loss:.4f} acc {train.acc:6.2%}"
-             f"{shown}  lr {lr:.3g}  {seconds:.1f}s ({images_per_s:,.0f} img/s){skipped}")
-    metrics.append(epoch=epoch, step=step, train_loss=train.loss, train_acc=train.acc,
+    fitted = (f"train loss {train.loss:.4f} acc {train.acc:6.2%}" if trained else
+              f"trained nothing: all {train.skipped} steps were skipped (their loss or gradients were not finite)")
+    log.info(f"epoch {epoch:>{len(str(t.epochs))}}/{t.epochs}  {fitted}{shown}  lr {lr:.3g}  {seconds:.1f}s"
+             + (f" ({images_per_s:,.0f} img/s){skipped}" if trained else ""))
+    metrics.append(epoch=epoch, step=step, train_loss=train.loss if trained else None,
+                   train_acc=train.acc if trained else None,
                    val_loss=val and val.loss, val_acc=val and val.acc, test_loss=watched and watched.loss,
                    test_acc=watched and watched.acc, lr=lr, seconds=seconds, images_per_s=images_per_s)
 
