@@ -62,6 +62,11 @@ def assert_one_clear_line(result, *expected):
         assert text in errors[0], errors[0]
 
 
+def options(group: str) -> list:
+    """The options of a config group, as conf/ holds them now (a user's own file included), sorted."""
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
 def compose(*overrides, config: str = "config"):
     """The real conf/ composed with `overrides`, as src/run.py (or src/<config>.py) would see it."""
     from hydra import compose as hydra_compose

@@ -216,3 +216,16 @@ def test_an_epoch_whose_every_step_was_skipped_says_it_trained_nothing(tmp_path,
     line = next(line for line in caplog.text.splitlines() if "epoch 2/2" in line)
     assert "trained nothing: all 2 steps were skipped" in line and "train loss" not in line
     assert read_metrics(tmp_path)[1]["train_loss"] is None
+
+
+def test_a_scheduler_file_of_ones_own_needs_no_partial(tmp_path):
+    from omegaconf import OmegaConf
+
+    from trainlab.train import run
+
+    cfg = compose("data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=2", *QUICK,
+                  "trainer.log_images=false")
+    cfg.scheduler = OmegaConf.create({"_target_": "torch.optim.lr_scheduler.LinearLR", "start_factor": 0.1,
+                                      "total_iters": 2, "interval": "epoch"})  # the README's warm-up, as a user writes it
+    cfg.optimizer = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.1})
+    assert run(cfg, tmp_path) is not None

@@ -9,7 +9,14 @@ from trainlab.errors import TrainlabError, one_line
 
 
 def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
-    return _instantiate(cfg, "optimizer", params)
+    return _instantiate(_partial(cfg), "optimizer", params)
+
+
+def _partial(cfg: DictConfig) -> DictConfig:
+    """An optimizer or scheduler takes what only the run has (the parameters, the optimizer): built as a partial,
+    whether or not its file says `_partial_: true`."""
+    return cfg if cfg.get("_partial_") else OmegaConf.create({**OmegaConf.to_container(cfg, resolve=True),
+                                                              "_partial_": True})
 
 
 def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
@@ -22,7 +29,7 @@ def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
         raise TrainlabError(f"scheduler.interval is '{interval}': use epoch or step")
     if "total_steps" in settings and settings["total_steps"] is None:
         settings["total_steps"] = total_steps
-    return _instantiate(OmegaConf.create(settings), "scheduler", optimizer), interval
+    return _instantiate(_partial(OmegaConf.create(settings)), "scheduler", optimizer), interval
 
 
 def build_loss(cfg: DictConfig) -> nn.Module:
