@@ -229,3 +229,15 @@ def test_a_scheduler_file_of_ones_own_needs_no_partial(tmp_path):
                                       "total_iters": 2, "interval": "epoch"})  # the README's warm-up, as a user writes it
     cfg.optimizer = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.1})
     assert run(cfg, tmp_path) is not None
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch, caplog, has_bf16):
+    from trainlab import step
+
+    monkeypatch.setattr(step, "cpu_has_bf16", lambda: has_bf16)
+    caplog.set_level("INFO", logger="trainlab")
+    step.Numerics.choose(torch.device("cpu"), "bf16")
+    step.Numerics.choose(torch.device("cpu"), "fp32")
+    warned = "trainer.precision=bf16 on a CPU without bfloat16 instructions" in caplog.text
+    assert warned != has_bf16
