@@ -116,6 +116,7 @@ from trainlab.train import run  # importing trainlab registers its schemas: no o
 with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
     cfg = compose("config", overrides=sys.argv[3:])
 print("returned", run(cfg, sys.argv[2]))
+print("again", run(cfg, sys.argv[2]))
 """
 
 
@@ -126,7 +127,12 @@ def test_a_config_composed_with_hydras_compose_api_runs_as_a_notebook_would(tmp_
                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})  # as a fresh clone's notebook
     assert done.returncode == 0, done.stdout + done.stderr
     best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")["best"]["val"]["acc"]
-    assert done.stdout.strip().splitlines()[-1] == f"returned {best}"
+    lines = done.stdout.strip().splitlines()
+    assert f"returned {best}" in lines and lines[-1] == f"again {best}"
+    # what src/run.py shows, shown from Python too, and kept in run.log; a second call says the run is finished
+    epoch = next(line for line in lines if line.startswith("epoch 1/1  train loss"))
+    assert epoch in (tmp_path / "run.log").read_text()
+    assert lines[-2].startswith(f"nothing to do: {tmp_path} finished training")
 
 
 def test_no_progress_bar_is_drawn_into_a_file_or_pipe(tmp_path):

@@ -24,10 +24,13 @@ import os
 import re
 import secrets
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
 from trainlab.errors import TrainlabError, printable
+
+LOG = logging.getLogger("trainlab")
 
 CHECKPOINTS = "checkpoints"
 LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
@@ -351,6 +354,58 @@ class RunLogHandler(logging.FileHandler):
         if self in RunLogHandler.waiting:
             RunLogHandler.waiting.remove(self)
         super().close()
+
+
+class RunLogging:
+    """run() called from Python where logging is not set up (a notebook, a script): the run's lines on stdout and in
+    its run.log, as src/run.py shows and writes them, for as long as it runs. Where anything set logging up (Hydra, a
+    notebook's own handlers on the root logger or trainlab's), it is left alone.
+
+        @RunLogging.around        # on trainlab.train.run
+        def run(cfg, launch=None):
+            ...
+            RunLogging.write_into(run_dir)   # once the run's folder is known
+    """
+
+    current = None  # the one set up by the run() going on in this process, if any
+
+    def __init__(self):
+        self.handlers, self.level = [], LOG.level
+
+    @classmethod
+    def around(cls, function):
+        import functools
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            if logging.getLogger().handlers or LOG.handlers or cls.current is not None:
+                return function(*args, **kwargs)
+            cls.current = own = cls()
+            own.add(logging.StreamHandler(sys.stdout), "%(message)s")
+            LOG.setLevel(logging.INFO)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                own.close()
+                cls.current = None
+
+        return wrapper
+
+    @classmethod
+    def write_into(cls, run_dir: Path) -> None:
+        if cls.current is not None:
+            cls.current.add(RunLogHandler(Path(run_dir) / RUN_LOG), "[%(asctime)s][%(levelname)s] %(message)s")
+
+    def add(self, handler, fmt: str) -> None:
+        handler.setFormatter(PrintableFormatter(fmt))
+        LOG.addHandler(handler)
+        self.handlers.append(handler)
+
+    def close(self) -> None:
+        for handler in self.handlers:
+            LOG.removeHandler(handler)
+            handler.close()
+        LOG.setLevel(self.level)
 
 
 class PrintableFormatter(logging.Formatter):

@@ -28,7 +28,8 @@ from trainlab.resume import check_resumable, continued_config, longer_hint, resu
 from trainlab.step import Numerics, make_train_step
 from trainlab.run_folder import (CHECKPOINTS, ERROR_LOG, IMAGES_PER_S, LR, STARTUP_S, TEST_ACC, TEST_EPOCH_ACC,
                                  TEST_EPOCH_LOSS, TEST_LOSS, TEST_ROW, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS,
-                                 MetricsFile, RunFolderLock, best_metric, check_run_folder, read_scalars, shown_path)
+                                 MetricsFile, RunFolderLock, RunLogging, best_metric, check_run_folder, read_scalars,
+                                 shown_path)
 from trainlab.splits import sizes_text
 from trainlab.tensorboard import RunWriter
 from trainlab.transforms import check_transforms, normalization
@@ -36,6 +37,7 @@ from trainlab.transforms import check_transforms, normalization
 log = logging.getLogger("trainlab")
 
 
+@RunLogging.around  # called from Python (a notebook), the run's lines still show, and go to run.log
 def run(cfg: DictConfig, launch=None) -> Optional[float]:
     """Train as `cfg` says; -> the best validation value of trainer.monitor (None without a validation split): what
     a search optimises. `launch` says where the run writes and what launched it: a Launch (src/run.py passes
@@ -55,6 +57,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     saved, run_dir = resume_state(cfg.trainer.resume, launch.run_dir)  # a checkpoint to resume from, or None
     if run_dir != launch.run_dir and first_process():
         check_run_folder(run_dir)
+    RunLogging.write_into(run_dir)
     if saved is not None and cfg.trainer.resume != "auto":  # resumed by name: on with the config it was made with
         cfg = continued_config(saved["config"], cfg, launch.overrides)
         check_values(cfg)
