@@ -241,3 +241,23 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch, caplog, has_bf
     step.Numerics.choose(torch.device("cpu"), "fp32")
     warned = "trainer.precision=bf16 on a CPU without bfloat16 instructions" in caplog.text
     assert warned != has_bf16
+
+
+def test_a_first_run_that_cannot_fetch_its_data_leaves_no_folder_behind(tmp_path):
+    nowhere = "http://127.0.0.1:9"  # the download fails at once, online or not: nothing is fetched by a test
+    result = run_cli("trainer.epochs=1", *QUICK, cwd=tmp_path,
+                     env={"http_proxy": nowhere, "https_proxy": nowhere, "HTTP_PROXY": nowhere, "HTTPS_PROXY": nowhere})
+    assert_one_clear_line(result, "cifar10 is not in", "could not be fetched")
+    assert list(tmp_path.iterdir()) == []  # no empty outputs/runs/, no empty data/
+
+
+def test_the_report_shows_no_more_digits_of_a_loss_than_metrics_csv_holds(tmp_path, capsys):
+    from trainlab.report import report
+    from trainlab.run_folder import MetricsFile
+
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("trainer:\n  epochs: 1\n")
+    MetricsFile(tmp_path / "run").append(epoch=1, step=10, train_loss=391337.28, train_acc=0.1)  # as a run wrote it
+    report(tmp_path, plot=False)
+    out = capsys.readouterr().out
+    assert " 391337" in out and "391337.0000" not in out

@@ -42,7 +42,8 @@ from trainlab.errors import ConfigRefused, TrainlabError, one_line, printable
 from trainlab.hydra_policy import (ALLOW_KEYS_ENV, UnsafeConfig, check_hydra, hydra_choices,  # noqa: F401
                                    reference_config, unresolved)
 from trainlab.launch import first_process
-from trainlab.run_folder import RunFolderLock, check_run_folder, check_sweep_folder
+from trainlab.run_folder import (MADE_FOR_THE_RUN, RunFolderLock, check_run_folder, check_sweep_folder,
+                                 missing_folders)
 
 ALLOW_TARGETS_ENV = "TRAINLAB_ALLOW_TARGETS"
 
@@ -237,6 +238,7 @@ class CheckedConfigLoader(ConfigLoaderImpl):
             elif not check_run_folder(folder):
                 # a new run's folder is this process's from now on: a second run started into it at the same moment
                 # is refused before Hydra writes its .hydra/ there
+                MADE_FOR_THE_RUN[:] = missing_folders(folder)  # outputs/runs/: removed too if the start fails
                 RunFolderLock(folder).acquire()
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list) -> DictConfig:

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_colla
 
 from trainlab import distributed
 from trainlab.errors import TrainlabError, one_line
+from trainlab.run_folder import missing_folders, remove_if_empty
 from trainlab.image_folder import folder_sources
 from trainlab.splits import Sources, split, with_transform
 from trainlab.transforms import build_transforms
@@ -268,10 +269,12 @@ def _torchvision_set(cfg, train_tf, test_tf):
     class_name, manual = TORCHVISION_SETS[cfg.name]
     dataset = getattr(torchvision.datasets, class_name)
     root = Path(cfg.root).expanduser()
+    made = missing_folders(root)  # the download makes them; a failed one should not leave them behind
     try:
         train = dataset(root, train=True, transform=train_tf, download=cfg.download)
         test = dataset(root, train=False, transform=test_tf, download=cfg.download)
     except (RuntimeError, URLError, OSError) as e:
+        remove_if_empty(made)
         how = "connect to the internet once" if cfg.download else "set data.download=true while online"
         reason = one_line(e, 200)
         raise TrainlabError(

@@ -353,8 +353,9 @@ def _cell(column: str, value) -> str:
         return "-"
     if column in ("best_val_acc", "test_acc"):
         return f"{value:.2%}"
-    if column == "final_train_loss":
-        return f"{value:.4f}"
+    if column == "final_train_loss":  # as many decimals as metrics.csv's 6 significant digits hold, up to 4
+        digits = len(str(int(abs(value))))
+        return f"{value:.{max(0, min(4, 6 - digits))}f}"
     return _short(value) if isinstance(value, str) else str(value)
 
 

@@ -463,6 +463,27 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
+def missing_folders(path: Path) -> list:
+    """`path` and those of its parents that do not exist yet, deepest first: what making it would make."""
+    path, missing = Path(os.path.abspath(path)), []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_if_empty(folders: list) -> None:
+    """Remove each of `folders` (deepest first) that is an empty folder: what a failed start made and left empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, not there, or not ours to remove: left as it is
+            return
+
+
+MADE_FOR_THE_RUN = []  # the parents of this process's new run folder it made (outputs/, outputs/runs/)
+
+
 def discard_failed_start(run_dir: Path) -> bool:
     """Remove a run folder that holds only what Hydra writes at the start (.hydra/ and the log): a start that failed
     (a bad value, a missing data folder) leaves nothing to find. -> whether it did; a folder with anything of the
@@ -476,6 +497,7 @@ def discard_failed_start(run_dir: Path) -> bool:
     if RunFolderLock.held_elsewhere(run_dir):  # another run's, that has not written anything yet
         return False
     shutil.rmtree(run_dir)
+    remove_if_empty([p for p in MADE_FOR_THE_RUN if p != Path(os.path.abspath(run_dir))])
     return True
 
 
