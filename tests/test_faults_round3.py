@@ -141,18 +141,19 @@ def test_a_file_left_out_by_bad_images_skip_does_not_choose_the_image_size(tmp_p
     assert "data folder: 8 train / no val / no test images, 2 classes, 3x32x32" in caplog.text  # no 64x64 resize
 
 
-def test_sigterm_while_the_run_writes_its_end_lets_it_finish(tmp_path):
+def test_sigterm_while_the_run_writes_its_end_lets_it_finish(tmp_path, caplog):
     from trainlab.checkpoint import load_checkpoint
+    from trainlab.train import run
 
-    args = ["data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK,
-            f"hydra.run.dir={tmp_path}"]
-    result = run_signalled(signal.SIGTERM, 0, *args, tag="test/acc")  # as the test score is logged
+    args = ["data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK]
+    result = run_signalled(signal.SIGTERM, 0, *args, f"hydra.run.dir={tmp_path}", tag="test/acc")  # as it is logged
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "SIGTERM came while the run was writing its end: it finished first" in output
     assert "test" in load_checkpoint(tmp_path / "checkpoints" / "best.pt")
     assert not list(tmp_path.rglob("*.tmp"))
-    again = run_cli(*args)
-    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
+    caplog.set_level("INFO", logger="trainlab")
+    run(compose(*args), tmp_path)  # run again: nothing left to do
+    assert "nothing to do" in caplog.text
 
 
 def test_a_model_changed_before_a_rerun_is_named_by_the_block_that_differs(tmp_path):
@@ -183,8 +184,10 @@ def test_a_run_that_finishes_after_a_failure_is_no_longer_reported_failed(tmp_pa
 
 
 def test_resume_latest_on_a_finished_run_says_only_that_it_is_finished(tmp_path):
+    from trainlab.train import run
+
     args = ["data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK]
-    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    run(compose(*args, "trainer.log_images=false"), tmp_path / "outputs" / "runs" / "2026-12-07_10-00-00")
     again = run_cli(*args, "trainer.resume=latest", cwd=tmp_path)
     assert again.returncode == 0 and "nothing to do" in again.stdout and "resuming" not in again.stdout
 

@@ -341,9 +341,9 @@ def test_a_secret_in_the_environment_is_not_read_by_a_shared_config(scene):
 
 
 def test_a_variable_the_user_allows_is_read(tmp_path):
-    result = run_cli(*TINY, "data.root=${oc.env:MY_DATA}", f"hydra.run.dir={tmp_path / 'run'}",
+    result = run_cli(*TINY, "data.root=${oc.env:MY_DATA}", "--cfg", "job", "--resolve",  # checked as a run is
                      env={"MY_DATA": str(tmp_path / "data"), "TRAINLAB_ENV_ALLOW": "MY_DATA"})
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0 and f"root: {tmp_path / 'data'}" in result.stdout, result.stdout + result.stderr
 
 
 def test_a_database_storage_without_its_driver_is_one_line(scene):
@@ -520,10 +520,10 @@ def test_a_sweep_folder_that_is_not_the_sweeps_own_is_refused(scene, setup, erro
 
 
 def test_a_key_the_user_trusts_in_the_environment_is_let_through(tmp_path):
-    args = [*TINY, "+hydra.job.env_set.OMP_NUM_THREADS=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [*TINY, "+hydra.job.env_set.OMP_NUM_THREADS=1", "--cfg", "hydra"]  # checked as a run is
     assert_one_clear_line(run_cli(*args), "hydra.job.env_set.OMP_NUM_THREADS is set")
     result = run_cli(*args, env={"TRAINLAB_ALLOW_KEYS": "hydra.job.env_set.OMP_NUM_THREADS"})
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0 and "OMP_NUM_THREADS: '1'" in result.stdout, result.stdout + result.stderr
 
 
 def test_a_user_key_with_a_bad_value_names_what_it_takes(scene):
