@@ -83,6 +83,52 @@ def entry_config(config: str, **values):
     return OmegaConf.merge(compose(config=config), values)
 
 
+# A refusal is answered before a run imports torch, in about 0.6 s; about half of it is the interpreter's start and
+# the imports of Hydra and trainlab. run_forked runs an entrypoint in a process forked from a server that has made
+# those imports once (multiprocessing's forkserver, single-threaded, so the fork is clean): the same script, argv,
+# working folder, environment, output streams and exit status as `python src/run.py ...`, for the refusal tests.
+FORK_PRELOAD = ["hydra", "hydra.main", "hydra._internal.hydra", "hydra._internal.config_loader_impl", "omegaconf",
+                "yaml", "trainlab", "trainlab.allowlist", "trainlab.cli", "trainlab.launch", "trainlab.hydra_policy"]
+_forkserver = None
+
+
+def _forked_main(script, args, cwd, env, out, err):
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path[:0] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]  # as the interpreter reads it
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+    sys.argv = [script, *args]
+    sys.path.insert(0, os.path.dirname(script))
+    import runpy
+
+    runpy.run_path(script, run_name="__main__")
+
+
+def run_forked(*args, script="run.py", env=None, timeout=120, cwd=None) -> subprocess.CompletedProcess:
+    """run_cli's `python src/<script> ARGS` (from `cwd`), in a process forked from a warmed-up server."""
+    global _forkserver
+    import multiprocessing
+    import tempfile
+
+    if _forkserver is None:
+        _forkserver = multiprocessing.get_context("forkserver")
+        _forkserver.set_forkserver_preload(FORK_PRELOAD)
+    with tempfile.TemporaryDirectory() as scratch:
+        out, err = os.path.join(scratch, "out"), os.path.join(scratch, "err")
+        process = _forkserver.Process(target=_forked_main, args=(
+            str(ROOT / "src" / script), list(args), str(cwd or ROOT), {**os.environ, **(env or {})}, out, err))
+        process.start()
+        process.join(timeout)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+        with open(out) as f_out, open(err) as f_err:
+            return subprocess.CompletedProcess([script, *args], process.exitcode, f_out.read(), f_err.read())
+
+
 def run_cli(*args, env=None, timeout=240, cwd=None) -> subprocess.CompletedProcess:
     """`python src/run.py ARGS` from the project root, as a user types it; or from `cwd`, which then holds the
     outputs/ folder (src/run.py named by its full path)."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import QUICK, ROOT, assert_one_clear_line, compose, run_cli, run_signalled
+from conftest import QUICK, ROOT, assert_one_clear_line, compose, run_cli, run_forked, run_signalled
 from trainlab.errors import TrainlabError
 from trainlab.image_folder import ImageFiles, read_image
 from trainlab.resident import build_resident
@@ -78,7 +78,7 @@ def test_a_run_whose_last_checkpoint_is_gone_is_not_replaced_by_the_same_command
     for name in left:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"what the run left")
-    result = run_cli("data=shapes", "trainer.epochs=1", *QUICK, f"hydra.run.dir={tmp_path}")
+    result = run_forked("data=shapes", "trainer.epochs=1", *QUICK, f"hydra.run.dir={tmp_path}")
     assert_one_clear_line(result, "but no checkpoints/last.pt to continue it from: a new run there would replace it")
     assert all((tmp_path / name).read_bytes() == b"what the run left" for name in left)
 

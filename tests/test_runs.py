@@ -10,7 +10,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import QUICK, ROOT, compose, event_tags, options, run_cli, scalars
+from conftest import QUICK, ROOT, compose, event_tags, options, run_cli, run_forked, scalars
 from trainlab.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
 from trainlab.report import report
@@ -184,7 +184,7 @@ def test_the_speed_options_train_as_well(tmp_path, options):
                                    + ", ".join(options("model"))),
 ])
 def test_a_mistake_in_the_command_is_one_line_naming_the_closest_key_exit_2_and_no_folder(tmp_path, args, line):
-    result = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    result = run_forked(*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert (result.returncode, (result.stdout + result.stderr).strip()) == (2, line)
     assert list(tmp_path.iterdir()) == []  # nothing written: the config is checked before any folder is made
 

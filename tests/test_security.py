@@ -19,7 +19,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import QUICK, ROOT, assert_one_clear_line, run_cli
+from conftest import QUICK, ROOT, assert_one_clear_line, run_cli, run_forked
 
 TINY = ["data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK]
 SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"]
@@ -67,9 +67,8 @@ class Scene:
     def refused(self, *args, error: str, script: str = "run.py", env=None):
         """Run `script` with args from `work`: it must refuse with one line holding `error`, and write nothing."""
         before = listing(self.root)
-        result = subprocess.run([sys.executable, str(ROOT / "src" / script), *args], cwd=self.work,
-                                capture_output=True, text=True, timeout=120,
-                                env={**os.environ, "XDG_CACHE_HOME": str(self.root / "cache"), **(env or {})})
+        result = run_forked(*args, script=script, cwd=self.work,
+                            env={"XDG_CACHE_HOME": str(self.root / "cache"), **(env or {})})
         assert_one_clear_line(result, error)
         assert listing(self.root) == before, "something was written"
         return result
