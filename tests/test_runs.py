@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -295,3 +296,19 @@ def test_a_folder_of_32px_images_trains_at_32px_and_a_resize_is_said(tmp_path):
     assert settle_image_size(cfg) == ("images of 2 sizes (32x32, 40x30): each is resized to 64x64 "
                                       "(data.image_size=null; set it to choose another size)")
     assert cfg.data.image_size == 64
+
+
+def test_a_single_runs_folder_is_named_by_what_its_command_set():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        named = {}
+        for args in (["data=folder", "data.root=/photos/hymenoptera_data"], ["model=mlp", "optimizer.lr=0.1"],
+                     ["trainer.progress_bar=false"]):
+            cfg = hydra_compose("config", overrides=args, return_hydra_config=True)
+            named[args[0]] = Path(cfg.hydra.run.dir).name  # the folder, and the run's name in TensorBoard
+    stamp = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d"
+    assert re.fullmatch(stamp + r"_data-folder\+data.root-_photos_hymenoptera_data", named["data=folder"])
+    assert re.fullmatch(stamp + r"_model-mlp\+optimizer.lr-0.1", named["model=mlp"])
+    assert re.fullmatch(stamp, named["trainer.progress_bar=false"])  # how a run shows itself does not name it

@@ -185,8 +185,7 @@ def register_configs() -> None:
     Stored outside the groups so that `--help` lists only the options a user picks.
     """
     # conf/config.yaml's run folder: a new one named by the start time, or the resumed run's own
-    # cached: the folder the check looks at is the folder Hydra makes (a new one is named by the second it is asked)
-    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
     OmegaConf.register_new_resolver("config_subdir", _config_subdir, replace=True)
     OmegaConf.register_new_resolver("sweep_job_folder", _sweep_job_folder, replace=True)  # hydra.sweep.subdir
     OmegaConf.register_new_resolver("oc.env", _env, replace=True)  # OmegaConf's, on a leash: see _env
@@ -223,14 +222,23 @@ def _env(key: str, default=_NO_DEFAULT):
     return oc.env(key) if default is _NO_DEFAULT else oc.env(key, default)
 
 
-def _run_dir(resume: str) -> str:
-    """hydra.run.dir: the folder of the run trainer.resume continues, else outputs/runs/<start time> (under torchrun
-    the same in every process). Where the resume finds nothing, the run says so, from a new folder that it leaves."""
-    from trainlab.launch import launch_stamp
+def _run_dir(resume: str, *, _root_) -> str:
+    """hydra.run.dir: the folder of the run trainer.resume continues, else outputs/runs/<start time>_<what the
+    command set> (run_folder_name; under torchrun the same in every process). Where the resume finds nothing, the run
+    says so, from a new folder that it leaves."""
+    from trainlab.launch import launch_stamp, run_folder_name
     from trainlab.resume import resume_folder
 
     folder = resume_folder(resume)
-    return str(folder) if folder is not None else f"outputs/runs/{launch_stamp()}"
+    if folder is not None:
+        return str(folder)
+    overrides = OmegaConf.to_container(_root_.hydra.overrides.task) if "hydra" in _root_ else []
+    global _stamp
+    _stamp = _stamp or launch_stamp()  # one per process: the folder the check looks at is the folder Hydra makes
+    return f"outputs/runs/{run_folder_name(_stamp, overrides)}"
+
+
+_stamp = None  # the time this process first named a new run folder
 
 
 def _config_subdir(output_dir: str):

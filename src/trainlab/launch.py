@@ -80,6 +80,27 @@ def swept_keys(sweep_dir) -> Optional[tuple]:
     return tuple(dict.fromkeys(_key(o) for o in overrides if o.is_sweep_override()))
 
 
+# Settings that say how a run shows itself or where it goes on, not what it is: left out of its folder's name.
+NOT_IN_NAME = ("trainer.resume", "trainer.progress_bar", "trainer.log_graph", "trainer.log_images",
+               "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps", "trainer.device", "data.num_workers",
+               "data.pin_memory", "data.eval_batch_size")
+
+
+def run_folder_name(stamp: str, overrides) -> str:
+    """A single run's folder, and its run's name in TensorBoard: its start time, then what its command set, as a sweep
+    job's folder is named (job_folder_name): `2026-12-07_10-00-00_data-folder+model-my_net`; the time alone for a
+    command that set nothing."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides))
+                  if not o.is_hydra_override() and not o.is_sweep_override()]  # a sweep's jobs are named each
+        keys = tuple(k for k in (_key(o) for o in parsed) if k not in NOT_IN_NAME)
+        return job_folder_name(stamp, [o.input_line for o in parsed], keys or None)
+    except Exception:  # noqa: BLE001 (a name is a nicety: the time alone still makes a folder of its own)
+        return stamp
+
+
 def job_folder_name(number, overrides, swept) -> str:
     """A sweep job's folder, and its run's name in TensorBoard: its number, then the values the sweep gave it, e.g.
     `3_optimizer-adam+optimizer.lr-0.01`. Hydra reads `=` and `,` in a value as syntax, so the folder is named with
