@@ -262,6 +262,10 @@ def test_help_lists_the_groups_and_cfg_job_prints_the_composed_config():
     for group in ("data", "model", "optimizer", "scheduler"):  # as conf/ holds them: a file of the user's included
         assert f"{group}: {', '.join(options(group))}" in result.stdout
     assert "schema" not in result.stdout
+    settings = {line.split(":", 1)[0]: line for line in result.stdout.splitlines() if "  # " in line}
+    assert re.fullmatch(r"optimizer.lr: 0.01 +# the tutorial's", settings["optimizer.lr"])  # the reason in its YAML
+    assert re.fullmatch(r"trainer.seed: 0 +# same seed, same device: same numbers", settings["trainer.seed"])
+    assert re.fullmatch(r"data.shuffle: true +# a new order every epoch", settings["data.shuffle"])
     result = run_cli("--cfg", "job", "optimizer=adam")
     assert result.returncode == 0 and "_target_: torch.optim.Adam" in result.stdout
 

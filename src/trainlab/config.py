@@ -189,6 +189,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("config_subdir", _config_subdir, replace=True)
     OmegaConf.register_new_resolver("sweep_job_folder", _sweep_job_folder, replace=True)  # hydra.sweep.subdir
     OmegaConf.register_new_resolver("oc.env", _env, replace=True)  # OmegaConf's, on a leash: see _env
+    OmegaConf.register_new_resolver("settings_help", _settings_help, replace=True)  # --help's settings
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, schemas in SCHEMAS.items():
@@ -249,6 +250,12 @@ def _config_subdir(output_dir: str):
 
     folder = Path(output_dir)
     return None if (folder / ".hydra").exists() or (folder / ".hydra").is_symlink() or run_traces(folder) else ".hydra"
+
+
+def _settings_help(*, _root_) -> str:
+    from trainlab.cli import settings_help
+
+    return settings_help(_root_)
 
 
 def _sweep_job_folder(*, _root_) -> str:
