@@ -13,6 +13,10 @@ class TrainlabError(Exception):
     """A problem in the user's config, data or files; the message names the problem and the fix."""
 
 
+class EnvRefused(TrainlabError):
+    """A config reads an environment variable it may not (trainlab.config's ${oc.env:...})."""
+
+
 class ConfigRefused(SystemExit):
     """A config that cannot be composed or is refused, its line already printed: ends the process with status 2 from
     wherever Hydra composes (its first composition ignores exceptions); a sweeper that catches it reads `message`."""

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from trainlab.errors import TrainlabError, printable
+from trainlab.errors import EnvRefused, TrainlabError, printable
 
 ALLOW_KEYS_ENV = "TRAINLAB_ALLOW_KEYS"
 # The folder trainlab's own configs live in (the entrypoints' config_path, ../conf beside src/).
@@ -301,8 +301,6 @@ def _resolved(probe: DictConfig, path: tuple):
 def unresolved(path: str, error: Exception) -> str:
     """The line for a value at `path` that cannot be resolved when the config is checked: the variable ${oc.env:...}
     may not read, or why else."""
-    from trainlab.config import EnvRefused
-
     cause, key = error, getattr(error, "full_key", None) or path
     while cause is not None and not isinstance(cause, EnvRefused):
         cause = cause.__cause__ or cause.__context__

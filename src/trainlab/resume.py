@@ -17,8 +17,9 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab.errors import TrainlabError
-from trainlab.launch import script
-from trainlab.run_folder import BEST, CHECKPOINTS, EVENTS, LAST, METRICS_CSV, run_of, shown_path
+from trainlab.errors import printable
+from trainlab.launch import first_process, script
+from trainlab.run_folder import BEST, CHECKPOINTS, EVENTS, LAST, METRICS_CSV, check_run_folder, run_of, shown_path
 
 OUTPUTS = Path("outputs")  # where conf/config.yaml puts runs (runs/<time>) and sweeps (multirun/<time>/<job>)
 # Settings that say how the run goes on, not what it is: a resume takes them from the command where it sets them.
@@ -56,7 +57,28 @@ def resume_folder(resume: str) -> Optional[Path]:
 
 
 def resume_state(resume: str, run_dir: Path) -> tuple:
-    """trainer.resume -> (the checkpoint's state or None, the run folder to write into)."""
+    """trainer.resume -> (the checkpoint's state or None, the run folder to write into), each folder it reads
+    checked first: ours or refused (run_folder.check_run_folder; under torchrun the first process checks)."""
+    if first_process():
+        check_run_folder(run_dir)
+    state, folder = _resume_state(resume, Path(run_dir))
+    if folder != Path(run_dir) and first_process():
+        check_run_folder(folder)
+    return state, folder
+
+
+def check_same_files(saved, files, data_cfg) -> None:
+    """`files`, the data's fingerprint (resident.files_fingerprint), must be the run's when it is resumed: its splits
+    were drawn from them, and other files would be split otherwise (images it trained on could become validation
+    images). TrainlabError where they differ."""
+    if saved is not None and saved.get("data_files", files) != files:
+        raise TrainlabError(f"the files in data.root={printable(data_cfg.root)} are not those the run began with "
+                            "(files added, removed or renamed): its train and validation splits would change, and "
+                            "images it trained on could be validated on; resume with the same files, or start a new "
+                            "run (hydra.run.dir=...)")
+
+
+def _resume_state(resume: str, run_dir: Path) -> tuple:
     from trainlab.checkpoint import load_checkpoint, load_latest  # torch: only where a run is continued
 
     if resume == "never":

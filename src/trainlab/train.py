@@ -21,15 +21,15 @@ from trainlab.image_folder import settle_image_size
 from trainlab.engine import (Loop, NonFiniteLoss, TrainState, evaluate, resolve_device, seconds_since_launch,
                              seed_everything, show_progress, train_epoch)
 from trainlab.errors import Interrupted, TrainlabError, printable
-from trainlab.launch import Launch, first_process
+from trainlab.launch import Launch
 from trainlab.models import build_model, check_blocks, summary_table
 from trainlab.optim import build_loss, build_optimizer, build_scheduler
-from trainlab.resume import check_resumable, continued_config, longer_hint, resume_command, resume_state
+from trainlab.resume import (check_resumable, check_same_files, continued_config, longer_hint, resume_command,
+                             resume_state)
 from trainlab.step import Numerics, make_train_step
 from trainlab.run_folder import (CHECKPOINTS, ERROR_LOG, IMAGES_PER_S, LR, STARTUP_S, TEST_ACC, TEST_EPOCH_ACC,
                                  TEST_EPOCH_LOSS, TEST_LOSS, TEST_ROW, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS,
-                                 MetricsFile, RunFolderLock, RunLogging, best_metric, check_run_folder, read_scalars,
-                                 shown_path)
+                                 MetricsFile, RunFolderLock, RunLogging, best_metric, read_scalars, shown_path)
 from trainlab.splits import sizes_text
 from trainlab.tensorboard import RunWriter
 from trainlab.transforms import check_transforms, normalization
@@ -52,11 +52,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     launch = Launch.of(launch)
     check_values(cfg)
     check_config(cfg)  # nothing outside the allow-list (trainlab/allowlist.py), before anything runs
-    if first_process():  # ours or refused: no link among its files, nothing of the user's (run_folder.py)
-        check_run_folder(launch.run_dir)
     saved, run_dir = resume_state(cfg.trainer.resume, launch.run_dir)  # a checkpoint to resume from, or None
-    if run_dir != launch.run_dir and first_process():
-        check_run_folder(run_dir)
     RunLogging.write_into(run_dir)
     if saved is not None and cfg.trainer.resume != "auto":  # resumed by name: on with the config it was made with
         cfg = continued_config(saved["config"], cfg, launch.overrides)
@@ -73,11 +69,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     config = OmegaConf.to_container(cfg, resolve=True)  # plain: what checkpoints carry and resuming compares
     changed = check_resumable(saved, config) if saved is not None else []  # what the command changes, said below
     files = files_fingerprint(cfg.data)  # which files the splits were drawn from: a resume must find the same
-    if saved is not None and saved.get("data_files", files) != files:
-        raise TrainlabError(f"the files in data.root={printable(cfg.data.root)} are not those the run began with "
-                            "(files added, removed or renamed): its train and validation splits would change, and "
-                            "images it trained on could be validated on; resume with the same files, or start a new "
-                            "run (hydra.run.dir=...)")
+    check_same_files(saved, files, cfg.data)
 
     # data: train, validation and test splits (trainlab/splits.py)
     data, loaders, path = build_run_data(cfg, transforms, device, ranks)
