@@ -87,8 +87,10 @@ def entry_config(config: str, **values):
 # the imports of Hydra and trainlab. run_forked runs an entrypoint in a process forked from a server that has made
 # those imports once (multiprocessing's forkserver, single-threaded, so the fork is clean): the same script, argv,
 # working folder, environment, output streams and exit status as `python src/run.py ...`, for the refusal tests.
-FORK_PRELOAD = ["hydra", "hydra.main", "hydra._internal.hydra", "hydra._internal.config_loader_impl", "omegaconf",
-                "yaml", "trainlab", "trainlab.allowlist", "trainlab.cli", "trainlab.launch", "trainlab.hydra_policy"]
+# Third-party modules only: trainlab itself is imported in the child, from this checkout's src/ (the server's sys.path
+# is not the tests': an installed trainlab could be another copy).
+FORK_PRELOAD = ["hydra", "hydra.main", "hydra._internal.hydra", "hydra._internal.config_loader_impl",
+                "hydra._internal.utils", "hydra.core.plugins", "omegaconf", "yaml"]
 _forkserver = None
 
 
