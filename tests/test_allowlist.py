@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.utils import _locate, create_config_search_path
 from omegaconf import OmegaConf
 
-from conftest import QUICK, ROOT, run_cli
+from conftest import QUICK, ROOT, run_cli, run_forked
 from test_bad_input import assert_one_clear_line
 from trainlab.allowlist import ALLOW_KEYS_ENV, ALLOW_TARGETS_ENV, CheckedConfigLoader, UnsafeConfig, check_config, \
     target_allowed
@@ -200,7 +200,7 @@ def test_each_way_to_torch_hub_load_runs_nothing_and_exits_2_with_one_line(tmp_p
     out.mkdir()
     (out / "kept.txt").write_text("written before")
     where = [f"hydra.run.dir={out}"] if mode == "run" else ["-m", f"hydra.sweep.dir={out}"]
-    result = run_cli(*where, *TINY, *args)
+    result = run_forked(*where, *TINY, *args)
     assert_one_clear_line(result, error, "TRAINLAB_ALLOW_TARGETS" if error.startswith("loss") else "TRAINLAB_ALLOW_KEYS")
     assert not marker.exists()
     assert sorted(p.name for p in out.iterdir()) == ["kept.txt"]  # nothing written, nothing lost
@@ -211,7 +211,7 @@ def test_a_sweep_whose_jobs_would_call_torch_hub_load_is_refused_before_any_job_
     folder, marker = hub
     params = dict(a.split("=", 1) for a in ["loss._target_=torch.hub.load", *hub_keys("loss", folder)])
     args = yaml_attack(tmp_path, "experiment", {"hydra": {"sweeper": {"params": params}}})
-    result = run_cli("-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY, "optimizer=sgd,adam", *args)
+    result = run_forked("-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY, "optimizer=sgd,adam", *args)
     assert_one_clear_line(result, "loss._target_ 'torch.hub.load' is not allowed")
     assert not marker.exists() and not list((tmp_path / "sweep").glob("*/checkpoints"))
 

@@ -83,17 +83,19 @@ def test_a_run_whose_last_checkpoint_is_gone_is_not_replaced_by_the_same_command
     assert all((tmp_path / name).read_bytes() == b"what the run left" for name in left)
 
 
-@pytest.mark.parametrize("damage", [b"\xff\xfe", b"two,1,2,3,4,5,6,7,8,9,10\n"])
-def test_a_damaged_metrics_csv_stops_a_resume_in_one_line_and_leaves_the_run_as_it_was(tmp_path, damage):
+def test_a_damaged_metrics_csv_stops_a_resume_in_one_line_and_leaves_the_run_as_it_was(tmp_path):
     from trainlab.train import run
 
-    settings = ["data=shapes", "data.num_train=64", "data.num_test=32", *QUICK, f"hydra.run.dir={tmp_path}"]
-    run(compose(*settings[:-1], "trainer.epochs=1"), tmp_path)
-    with open(tmp_path / "metrics.csv", "ab") as f:
-        f.write(damage)
+    settings = ["data=shapes", "data.num_train=64", "data.num_test=32", *QUICK]
+    for name, damage in (("stray", b"\xff\xfe"), ("word", b"two,1,2,3,4,5,6,7,8,9,10\n")):
+        run(compose(*settings, "trainer.epochs=1"), tmp_path / name)
+        with open(tmp_path / name / "metrics.csv", "ab") as f:
+            f.write(damage)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    result = run_cli(*settings, "trainer.epochs=2")
+    result = run_cli(*settings, "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'stray'}")  # as a user resumes it
     assert_one_clear_line(result, "metrics.csv is damaged (", "repair the file or move it away")
+    with pytest.raises(TrainlabError, match=r"metrics.csv is damaged \(line 4: epoch 'two' is not a number\)"):
+        run(compose(*settings, "trainer.epochs=2"), tmp_path / "word")
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # no error.log, no new line
 
 

@@ -82,9 +82,17 @@ def scene(tmp_path) -> Scene:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """A real run of one epoch on the shapes: its folder, to copy into each test that needs one."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from trainlab.train import run
+
     folder = tmp_path_factory.mktemp("finished") / "run"
-    result = run_cli(*TINY, f"hydra.run.dir={folder}")
-    assert result.returncode == 0, result.stdout + result.stderr
+    cfg = compose(*TINY)
+    run(cfg, folder)  # in this process: a second is not what these tests are about
+    (folder / ".hydra").mkdir()
+    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")  # as src/run.py's Hydra leaves it
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(TINY))
     return folder
 
 
