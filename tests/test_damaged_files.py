@@ -14,7 +14,7 @@ from conftest import QUICK, ROOT, assert_one_clear_line, compose, run_cli
 from trainlab import checkpoint
 from trainlab.checkpoint import FileLock, load_checkpoint, load_latest, read_record, save_checkpoint
 from trainlab.errors import TrainlabError
-from trainlab.resident import _cache_path, _cached_or_decoded, build_resident
+from trainlab.resident import _cache_path, _cached_or_decoded, build_resident, cache_key
 from trainlab.run_folder import RunFolderBusy, RunFolderLock, discard_failed_start
 from trainlab.train import run
 from trainlab.transforms import check_transforms, split_for_device
@@ -187,7 +187,7 @@ def test_a_second_process_building_the_same_cache_waits_for_the_first_then_reads
         while not any("waiting for it" in line for line in lines):
             lines.append(second.stdout.readline())
             assert lines[-1], "".join(lines)  # ended without waiting
-        _cached_or_decoded(cache, cfg.data, bake_train, bake_test, torch.device("cpu"), False)
+        _cached_or_decoded(cache, cache_key(), cfg.data, bake_train, bake_test, torch.device("cpu"), False)
     output = "".join(lines) + second.communicate(timeout=120)[0]
     assert second.returncode == 0, output
     assert f"another process is decoding into {cache}; waiting for it" in output

@@ -39,8 +39,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.config import check_known_keys, composition_error
 from trainlab.errors import ConfigRefused, TrainlabError, one_line, printable
-from trainlab.hydra_policy import (ALLOW_KEYS_ENV, UnsafeConfig, check_hydra, hydra_choices,  # noqa: F401
-                                   reference_config, unresolved)
+from trainlab.hydra_policy import (ALLOW_KEYS_ENV, USER_KEYS, UnsafeConfig, check_hydra,  # noqa: F401
+                                   hydra_choices, named_in_env, reference_config, trusted, unresolved)
 from trainlab.launch import first_process
 from trainlab.run_folder import (MADE_FOR_THE_RUN, RunFolderLock, check_run_folder, check_sweep_folder,
                                  missing_folders)
@@ -89,7 +89,7 @@ def target_allowed(target) -> bool:
     """Whether a config may build `target` (a dotted name), by the rules above."""
     if not isinstance(target, str) or not NAME.fullmatch(target):
         return False
-    if target in EXACT_TARGETS or _user_allowed(target):
+    if target in EXACT_TARGETS or named_in_env(ALLOW_TARGETS_ENV, target):
         return True
     module, _, name = target.rpartition(".")
     if name.startswith("_") or target in EXCLUDED:
@@ -110,14 +110,19 @@ def check_config(cfg, where: str = "") -> None:
     build anything outside the allow-list, or, composed with Hydra's part, sets a hydra key that is not a user's."""
     if isinstance(cfg, DictConfig) and not where and "hydra" in cfg:
         given = OmegaConf.to_container(cfg.hydra.overrides)  # as typed: a ${...} in an override is not resolved
-        overrides = given["hydra"] + given["task"]
-        reference = reference_config(cfg.hydra.job.config_name or "config", hydra_choices(cfg))
-        probe = probe_of(cfg, OmegaConf.select(cfg, "hydra.run.dir", default=None))
-        with hydra_config_set(probe):
-            check_hydra(cfg, overrides, reference, probe)
-            check_app(probe)
+        check_composed(cfg, given["hydra"] + given["task"], cfg.hydra.job.config_name or "config",
+                       OmegaConf.select(cfg, "hydra.run.dir", default=None))
         return
     check_app(cfg, where)
+
+
+def check_composed(cfg: DictConfig, overrides: list, entry: str, folder) -> None:
+    """A config as Hydra composed it, with its hydra node: that node against the reference (trainlab's own `entry`
+    with the same options), then the rest, both resolved as the run in `folder` will see them."""
+    probe = probe_of(cfg, folder)
+    with hydra_config_set(probe):
+        check_hydra(cfg, overrides, reference_config(entry, hydra_choices(cfg)), probe)
+        check_app(probe)
 
 
 def check_app(cfg, where: str = "") -> None:
@@ -221,16 +226,12 @@ class CheckedConfigLoader(ConfigLoaderImpl):
 
     def _check(self, cfg: DictConfig, overrides: list, run_mode) -> None:
         """Hydra's part against trainlab's own composition, then the rest, resolved, then the run or sweep folder."""
-        reference = reference_config(self.entry, hydra_choices(cfg))
         sweep = run_mode == RunMode.MULTIRUN
         key = "hydra.sweep.dir" if sweep or self._sweep_job else "hydra.run.dir"
-        folder = _resolved_folder(cfg, key)  # on cfg itself: the value Hydra will use (run_dir and now are cached)
+        folder = _resolved_folder(cfg, key)  # on cfg itself: the value Hydra will use (its stamp and now, once)
         if self._sweep_job:
             folder = os.path.join(folder, _resolved_folder(probe_of(cfg, folder), "hydra.sweep.subdir"))
-        probe = probe_of(cfg, folder)
-        with hydra_config_set(probe):
-            check_hydra(cfg, overrides, reference, probe)
-            check_app(probe)
+        check_composed(cfg, overrides, self.entry, folder)
         check_known_keys(cfg)
         if self.checks_folders and not self._sweep_job and first_process():  # torchrun: the first speaks for all
             if sweep:
@@ -265,8 +266,6 @@ class CheckedConfigLoader(ConfigLoaderImpl):
 def _check_search_path(overrides: list) -> None:
     """hydra.searchpath from the command line, held to its rule before Hydra reads it (Hydra imports a pkg://
     entry's package to list its configs, before any composed config can be checked)."""
-    from trainlab.hydra_policy import USER_KEYS, trusted
-
     key = "hydra.searchpath"
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         if override.get_key_element() == key and not trusted(key):
@@ -280,8 +279,8 @@ def _resolved_folder(cfg: DictConfig, key: str) -> str:
         value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
     except Exception as e:  # noqa: BLE001 (any resolver's failure)
         raise UnsafeConfig(unresolved(key, e)) from None
-    if not isinstance(value, str) or not value.strip() or re.search(r"[\x00-\x1f\x7f]", value):
-        raise UnsafeConfig(f"{key}={printable(value)} cannot be used: {key} takes a folder")
+    if not USER_KEYS[key].ok(value):
+        raise UnsafeConfig(f"{key}={printable(value)} cannot be used: {key} takes {USER_KEYS[key].takes}")
     return value
 
 
@@ -344,19 +343,6 @@ def _refusal(where: str, value) -> str:
     kinds += f", {MODEL_BUILDERS} classifiers and trainlab's own classes"
     return (f"{where} '{printable(value)}' is not allowed: a config builds only {kinds}; to trust another, name it in "
             f"the environment, not the config: {ALLOW_TARGETS_ENV}=module.Name")
-
-
-def _user_allowed(target) -> bool:
-    if not isinstance(target, str):
-        return False
-    for entry in _env_list(ALLOW_TARGETS_ENV):
-        if target == entry or (entry.endswith(".*") and target.startswith(entry[:-1])):
-            return True
-    return False
-
-
-def _env_list(name: str) -> list:
-    return [entry.strip() for entry in os.environ.get(name, "").split(",") if entry.strip()]
 
 
 def _object(dotted: str):

@@ -6,7 +6,6 @@ misspelt key, an unknown option or a wrong type fails when Hydra composes the co
 """
 import dataclasses
 import difflib
-import os
 import re
 import typing
 from dataclasses import dataclass
@@ -205,8 +204,9 @@ def env_readable(name: str) -> bool:
     """Whether a config may read the environment variable `name`: TRAINLAB_* and those the user lists in
     TRAINLAB_ENV_ALLOW. A config file may come from someone else, and what it reads is kept in run.log's lines, the
     .hydra/ record and every checkpoint: ${oc.env:AWS_SECRET_ACCESS_KEY} would copy a secret into all of them."""
-    allowed = {entry.strip() for entry in os.environ.get(ENV_ALLOW, "").split(",") if entry.strip()}
-    return name.startswith("TRAINLAB_") or name in allowed
+    from trainlab.hydra_policy import named_in_env
+
+    return name.startswith("TRAINLAB_") or named_in_env(ENV_ALLOW, name)
 
 
 def _env(key: str, default=_NO_DEFAULT):

@@ -328,12 +328,15 @@ def _first_line(error: Exception) -> str:
 
 
 def trusted(key: str) -> bool:
-    for entry in allowed_keys():
-        if key == entry or (entry.endswith(".*") and key.startswith(entry[:-1])):
+    """Whether the user trusts the hydra key `key` (TRAINLAB_ALLOW_KEYS)."""
+    return named_in_env(ALLOW_KEYS_ENV, key)
+
+
+def named_in_env(variable: str, name: str) -> bool:
+    """Whether the environment variable `variable` (a comma-separated list: TRAINLAB_ALLOW_KEYS, _ALLOW_TARGETS,
+    _ENV_ALLOW) names `name`, exactly or as every name below one (`mypkg.losses.*`): the user's trust, said outside
+    any config."""
+    for entry in (e.strip() for e in os.environ.get(variable, "").split(",")):
+        if entry and (name == entry or (entry.endswith(".*") and name.startswith(entry[:-1]))):
             return True
     return False
-
-
-def allowed_keys() -> list:
-    """The keys the user trusts (TRAINLAB_ALLOW_KEYS), from the environment."""
-    return [entry.strip() for entry in os.environ.get(ALLOW_KEYS_ENV, "").split(",") if entry.strip()]

@@ -105,7 +105,13 @@ def _decoded(data_cfg, bake_train: list, bake_test: list, device, progress) -> t
     written). One process decodes: another building the same cache waits for it (a lock file beside the cache), then
     reads its cache. A cache folder that cannot be written is warned of and done without: the cache only saves time."""
     cache = _cache_path(data_cfg, bake_train, bake_test)
-    lock, unwritable = None, None
+    lock, unwritable, key = None, None, None
+    if cache is not None:
+        key = cache_key()
+        if key is None:
+            log.warning(f"warning: data: no cache: its key ({user_cache() / KEY_FILE}) cannot be made or read; "
+                        "decoding without one")
+            cache = None
     if cache is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -113,21 +119,17 @@ def _decoded(data_cfg, bake_train: list, bake_test: list, device, progress) -> t
                             waiting=f"data: another process is decoding into {cache}; waiting for it")
         except OSError as e:  # a cache there is still read: it was written whole
             unwritable = e.strerror or str(e)
-        if cache_key() is None:
-            log.warning(f"warning: data: no cache: its key ({user_cache() / KEY_FILE}) cannot be made or read; "
-                        "decoding without one")
-            lock, cache = None, None
     with lock or nullcontext():
-        return _cached_or_decoded(cache, data_cfg, bake_train, bake_test, device, progress, unwritable)
+        return _cached_or_decoded(cache, key, data_cfg, bake_train, bake_test, device, progress, unwritable)
 
 
-def _cached_or_decoded(cache, data_cfg, bake_train: list, bake_test: list, device, progress,
+def _cached_or_decoded(cache, key, data_cfg, bake_train: list, bake_test: list, device, progress,
                        unwritable: str = None) -> tuple:
     if cache is not None and cache.is_file() and not cache.is_symlink():
         try:
             # read, not mapped: a cache cut short while mapped killed the process with SIGBUS. For CIFAR-10 on the CPU
             # reading costs 0.11 s and the checksum 0.05 s at start-up, but the mapped pages cost more on first touch
-            saved = read_record(cache, checked=True, key=cache_key())
+            saved = read_record(cache, checked=True, key=key)
             classes = folder_classes(data_cfg)
             if classes is not None and list(saved["classes"]) != classes:
                 raise DamagedFile(f"{cache} holds classes {printable(saved['classes'][:5])}, the folder "
@@ -152,7 +154,7 @@ def _cached_or_decoded(cache, data_cfg, bake_train: list, bake_test: list, devic
         for name, (images, targets) in splits.items():
             saved.update({name: images, name + "_targets": targets})
         try:
-            save_checkpoint(cache, saved, key=cache_key())
+            save_checkpoint(cache, saved, key=key)
             log.info(f"data: decoded images cached in {cache}")
         except OSError as e:  # a full disk, a read-only folder
             log.warning(f"warning: data: the cache {cache} cannot be written ({e.strerror or e}); training without it")

@@ -89,8 +89,9 @@ def _resume_state(resume: str, run_dir: Path) -> tuple:
         return None, run_dir
     if resume == "auto":
         state, _ = load_latest(run_dir / CHECKPOINTS)
-        if state is None and run_traces(run_dir):  # a run that cannot be continued is still not overwritten
-            raise TrainlabError(f"{shown_path(run_dir)} holds a run ({', '.join(run_traces(run_dir))}) but no "
+        traces = run_traces(run_dir) if state is None else []
+        if traces:  # a run that cannot be continued is still not overwritten
+            raise TrainlabError(f"{shown_path(run_dir)} holds a run ({', '.join(traces)}) but no "
                                 f"{CHECKPOINTS}/{LAST} to continue it from: a new run there would replace it; give "
                                 f"the new run a folder of its own (hydra.run.dir=...), continue from a checkpoint it "
                                 f"has (trainer.resume=PATH.pt), or move the folder away")

@@ -260,13 +260,7 @@ def check_run_folder(run_dir: Path) -> bool:
         if (run_dir / name).is_file() and (run_dir / name).stat().st_nlink > 1:
             raise TrainlabError(shared_name(run_dir / name))
     entries = sorted(p.name for p in run_dir.iterdir())
-    foreign = [name for name in entries if name not in OWN_NAMES and not name.startswith(EVENTS)
-               and not LEFT_BY_A_KILL.fullmatch(name)]
-    if foreign:
-        shown = ", ".join(printable(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise TrainlabError(f"{printable(shown_path(run_dir))} holds files that are not a run's ({shown}): a run "
-                            "writes into a new folder, or goes on in its own; choose another folder "
-                            "(hydra.run.dir=...)")
+    _refuse_foreign(run_dir, _not_a_runs(entries), "run")
     if RunFolderLock.held_elsewhere(run_dir):
         with open_own(run_dir / RUN_LOCK, "r") as f:
             raise RunFolderBusy(busy(run_dir, f.read().strip() or "unknown"))
@@ -290,18 +284,28 @@ def check_sweep_folder(sweep_dir: Path, same_sweep) -> None:
     for entry in sorted(sweep_dir.iterdir()):
         if entry.name in SWEEP_NAMES or LEFT_BY_A_KILL.fullmatch(entry.name):
             continue
-        if entry.is_dir() and not entry.is_symlink() and not (set(os.listdir(entry)) - set(OWN_NAMES)) - {
-                n for n in os.listdir(entry) if n.startswith(EVENTS)}:
+        if entry.is_dir() and not entry.is_symlink() and not _not_a_runs(os.listdir(entry)):
             refuse_links(entry, elsewhere="hydra.sweep.dir=...")  # a job's folder
             continue
         foreign.append(entry.name)
-    if foreign:
-        shown = ", ".join(printable(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise TrainlabError(f"{printable(shown_path(sweep_dir))} holds files that are not a sweep's ({shown}): a sweep "
-                            "writes into a new folder, or goes on in its own; choose another folder "
-                            "(hydra.sweep.dir=...)")
+    _refuse_foreign(sweep_dir, foreign, "sweep")
     if (sweep_dir / MULTIRUN_YAML).is_file():
         same_sweep(sweep_dir / MULTIRUN_YAML)
+
+
+def _not_a_runs(names) -> list:
+    """Of a folder's file names, those that are not trainlab's own in a run folder."""
+    return [name for name in names if name not in OWN_NAMES and not name.startswith(EVENTS)
+            and not LEFT_BY_A_KILL.fullmatch(name)]
+
+
+def _refuse_foreign(folder: Path, foreign: list, what: str) -> None:
+    """TrainlabError where a run's or sweep's (`what`) folder holds `foreign` files: someone's own folder."""
+    if foreign:
+        shown = ", ".join(printable(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise TrainlabError(f"{printable(shown_path(folder))} holds files that are not a {what}'s ({shown}): a {what} "
+                            f"writes into a new folder, or goes on in its own; choose another folder "
+                            f"(hydra.{what}.dir=...)")
 
 
 def refuse_links(folder: Path, names=OWN_NAMES, elsewhere: str = "hydra.run.dir=...") -> None:
