@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this tree's trainlab, as src/run.py runs it
-from trainlab.run_folder import IMAGES_PER_S, STARTUP_S, TEST_ACC, read_scalars  # noqa: E402 (the tags a run writes)
+from trainlab.runs.folder import IMAGES_PER_S, STARTUP_S, TEST_ACC, read_scalars  # noqa: E402 (the tags a run writes)
 
 SHARED = Path(os.environ.get("TRAINLAB_SHARED", ROOT.parent / "shared"))  # ../shared, or where it was copied
 # data.val_split=0: trained on all 50,000 images, as the peer is, and the last epoch's weights tested
@@ -249,7 +249,7 @@ optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
 net(torch.zeros(1, 4)).sum().backward()
 optimizer.step()
 stepped = time.time()
-from trainlab.engine import seconds_since_launch
+from trainlab.launch import seconds_since_launch
 print(seconds_since_launch() - (time.time() - stepped))
 """
 

@@ -7,7 +7,7 @@ Three loops train Tudui at batch 64 on CIFAR-shaped images, each with its own co
   streamed   the same bare step, each batch gathered from 50,000 resident uint8 images and made float: what any
              loop over a whole data set must do
   trainlab   trainlab's own objects: the ResidentLoader (batch plan, gather, to_tensor), make_train_step's step,
-             train_epoch's running totals, finiteness check and logging read-backs
+             the Epoch's running sums, finiteness check and logging read-backs
 They run in rounds, one after another, so a slow spell of the shared machine lands on all three; the ratios are
 taken within each round, then their median. In one process there is no start-up and no cross-process swing, so
 what is left between `trainlab` and `ceiling` is what the loop itself adds.
@@ -22,10 +22,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this tree's trainlab
-from trainlab.engine import Loop, TrainState, train_epoch  # noqa: E402
-from trainlab.resident import ResidentLoader, ResidentSplit  # noqa: E402
-from trainlab.step import Numerics, make_train_step  # noqa: E402
-from trainlab.transforms import BatchedSteps  # noqa: E402
+from trainlab.training.clock import Clock  # noqa: E402
+from trainlab.training.epoch import Epoch, EpochProgress  # noqa: E402
+from trainlab.data.resident import ResidentLoader, ResidentSplit  # noqa: E402
+from trainlab.training.numerics import Numerics  # noqa: E402
+from trainlab.training.step import make_train_step  # noqa: E402
+from trainlab.data.transforms import BatchedSteps  # noqa: E402
 
 
 def tudui() -> torch.nn.Sequential:
@@ -82,16 +84,18 @@ def main():
     step = make_train_step(ours_model, loss_fn, ours_sgd, numerics, cuda_graphs=False,
                            batch_shape=(batch, 3, 32, 32))
     generator = torch.Generator(device=device)
-    # an "epoch" of exactly `steps` batches, so that a round is one train_epoch
+    # an "epoch" of exactly `steps` batches, so that a round is one Epoch
     split = ResidentSplit(images[:steps * batch], targets[:steps * batch])
     loader = ResidentLoader(split, batch, True, True, BatchedSteps([{"type": "to_tensor"}], generator), seed=0)
-    loop = Loop(epochs=args.rounds + 1, batches=loader.batches, log_every=10)
+    progress = EpochProgress(device)
 
     def trainlab(round_):
-        state = TrainState(epoch=round_ + 1)
-        loader.start(state.epoch)
-        for _ in train_epoch(step, loader, state, loop):
+        clock = Clock(epochs=args.rounds + 1, batches=loader.batches, epoch=round_ + 1)
+        loader.start(clock.epoch)
+        progress.begin(0.01)
+        for _ in Epoch(step, loader, clock, progress, log_every=10):
             pass
+        progress.end()
 
     def timed(fn) -> float:
         if device.type == "cuda":

@@ -6,9 +6,9 @@ import gc
 import hydra
 from omegaconf import DictConfig
 
-from trainlab.allowlist import guard_hydra
+from trainlab.config.allowlist import guard_hydra
 from trainlab.cli import report_errors
-from trainlab.evaluation import evaluate_checkpoint
+from trainlab.inference.score import evaluate_checkpoint
 
 guard_hydra("evaluate")  # every config Hydra composes is checked: see src/run.py
 

@@ -5,9 +5,9 @@ import gc
 import hydra
 from omegaconf import DictConfig
 
-from trainlab.allowlist import guard_hydra
+from trainlab.config.allowlist import guard_hydra
 from trainlab.cli import report_errors
-from trainlab.predict import predict
+from trainlab.inference.predict import predict
 
 guard_hydra("predict")  # every config Hydra composes is checked: see src/run.py
 

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from trainlab.errors import USER_ERROR_EXIT, TrainlabError, os_error_line, refused_by_file_system
-from trainlab.report import CSV_NAME, DEFAULT_SORT, PLOT_NAME, SEED, report
+from trainlab.runs.report import CSV_NAME, DEFAULT_SORT, PLOT_NAME, SEED, report
 
 
 def main() -> None:

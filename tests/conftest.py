@@ -146,7 +146,7 @@ SIGNAL_AT_STEP = """
 import os, runpy, signal, sys
 sig, step, times, tag, sys.argv = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # src/, as `python src/run.py` has it
-from trainlab.tensorboard import RunWriter
+from trainlab.runs.tensorboard import RunWriter
 scalars, sent = RunWriter.scalars, []
 def scalars_then_signal(self, values, at):
     scalars(self, values, at)
@@ -177,7 +177,7 @@ def job_dir(sweep: Path, number: int) -> Path:
 
 def scalars(run_dir: Path) -> dict:
     """{tag: [(step, value), ...]} from the run folder's TensorBoard event files, as trainlab reads them back."""
-    from trainlab.run_folder import read_scalars
+    from trainlab.runs.folder import read_scalars
 
     return read_scalars(run_dir)
 

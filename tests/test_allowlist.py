@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from conftest import QUICK, ROOT, run_cli, run_forked
 from test_bad_input import assert_one_clear_line
-from trainlab.allowlist import ALLOW_KEYS_ENV, ALLOW_TARGETS_ENV, CheckedConfigLoader, UnsafeConfig, check_config, \
+from trainlab.config.allowlist import ALLOW_KEYS_ENV, ALLOW_TARGETS_ENV, CheckedConfigLoader, UnsafeConfig, check_config, \
     target_allowed
 
 TINY = ["data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK]
@@ -40,13 +40,13 @@ DANGEROUS = [
     "torchvision.models.get_model", "torchvision.models.get_model_builder", "torchvision.models.get_weight",
     "torchvision.datasets.utils.download_url", "torchvision.datasets.utils.extract_archive",
     "torchvision.io.write_file", "torchvision.io.write_jpeg", "torchvision.io.read_file",
-    "torchvision.utils.save_image", "trainlab.checkpoint.save_checkpoint", "trainlab.train.run",
+    "torchvision.utils.save_image", "trainlab.runs.checkpoint.save_checkpoint", "trainlab.training.recipe.run",
     "os.system", "builtins.eval", "builtins.exec", "subprocess.run", "importlib.import_module",
 ]
 ALLOWED = [
     "torch.optim.SGD", "torch.optim.AdamW", "torch.optim.lr_scheduler.OneCycleLR",
     "torch.optim.lr_scheduler.ReduceLROnPlateau", "torch.nn.CrossEntropyLoss", "torch.nn.Conv2d",
-    "torchvision.models.resnet18", "torchvision.transforms.RandomCrop", "trainlab.optim.SoftmaxMSELoss",
+    "torchvision.models.resnet18", "torchvision.transforms.RandomCrop", "trainlab.training.losses.SoftmaxMSELoss",
     "trainlab.cli.SweepReport", "optuna.samplers.TPESampler",
 ]
 

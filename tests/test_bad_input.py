@@ -7,7 +7,7 @@ from PIL import Image
 
 from conftest import QUICK, assert_one_clear_line, compose, run_cli
 from trainlab.errors import TrainlabError
-from trainlab.train import run
+from trainlab.training.recipe import run
 from test_resident import tiny_folder
 
 pytestmark = pytest.mark.slow

@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 
 from conftest import QUICK, ROOT, assert_one_clear_line, compose, run_cli
-from trainlab import checkpoint
-from trainlab.checkpoint import FileLock, load_checkpoint, load_latest, read_record, save_checkpoint
+from trainlab.runs import checkpoint
+from trainlab.runs.checkpoint import FileLock, load_checkpoint, load_latest, read_record, save_checkpoint
 from trainlab.errors import TrainlabError
-from trainlab.resident import _cache_path, _cached_or_decoded, build_resident, cache_key
-from trainlab.run_folder import RunFolderBusy, RunFolderLock, discard_failed_start
-from trainlab.train import run
-from trainlab.transforms import check_transforms, split_for_device
+from trainlab.data.resident import _cache_path, _cached_or_decoded, build_resident, cache_key
+from trainlab.runs.folder import RunFolderBusy, RunFolderLock, discard_failed_start
+from trainlab.training.recipe import run
+from trainlab.data.transforms import check_transforms, split_for_device
 
 pytestmark = pytest.mark.slow
 
@@ -135,7 +135,7 @@ def test_resuming_from_last_prev_pt_says_so(tmp_path, caplog, two_epochs):
 
 
 def test_two_processes_writing_one_checkpoint_at_once_both_succeed(tmp_path):
-    writer = ("from trainlab.checkpoint import save_checkpoint\nprint('ready', flush=True); sys.stdin.readline()\n"
+    writer = ("from trainlab.runs.checkpoint import save_checkpoint\nprint('ready', flush=True); sys.stdin.readline()\n"
               "for i in range(200): save_checkpoint(sys.argv[1], {'i': i}, keep_previous=True)\n")
     processes = [python(writer, tmp_path / "last.pt", stdin=subprocess.PIPE) for _ in range(2)]
     assert [process.stdout.readline() for process in processes] == ["ready\n"] * 2
@@ -152,7 +152,7 @@ def test_two_processes_writing_one_checkpoint_at_once_both_succeed(tmp_path):
 # --- the run folder's lock
 
 def test_a_run_folder_another_live_process_writes_into_is_refused_until_that_process_dies(tmp_path):
-    holder = python("import sys; from trainlab.run_folder import RunFolderBusy, RunFolderLock, discard_failed_start\n"
+    holder = python("import sys; from trainlab.runs.folder import RunFolderBusy, RunFolderLock, discard_failed_start\n"
                     "RunFolderLock(sys.argv[1]).acquire(); print('held', flush=True); sys.stdin.read()", tmp_path)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -176,8 +176,8 @@ def test_a_second_process_building_the_same_cache_waits_for_the_first_then_reads
     bake_train, bake_test = (split_for_device(steps[k], k)[0] for k in ("train", "test"))
     cache = _cache_path(cfg.data, bake_train, bake_test)
     builder = ("import logging, torch\nlogging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"
-               "from conftest import compose\nfrom trainlab.resident import build_resident\n"
-               "from trainlab.transforms import check_transforms\n"
+               "from conftest import compose\nfrom trainlab.data.resident import build_resident\n"
+               "from trainlab.data.transforms import check_transforms\n"
                "cfg = compose('data=folder', f'data.root={sys.argv[1]}', 'data.image_size=8', 'data.val_split=0')\n"
                "build_resident(cfg.data, check_transforms(cfg.transform), torch.device('cpu'), 0, False)\n")
     cache.parent.mkdir()
@@ -210,7 +210,7 @@ def test_a_bit_flipped_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
 def test_a_cache_cut_short_while_in_use_cannot_kill_the_run(tmp_path):
     tiny_folder(tmp_path)
     reader = ("import os, torch\nfrom conftest import compose\n"
-              "from trainlab.resident import build_resident\nfrom trainlab.transforms import check_transforms\n"
+              "from trainlab.data.resident import build_resident\nfrom trainlab.data.transforms import check_transforms\n"
               "cfg = compose('data=folder', f'data.root={sys.argv[1]}', 'data.image_size=8', 'data.val_split=0')\n"
               "for _ in range(2): data = build_resident(cfg.data, check_transforms(cfg.transform), "
               "torch.device('cpu'), 0, False)[0]\n"  # the second reads the cache

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import QUICK, ROOT, run_cli
-from trainlab.checkpoint import load_checkpoint
+from trainlab.runs.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, path
 
 
 def test_the_sampler_shards_each_batch_between_the_processes():
-    from trainlab.data import EpochSampler
+    from trainlab.data.datasets import EpochSampler
 
     whole = list(EpochSampler(100, 8, True, False, seed=3))
     parts = [list(EpochSampler(100, 8, True, False, seed=3, shard=(rank, 2))) for rank in range(2)]

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from conftest import QUICK, ROOT, compose, run_cli, run_signalled, scalars
-from trainlab.checkpoint import load_checkpoint
-from trainlab.run_folder import read_metrics
-from trainlab.train import run
+from trainlab.runs.checkpoint import load_checkpoint
+from trainlab.runs.folder import read_metrics
+from trainlab.training.recipe import run
 
 TINY = ["data=shapes", "data.num_train=200", "data.num_test=50", "model=mlp", *QUICK, "trainer.log_images=false"]
 
@@ -19,7 +19,7 @@ CTRL_C_AT_START_UP = """
 import os, runpy, signal, sys
 sys.argv = sys.argv[1:]
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
-import trainlab.train as train
+import trainlab.training.recipe as train
 build = train.build_run_data
 def pressed(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)
@@ -101,7 +101,7 @@ def test_a_full_disk_is_one_line_and_the_run_goes_on_once_there_is_room(tiny_dis
 
 
 def test_a_kill_after_the_test_score_is_logged_leaves_one_test_point_once_resumed(tmp_path, monkeypatch):
-    from trainlab.tensorboard import RunWriter
+    from trainlab.runs.tensorboard import RunWriter
 
     scalars_of = RunWriter.scalars
 
@@ -122,7 +122,7 @@ def test_a_kill_after_the_test_score_is_logged_leaves_one_test_point_once_resume
 def test_an_epoch_resumed_part_way_reports_the_learning_rate_it_began_at(tmp_path, monkeypatch):
     # onecycle steps the learning rate every batch: the resumed epoch's line and row give the rate at its start
     from trainlab.errors import Interrupted
-    from trainlab.tensorboard import RunWriter
+    from trainlab.runs.tensorboard import RunWriter
 
     settings = [*TINY, "scheduler=onecycle", "trainer.epochs=2"]
     run(compose(*settings), tmp_path / "whole")
@@ -142,7 +142,7 @@ def test_an_epoch_resumed_part_way_reports_the_learning_rate_it_began_at(tmp_pat
 
 
 def test_a_second_run_into_a_folder_another_run_is_writing_is_refused_and_leaves_it_alone(tmp_path):
-    hold = (f"import time; from trainlab.run_folder import RunFolderLock; RunFolderLock({str(tmp_path)!r}).acquire(); "
+    hold = (f"import time; from trainlab.runs.folder import RunFolderLock; RunFolderLock({str(tmp_path)!r}).acquire(); "
             "print('held', flush=True); time.sleep(60)")
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- the first run's\n")

@@ -11,9 +11,9 @@ from PIL import Image
 
 from conftest import QUICK, ROOT, assert_one_clear_line, compose, run_cli, run_forked, run_signalled
 from trainlab.errors import TrainlabError
-from trainlab.image_folder import ImageFiles, read_image
-from trainlab.resident import build_resident
-from trainlab.transforms import check_transforms
+from trainlab.data.image_folder import ImageFiles, read_image
+from trainlab.data.resident import build_resident
+from trainlab.data.transforms import check_transforms
 
 GRADIENT = np.linspace(0, 1, 64).reshape(8, 8)  # a picture: dark top left, light bottom right
 
@@ -56,7 +56,7 @@ def test_an_image_whose_values_no_8_bit_range_holds_is_one_line(tmp_path):
 
 
 def test_a_resume_after_images_were_added_is_refused_before_it_resplits(tmp_path):
-    from trainlab.train import run
+    from trainlab.training.recipe import run
 
     root = tmp_path / "data"
     for name, colour in (("ants", (200, 0, 0)), ("bees", (0, 0, 200))):
@@ -84,7 +84,7 @@ def test_a_run_whose_last_checkpoint_is_gone_is_not_replaced_by_the_same_command
 
 
 def test_a_damaged_metrics_csv_stops_a_resume_in_one_line_and_leaves_the_run_as_it_was(tmp_path):
-    from trainlab.train import run
+    from trainlab.training.recipe import run
 
     settings = ["data=shapes", "data.num_train=64", "data.num_test=32", *QUICK]
     for name, damage in (("stray", b"\xff\xfe"), ("word", b"two,1,2,3,4,5,6,7,8,9,10\n")):
@@ -105,7 +105,7 @@ import os, runpy, signal, sys
 sys.argv = sys.argv[1:]
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
 import torch.utils.data
-from trainlab import image_folder
+from trainlab.data import image_folder
 read = image_folder.ImageFiles.__getitem__
 def dies(self, index):
     if torch.utils.data.get_worker_info() is not None and index == 3:
@@ -129,7 +129,7 @@ def test_a_decoding_worker_that_dies_ends_the_run_in_one_line(tmp_path):
 
 
 def test_a_file_left_out_by_bad_images_skip_does_not_choose_the_image_size(tmp_path, caplog):
-    from trainlab.train import run
+    from trainlab.training.recipe import run
 
     for name in ("ants", "bees"):
         (tmp_path / "data" / "train" / name).mkdir(parents=True)
@@ -144,8 +144,8 @@ def test_a_file_left_out_by_bad_images_skip_does_not_choose_the_image_size(tmp_p
 
 
 def test_sigterm_while_the_run_writes_its_end_lets_it_finish(tmp_path, caplog):
-    from trainlab.checkpoint import load_checkpoint
-    from trainlab.train import run
+    from trainlab.runs.checkpoint import load_checkpoint
+    from trainlab.training.recipe import run
 
     args = ["data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK]
     result = run_signalled(signal.SIGTERM, 0, *args, f"hydra.run.dir={tmp_path}", tag="test/acc")  # as it is logged
@@ -159,7 +159,7 @@ def test_sigterm_while_the_run_writes_its_end_lets_it_finish(tmp_path, caplog):
 
 
 def test_a_model_changed_before_a_rerun_is_named_by_the_block_that_differs(tmp_path):
-    from trainlab.train import run
+    from trainlab.training.recipe import run
 
     settings = ["data=shapes", "data.num_train=64", "data.num_test=32", *QUICK, "trainer.log_images=false"]
     run(compose(*settings, "trainer.epochs=1"), tmp_path)
@@ -172,8 +172,8 @@ def test_a_model_changed_before_a_rerun_is_named_by_the_block_that_differs(tmp_p
 
 
 def test_a_run_that_finishes_after_a_failure_is_no_longer_reported_failed(tmp_path, capsys):
-    from trainlab.report import report
-    from trainlab.train import run
+    from trainlab.runs.report import report
+    from trainlab.training.recipe import run
 
     settings = ["data=shapes", "data.num_train=64", "data.num_test=32", *QUICK, "trainer.log_images=false"]
     run(compose(*settings, "trainer.epochs=1"), tmp_path / "run")
@@ -186,7 +186,7 @@ def test_a_run_that_finishes_after_a_failure_is_no_longer_reported_failed(tmp_pa
 
 
 def test_resume_latest_on_a_finished_run_says_only_that_it_is_finished(tmp_path):
-    from trainlab.train import run
+    from trainlab.training.recipe import run
 
     args = ["data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK]
     run(compose(*args, "trainer.log_images=false"), tmp_path / "outputs" / "runs" / "2026-12-07_10-00-00")
@@ -195,7 +195,7 @@ def test_resume_latest_on_a_finished_run_says_only_that_it_is_finished(tmp_path)
 
 
 def test_predict_on_a_folder_predicts_every_readable_image_and_names_the_others(tmp_path):
-    from trainlab.train import run
+    from trainlab.training.recipe import run
 
     run(compose("data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=1", *QUICK,
                 "trainer.log_images=false"), tmp_path / "run")
@@ -212,8 +212,8 @@ def test_predict_on_a_folder_predicts_every_readable_image_and_names_the_others(
 
 
 def test_an_epoch_whose_every_step_was_skipped_says_it_trained_nothing(tmp_path, caplog):
-    from trainlab.run_folder import read_metrics
-    from trainlab.train import run
+    from trainlab.runs.folder import read_metrics
+    from trainlab.training.recipe import run
 
     caplog.set_level("INFO", logger="trainlab")
     run(compose("data=shapes", "data.num_train=128", "data.num_test=32", "trainer.epochs=2", "optimizer.lr=1e37",
@@ -226,7 +226,7 @@ def test_an_epoch_whose_every_step_was_skipped_says_it_trained_nothing(tmp_path,
 def test_a_scheduler_file_of_ones_own_needs_no_partial(tmp_path):
     from omegaconf import OmegaConf
 
-    from trainlab.train import run
+    from trainlab.training.recipe import run
 
     cfg = compose("data=shapes", "data.num_train=64", "data.num_test=32", "trainer.epochs=2", *QUICK,
                   "trainer.log_images=false")
@@ -238,12 +238,12 @@ def test_a_scheduler_file_of_ones_own_needs_no_partial(tmp_path):
 
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_bf16_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch, caplog, has_bf16):
-    from trainlab import step
+    from trainlab.training import numerics
 
-    monkeypatch.setattr(step, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(numerics, "cpu_has_bf16", lambda: has_bf16)
     caplog.set_level("INFO", logger="trainlab")
-    step.Numerics.choose(torch.device("cpu"), "bf16")
-    step.Numerics.choose(torch.device("cpu"), "fp32")
+    numerics.Numerics.choose(torch.device("cpu"), "bf16")
+    numerics.Numerics.choose(torch.device("cpu"), "fp32")
     warned = "trainer.precision=bf16 on a CPU without bfloat16 instructions" in caplog.text
     assert warned != has_bf16
 
@@ -257,8 +257,8 @@ def test_a_first_run_that_cannot_fetch_its_data_leaves_no_folder_behind(tmp_path
 
 
 def test_the_report_shows_no_more_digits_of_a_loss_than_metrics_csv_holds(tmp_path, capsys):
-    from trainlab.report import report
-    from trainlab.run_folder import MetricsFile
+    from trainlab.runs.report import report
+    from trainlab.runs.folder import MetricsFile
 
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("trainer:\n  epochs: 1\n")

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from conftest import QUICK, ROOT, compose, entry_config
-from trainlab.image_folder import list_images
+from trainlab.data.image_folder import list_images
 from trainlab.errors import TrainlabError
-from trainlab.evaluation import evaluate_checkpoint
-from trainlab.train import run
+from trainlab.inference.score import evaluate_checkpoint
+from trainlab.training.recipe import run
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import compose, options
-from trainlab.data import build_data
-from trainlab.models import build_model
-from trainlab.optim import build_loss, build_optimizer, build_scheduler
-from trainlab.step import CudaGraphStep, Numerics, TrainStep
-from trainlab.transforms import build_transforms, check_transforms
+from trainlab.data.datasets import build_data
+from trainlab.models.blocks import build_model
+from trainlab.training.optim import build_loss, build_optimizer
+from trainlab.training.schedule import build_schedule
+from trainlab.training.numerics import Numerics
+from trainlab.training.step import CudaGraphStep, TrainStep
+from trainlab.data.transforms import build_transforms, check_transforms
 
 
 # (channels, native height and width) of each data option's images
@@ -54,8 +56,9 @@ def test_every_model_builds_for_each_data_shape_and_runs_a_batch(model, shape, c
 def test_optimizer_scheduler_and_loss_options_take_a_step(optimizer, scheduler, loss):
     cfg = compose(f"optimizer={optimizer}", f"scheduler={scheduler}", f"loss={loss}", "trainer.epochs=2")
     net = torch.nn.Linear(5, 3)
-    opt = build_optimizer(cfg.optimizer, net.parameters())
-    sched, interval = build_scheduler(cfg.scheduler, opt, total_steps=10)
+    opt = build_optimizer(cfg.optimizer, net)
+    schedule = build_schedule(cfg.scheduler, opt, total_steps=10)
+    sched, interval = schedule.scheduler, schedule.interval
     loss_fn = build_loss(cfg.loss)
     before = net.weight.detach().clone()
     value = loss_fn(net(torch.rand(8, 5)), torch.randint(0, 3, (8,)))
@@ -90,7 +93,7 @@ def test_a_trainlab_step_is_the_tutorials_step(channels_last):
                              nn.Linear(1024, 64), nn.Linear(64, 10))
     tutorial.load_state_dict(ours.state_dict())
     start = {k: v.clone() for k, v in tutorial.state_dict().items()}
-    step = TrainStep(ours, build_loss(cfg.loss), build_optimizer(cfg.optimizer, ours.parameters()),
+    step = TrainStep(ours, build_loss(cfg.loss), build_optimizer(cfg.optimizer, ours),
                      Numerics(torch.device("cpu"), channels_last=channels_last))
     loss_fn, sgd = nn.CrossEntropyLoss(), torch.optim.SGD(tutorial.parameters(), lr=0.01)  # the tutorial's
     for _ in range(20):
@@ -115,9 +118,10 @@ def test_the_cuda_graph_step_matches_the_eager_step_across_a_learning_rate_chang
     numerics = Numerics(torch.device("cuda"))
     eager_model = build_model(cfg.model, (3, 32, 32), 10).cuda()
     graph_model = copy.deepcopy(eager_model)
-    eager_sgd, graph_sgd = (build_optimizer(cfg.optimizer, m.parameters()) for m in (eager_model, graph_model))
+    eager_sgd, graph_sgd = (build_optimizer(cfg.optimizer, m) for m in (eager_model, graph_model))
     eager = TrainStep(eager_model, build_loss(cfg.loss), eager_sgd, numerics)
-    graph = CudaGraphStep(graph_model, build_loss(cfg.loss), graph_sgd, numerics, batch_shape=(64, 3, 32, 32))
+    graph = CudaGraphStep(TrainStep(graph_model, build_loss(cfg.loss), graph_sgd, numerics),
+                          batch_shape=(64, 3, 32, 32))
     for i in range(12):
         if i == 7:  # after warm-up and a few replays
             for group in (*eager_sgd.param_groups, *graph_sgd.param_groups):
@@ -139,8 +143,9 @@ def test_onehot_losses_compare_softmax_with_one_hot_targets():
 
 def test_onecycle_runs_over_the_whole_training():
     cfg = compose("scheduler=onecycle", "optimizer.lr=0.1")
-    opt = build_optimizer(cfg.optimizer, torch.nn.Linear(2, 2).parameters())
-    sched, interval = build_scheduler(cfg.scheduler, opt, total_steps=40)
+    opt = build_optimizer(cfg.optimizer, torch.nn.Linear(2, 2))
+    schedule = build_schedule(cfg.scheduler, opt, total_steps=40)
+    sched, interval = schedule.scheduler, schedule.interval
     assert interval == "step" and sched.total_steps == 40
 
 

@@ -11,12 +11,12 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import QUICK, ROOT, SHARED, compose, entry_config, needs_shared, scalars
-from trainlab.checkpoint import load_checkpoint
+from trainlab.runs.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
-from trainlab.evaluation import evaluate_checkpoint
-from trainlab.predict import predict
-from trainlab.shapes import CLASSES, draw_shape
-from trainlab.train import run
+from trainlab.inference.score import evaluate_checkpoint
+from trainlab.inference.predict import predict
+from trainlab.data.shapes import CLASSES, draw_shape
+from trainlab.training.recipe import run
 
 pytestmark = pytest.mark.slow
 

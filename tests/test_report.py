@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import QUICK, ROOT, job_dir, run_cli
-from trainlab.run_folder import METRICS_CSV, TEST_ROW, MetricsFile, read_metrics
+from trainlab.runs.folder import METRICS_CSV, TEST_ROW, MetricsFile, read_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -5,10 +5,11 @@ import torch
 from PIL import Image
 
 from conftest import compose
-from trainlab.data import build_data, build_loaders, build_run_data
+from trainlab.data.build import build_run_data
+from trainlab.data.datasets import build_data, build_loaders
 from trainlab.errors import TrainlabError
-from trainlab.resident import NotResident, build_resident
-from trainlab.transforms import BatchedSteps, build_pipeline, build_transforms, check_transforms
+from trainlab.data.resident import NotResident, build_resident
+from trainlab.data.transforms import BatchedSteps, build_pipeline, build_transforms, check_transforms
 
 
 def both_paths(*overrides, seed=0):
@@ -114,7 +115,9 @@ def test_auto_falls_back_to_the_loader_and_forcing_resident_names_the_step():
     for path, expected in (("auto", "DataLoader (transform.train step 0"), ("resident", None)):
         cfg.trainer.data_path = path
         if expected:
-            assert build_run_data(cfg, check_transforms(cfg.transform), torch.device("cpu"))[2].startswith(expected)
+            assert build_run_data(cfg.data, check_transforms(cfg.transform), torch.device("cpu"),
+                           data_path=cfg.trainer.data_path, seed=cfg.trainer.seed)[2].startswith(expected)
         else:
             with pytest.raises(TrainlabError, match="trainer.data_path=resident cannot be used"):
-                build_run_data(cfg, check_transforms(cfg.transform), torch.device("cpu"))
+                build_run_data(cfg.data, check_transforms(cfg.transform), torch.device("cpu"),
+                           data_path=cfg.trainer.data_path, seed=cfg.trainer.seed)

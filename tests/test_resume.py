@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import QUICK, ROOT, compose, run_cli, run_signalled, scalars
-from trainlab.checkpoint import load_checkpoint
+from trainlab.runs.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
 from trainlab.launch import Launch
-from trainlab.run_folder import read_metrics
-from trainlab.train import run
+from trainlab.runs.folder import read_metrics
+from trainlab.training.recipe import run
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,10 @@ MID_EPOCH, EPOCH_END = PER_EPOCH + 6, 3 * PER_EPOCH  # 2 steps past a checkpoint
 @pytest.mark.parametrize("extra,kill_at", [(("trainer.data_path=resident",), MID_EPOCH),
                                            (("trainer.data_path=loader",), MID_EPOCH),
                                            (("trainer.data_path=loader", "data.num_workers=2"), MID_EPOCH),
-                                           (("trainer.data_path=resident",), EPOCH_END)])
+                                           (("trainer.data_path=resident",), EPOCH_END),
+                                           # killed mid warm-up (30 steps), in front of a per-step schedule
+                                           (("scheduler=onecycle", "scheduler.warmup_steps=30",
+                                             "trainer.clip_grad_norm=0.5"), MID_EPOCH)])
 def test_killed_then_rerun_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path, reference, extra, kill_at):
     # The run kills itself there (conftest.SIGNAL_AT_STEP). Killed from this process instead, after seeing a
     # checkpoint, it could run to its end first on a loaded machine (1 suite in 8, in the 2-worker case).

@@ -4,10 +4,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose
-from trainlab.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from trainlab.runs.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from trainlab.errors import TrainlabError
-from trainlab.models import build_model, summary_table
-from trainlab.transforms import build_pipeline, check_pipeline, normalization
+from trainlab.models.blocks import build_model, summary_table
+from trainlab.data.transforms import build_pipeline, check_pipeline, normalization
 
 
 def blocks(*items):
@@ -106,25 +106,27 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
 
 
 def test_targets_off_the_allow_list_are_refused():
-    from trainlab.optim import build_loss
+    from trainlab.training.optim import build_loss
 
     with pytest.raises(TrainlabError, match="not allowed"):
         build_loss(OmegaConf.create({"_target_": "os.system", "command": "echo hi"}))
 
 
 def test_an_epoch_resumed_part_way_times_only_the_batches_this_process_trained():
-    from trainlab.engine import EpochTotals, Loop, TrainState, train_epoch
+    from trainlab.training.clock import Clock
+    from trainlab.training.epoch import Epoch, EpochProgress, Sums
 
-    class Step:  # what TrainEpoch asks of a step: a device, a model, and (loss, correct) for a batch
+    class Step:  # what an Epoch asks of a step: a device, a model, and (loss, correct) for a batch
         device, model = torch.device("cpu"), torch.nn.Identity()
 
         def __call__(self, images, targets):
             return torch.tensor(1.0), torch.tensor(3)
 
-    state = TrainState(batch=2, totals=EpochTotals(torch.tensor(64.0), torch.tensor(6), seen=64))  # 2 batches before
+    progress = EpochProgress(torch.device("cpu"))
+    progress.sums = Sums(torch.tensor(64.0), torch.tensor(6), seen=64)  # 2 batches before
     batches = [(torch.zeros(32, 1), torch.zeros(32, dtype=torch.long))] * 3
-    epoch = train_epoch(Step(), batches, state, Loop(epochs=1, batches=5))
+    epoch = Epoch(Step(), batches, Clock(epochs=1, batches=5, batch=2), progress)
     assert list(epoch) == [3, 4, 5]
-    stats = epoch.stats()
+    stats = epoch.scores()
     assert (stats.images, stats.timed) == (160, 96)  # the epoch's loss and accuracy cover all 5; its speed these 3
     assert stats.images_per_s == 96 / stats.seconds

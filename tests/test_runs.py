@@ -12,12 +12,12 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import QUICK, ROOT, compose, event_tags, options, run_cli, run_forked, scalars
-from trainlab.checkpoint import load_checkpoint
+from trainlab.runs.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
-from trainlab.report import report
-from trainlab.run_folder import read_metrics
-import trainlab.train
-from trainlab.train import run
+from trainlab.runs.report import report
+from trainlab.runs.folder import read_metrics
+import trainlab.training.recipe
+from trainlab.training.recipe import run
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +112,7 @@ def test_same_seed_same_numbers_and_run_returns_the_best_accuracy(tmp_path, path
 NOTEBOOK = """
 import sys
 from hydra import compose, initialize_config_dir
-from trainlab.train import run  # importing trainlab registers its schemas: no other step
+from trainlab.training.recipe import run  # importing trainlab registers its schemas: no other step
 
 with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
     cfg = compose("config", overrides=sys.argv[3:])
@@ -147,13 +147,13 @@ def test_no_progress_bar_is_drawn_into_a_file_or_pipe(tmp_path):
 
 def test_the_collector_src_run_turns_off_for_start_up_is_on_for_every_epoch(tmp_path, monkeypatch):
     epochs_ran_with = []
-    train_epoch = trainlab.train.train_epoch
+    epoch = trainlab.training.recipe.Epoch
 
     def watched(*args, **kwargs):
         epochs_ran_with.append(gc.isenabled())
-        return train_epoch(*args, **kwargs)
+        return epoch(*args, **kwargs)
 
-    monkeypatch.setattr(trainlab.train, "train_epoch", watched)
+    monkeypatch.setattr(trainlab.training.recipe, "Epoch", watched)
     gc.disable()  # as src/run.py does before its imports
     try:
         run(compose(*SHAPES, "data.num_train=64", "data.num_test=32", "trainer.epochs=2", *QUICK,
@@ -196,7 +196,7 @@ def test_hydra_full_error_still_shows_everything():
 
 
 def test_a_key_for_an_option_without_a_schema_is_still_allowed():
-    from trainlab.config import check_known_keys
+    from trainlab.config.schema import check_known_keys
 
     cfg = compose("data=shapes")
     cfg.optimizer = OmegaConf.create({"_target_": "torch.optim.RMSprop", "_partial_": True, "lr": 0.01, "alpha": 0.9})
@@ -288,7 +288,7 @@ def test_a_folder_of_32px_images_trains_at_32px_and_a_resize_is_said(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 classes, 3x32x32" in result.stdout and "resized" not in result.stdout, result.stdout
 
-    from trainlab.image_folder import settle_image_size
+    from trainlab.data.image_folder import settle_image_size
 
     cfg = compose("data=folder", f"data.root={root}")
     assert settle_image_size(cfg) is None and cfg.data.image_size == 32  # all one size: theirs

@@ -15,8 +15,8 @@ from optuna.trial import TrialState
 
 from conftest import QUICK, ROOT, run_cli, run_signalled
 from hydra_plugins.trainlab_optuna_sweeper._search import grid_values, search_space, read_test_score
-from trainlab.allowlist import check_config
-from trainlab.checkpoint import load_checkpoint
+from trainlab.config.allowlist import check_config
+from trainlab.runs.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
 
 TINY = ["data=shapes", "data.num_train=200", "data.num_test=50", "trainer.epochs=1", *QUICK]

@@ -85,7 +85,7 @@ def finished_run(tmp_path_factory) -> Path:
     from omegaconf import OmegaConf
 
     from conftest import compose
-    from trainlab.train import run
+    from trainlab.training.recipe import run
 
     folder = tmp_path_factory.mktemp("finished") / "run"
     cfg = compose(*TINY)
@@ -197,7 +197,7 @@ def test_the_output_subdir_cannot_be_moved(scene):
 # --- the weak spots found on the way ---
 
 def save_hostile_checkpoint(finished_run: Path, into: Path, model_name: str, classes: list) -> Path:
-    from trainlab.checkpoint import load_checkpoint, save_checkpoint
+    from trainlab.runs.checkpoint import load_checkpoint, save_checkpoint
 
     record = load_checkpoint(finished_run / "checkpoints" / "best.pt")
     record["config"]["model"]["name"] = model_name
@@ -264,9 +264,9 @@ def tiny_folder(root: Path) -> Path:
 
 def test_a_tampered_cache_is_decoded_again_and_labels_come_from_the_folder(tmp_path, monkeypatch, caplog):
     from conftest import compose
-    from trainlab.checkpoint import CHECKSUM, save_checkpoint
-    from trainlab.resident import build_resident
-    from trainlab.transforms import check_transforms
+    from trainlab.runs.checkpoint import CHECKSUM, save_checkpoint
+    from trainlab.data.resident import build_resident
+    from trainlab.data.transforms import check_transforms
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = tiny_folder(tmp_path / "photos")
@@ -285,8 +285,8 @@ def test_a_tampered_cache_is_decoded_again_and_labels_come_from_the_folder(tmp_p
 
 def test_a_cache_folder_that_is_a_symlink_is_not_followed(tmp_path, monkeypatch, caplog):
     from conftest import compose
-    from trainlab.resident import build_resident
-    from trainlab.transforms import check_transforms
+    from trainlab.data.resident import build_resident
+    from trainlab.data.transforms import check_transforms
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = tiny_folder(tmp_path / "photos")
@@ -479,7 +479,7 @@ def test_a_shared_loss_is_checked_resolved(scene, loss, error):
 
 
 def test_a_checkpoint_whose_config_builds_a_callable_is_refused_when_resumed(scene, finished_run):
-    from trainlab.checkpoint import load_checkpoint, save_checkpoint
+    from trainlab.runs.checkpoint import load_checkpoint, save_checkpoint
 
     run = copy_of(finished_run, scene.root / "colleague")
     for name in ("last.pt", "best.pt"):

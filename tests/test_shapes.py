@@ -2,8 +2,8 @@
 import pytest
 
 from conftest import QUICK, compose
-from trainlab.run_folder import read_metrics
-from trainlab.train import run
+from trainlab.runs.folder import read_metrics
+from trainlab.training.recipe import run
 
 pytestmark = pytest.mark.slow
 

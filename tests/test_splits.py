@@ -8,13 +8,14 @@ import torch
 from PIL import Image
 
 from conftest import QUICK, compose
-from trainlab.checkpoint import load_checkpoint
-from trainlab.data import build_data, build_run_data
+from trainlab.runs.checkpoint import load_checkpoint
+from trainlab.data.build import build_run_data
+from trainlab.data.datasets import build_data
 from trainlab.errors import TrainlabError
-from trainlab.run_folder import read_metrics
-from trainlab.splits import hold_out, targets_of
-from trainlab.train import run
-from trainlab.transforms import build_transforms, check_transforms
+from trainlab.runs.folder import read_metrics
+from trainlab.data.splits import hold_out, targets_of
+from trainlab.training.recipe import run
+from trainlab.data.transforms import build_transforms, check_transforms
 
 SHAPES = ["data=shapes", "data.num_train=1000", "data.num_test=200"]
 
@@ -39,7 +40,8 @@ def test_validation_is_held_out_of_train_by_split_seed_alone_and_goes_through_th
     seeds = []
     for seed in (0, 1):
         cfg = compose(*SHAPES, f"trainer.seed={seed}")
-        data, loaders, _ = build_run_data(cfg, check_transforms(cfg.transform), torch.device("cpu"))
+        data, loaders, _ = build_run_data(cfg.data, check_transforms(cfg.transform), torch.device("cpu"),
+                           data_path=cfg.trainer.data_path, seed=cfg.trainer.seed)
         seeds.append(torch.cat([images for images, _ in loaders.val]))
     assert torch.equal(*seeds)  # another trainer.seed, the same validation images
     cfg = compose(*SHAPES, "data.split_seed=1")
@@ -71,7 +73,8 @@ def image_folder(root, splits: dict):
 def test_a_folder_uses_its_val_and_test_folders_where_they_exist(tmp_path, folders, sizes, path):
     cfg = compose("data=folder", f"data.root={image_folder(tmp_path, folders)}", "data.image_size=8",
                   f"trainer.data_path={path}")
-    data, loaders, _ = build_run_data(cfg, check_transforms(cfg.transform), torch.device("cpu"))
+    data, loaders, _ = build_run_data(cfg.data, check_transforms(cfg.transform), torch.device("cpu"),
+                           data_path=cfg.trainer.data_path, seed=cfg.trainer.seed)
     got = tuple(None if split is None else len(split) for split in (data.train, data.val, data.test))
     assert got == sizes
     assert (loaders.test is None) == (sizes[2] is None)

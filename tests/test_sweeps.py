@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import QUICK, ROOT, compose, job_dir, run_cli
-from trainlab.checkpoint import load_checkpoint
-from trainlab.train import run
+from trainlab.runs.checkpoint import load_checkpoint
+from trainlab.training.recipe import run
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import QUICK, compose, run_cli
-from trainlab.evaluation import write_tensorboard
+from trainlab.inference.score import write_tensorboard
 from trainlab.launch import Launch, job_folder_name
-from trainlab.run_folder import read_scalars
-from trainlab.train import run
+from trainlab.runs.folder import read_scalars
+from trainlab.training.recipe import run
 
 TINY = ["data=shapes", "data.num_train=200", "data.num_test=50", "trainer.epochs=1", *QUICK]
 

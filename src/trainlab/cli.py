@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from trainlab.errors import (INTERRUPTED_EXIT, KEYBOARD_EXIT, USER_ERROR_EXIT, Interrupted, TrainlabError, one_line,
                              os_error_line, refused_by_file_system)
 from trainlab.launch import Launch, script
-from trainlab.run_folder import (CHECKPOINTS, ERROR_LOG, LAST, RunFolderBusy, RunFolderLock, discard_failed_start,
+from trainlab.runs.folder import (CHECKPOINTS, ERROR_LOG, LAST, RunFolderBusy, RunFolderLock, discard_failed_start,
                                  open_own)
 
 log = logging.getLogger("trainlab")
@@ -36,7 +36,7 @@ def report_errors(main):
                 raise
             run_dir = Launch.from_hydra().run_dir
             if (run_dir / CHECKPOINTS / LAST).exists():
-                from trainlab.resume import resume_command  # imports torch: only here
+                from trainlab.runs.resume import resume_command  # imports torch: only here
 
                 log.warning(f"stopped at once by Ctrl-C; the last checkpoint is intact; to resume: "
                             f"{resume_command(run_dir)}")

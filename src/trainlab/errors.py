@@ -14,7 +14,7 @@ class TrainlabError(Exception):
 
 
 class EnvRefused(TrainlabError):
-    """A config reads an environment variable it may not (trainlab.config's ${oc.env:...})."""
+    """A config reads an environment variable it may not (trainlab.config.schema's ${oc.env:...})."""
 
 
 class ConfigRefused(SystemExit):
@@ -83,3 +83,8 @@ def os_error_line(error: OSError) -> str:
     if error.errno == errno.ENAMETOOLONG:
         return f"a name in{where} is longer than the file system allows: choose a shorter one (hydra.run.dir=...)"
     return f"{error.strerror or type(error).__name__}:{where}"
+
+
+def shape_text(shape) -> str:
+    """(3, 32, 32) -> '3x32x32': how messages and tables show a shape."""
+    return "x".join(map(str, shape))

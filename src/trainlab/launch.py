@@ -157,3 +157,14 @@ def launch_stamp() -> str:
         except (OSError, ValueError, IndexError, StopIteration):
             pass
     return time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(round(started)))
+
+
+def seconds_since_launch():
+    """Seconds since this process started (Linux's /proc), or None where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None

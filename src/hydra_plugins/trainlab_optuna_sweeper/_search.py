@@ -26,7 +26,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from trainlab.errors import USER_ERROR_EXIT, ConfigRefused, TrainlabError, one_line
-from trainlab.run_folder import BEST, CHECKPOINTS, ERROR_LOG, open_own
+from trainlab.runs.folder import BEST, CHECKPOINTS, ERROR_LOG, open_own
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def grid_values(space: dict) -> dict:
 
 def read_test_score(checkpoint: Path):
     """{"loss", "acc"} on the test split, as the run recorded it in best.pt; None when it did not."""
-    from trainlab.checkpoint import load_checkpoint  # torch: imported by the task already
+    from trainlab.runs.checkpoint import load_checkpoint  # torch: imported by the task already
 
     try:
         test = load_checkpoint(checkpoint).get("test")

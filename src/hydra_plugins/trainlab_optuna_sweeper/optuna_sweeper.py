@@ -32,7 +32,7 @@ class OptunaSweeperConf:
     params: Dict[str, Any] = field(default_factory=dict)
 
 
-# Beside trainlab's own schemas (trainlab/config.py names them <group>_<name>_schema), outside any group.
+# Beside trainlab's own schemas (trainlab/config/schema.py names them <group>_<name>_schema), outside any group.
 ConfigStore.instance().store(name="hydra_sweeper_trainlab_optuna_schema", node=OptunaSweeperConf, provider="trainlab")
 
 

@@ -17,13 +17,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainlab import __version__
-from trainlab.checkpoint import DamagedFile, FileLock, read_record, save_checkpoint
-from trainlab.data import (TORCHVISION_SETS, BatchPlan, DataSplits, Loaders, build_datasets, check_same_size,
+from trainlab.runs.checkpoint import DamagedFile, FileLock, read_record, save_checkpoint
+from trainlab.runs.folder import temporary_name
+from trainlab.data.datasets import (TORCHVISION_SETS, BatchPlan, DataSplits, Loaders, build_datasets, check_same_size,
                            first_image, stream_seed, subset_indices, worker_processes)
-from trainlab.image_folder import folder_classes, walk_folder
+from trainlab.data.image_folder import folder_classes, walk_folder
 from trainlab.errors import TrainlabError, one_line, printable
-from trainlab.splits import split
-from trainlab.transforms import BatchedSteps, build_pipeline, split_for_device
+from trainlab.data.splits import split
+from trainlab.data.transforms import BatchedSteps, build_pipeline, split_for_device
 
 log = logging.getLogger("trainlab")
 
@@ -246,7 +247,7 @@ def cache_key():
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            made = path.with_name(f"{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            made = temporary_name(path)
             with os.fdopen(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb") as f:
                 f.write(secrets.token_bytes(32))
             try:
@@ -276,8 +277,7 @@ def source_stats(cfg) -> list:
     60,000 of them cost half a second of every start, and an image edited in place under the same name is rare enough
     to leave to `rm -r .trainlab-cache`."""
     if cfg.name in TORCHVISION_SETS:
-        folder = {"cifar10": "cifar-10-batches-py", "mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw"}
-        top = os.path.join(os.path.expanduser(cfg.root), folder[cfg.name])
+        top = os.path.join(os.path.expanduser(cfg.root), TORCHVISION_SETS[cfg.name].folder)
     elif cfg.name == "folder":
         top = os.path.expanduser(cfg.root)
     else:

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from trainlab.errors import TrainlabError, one_line, printable
-from trainlab.run_folder import ERROR_LOG, TEST_ROW, VAL_ACC, VAL_LOSS, csv_text, open_own, read_metrics
+from trainlab.runs.folder import ERROR_LOG, TEST_ROW, VAL_ACC, csv_text, higher_is_better, open_own, read_metrics
 
 CSV_NAME = "report.csv"
 PLOT_NAME = "val_acc.png"
@@ -66,11 +66,12 @@ class Job:
     def best(self) -> dict | None:
         """The epoch row trainer.monitor chose (best.pt's): the first with the highest val_acc, or with the lowest
         val_loss; None before an epoch was validated (or with no validation split)."""
-        column = "val_loss" if self.monitor == VAL_LOSS else "val_acc"
+        higher = higher_is_better(self.monitor)
+        column = "val_acc" if higher else "val_loss"
         scored = [row for row in self.history if _has_value(row.get(column))]
         if not scored:
             return None
-        pick = min if column == "val_loss" else max
+        pick = max if higher else min
         return pick(scored, key=lambda row: row[column])  # min and max keep the first of equals
 
     def values(self) -> dict:

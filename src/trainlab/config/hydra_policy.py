@@ -23,7 +23,7 @@ from trainlab.errors import EnvRefused, TrainlabError, printable
 
 ALLOW_KEYS_ENV = "TRAINLAB_ALLOW_KEYS"
 # The folder trainlab's own configs live in (the entrypoints' config_path, ../conf beside src/).
-PACKAGED_CONF = Path(__file__).resolve().parents[2] / "conf"
+PACKAGED_CONF = Path(__file__).resolve().parents[3] / "conf"
 
 
 class UnsafeConfig(TrainlabError):

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from trainlab.config import check_keys
+from trainlab.config.schema import check_keys
 from trainlab.errors import TrainlabError
 
 PIL, TENSOR, ANY = "PIL image", "tensor", "any"
@@ -108,7 +108,7 @@ def normalization(steps: list):
     return found[-1] if found else None
 
 
-# The device-resident path (trainlab.resident) bakes a pipeline's leading deterministic PIL steps into a cached uint8
+# The device-resident path (trainlab.data.resident) bakes a pipeline's leading deterministic PIL steps into a cached uint8
 # tensor once, and runs the rest batched on the training device. These are the steps that can be baked ...
 BAKED = {"resize", "center_crop", "grayscale", "pad"}
 # ... and these have a batched twin below, drawing independent randomness for every image of the batch.

@@ -6,17 +6,16 @@ import hashlib
 import logging
 import os
 import random
-import secrets
 import shutil
 import zlib
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
-from trainlab.engine import TrainState
 from trainlab.errors import TrainlabError, one_line, refused_by_file_system
-from trainlab.run_folder import BEST, LAST, PREVIOUS
+from trainlab.runs.folder import BEST, LAST, PREVIOUS, temporary_name
 
 log = logging.getLogger("trainlab")
 
@@ -36,45 +35,55 @@ RESUME_KEYS = ("position", "best", "optimizer", "scheduler", "rng", "totals", "e
 
 
 class Checkpointer:
-    """The run's checkpoints/: last.pt at each epoch's end, every `every_n_steps` steps and when a signal stops the
-    run (the one before kept as last.prev.pt), and best.pt when an epoch sets the best monitored validation value
-    (with no validation split: every epoch's end, so best.pt holds the last weights).
+    """The run's checkpoints/ over a registry of named parts: last.pt at each epoch's end, every `every_n_steps`
+    steps and when a signal stops the run (the one before kept as last.prev.pt), and best.pt when an epoch sets the
+    best monitored validation value (with no validation split: every epoch's end, so best.pt holds the last weights).
 
-    What a checkpoint holds is decided here: the state of the model, optimizer, scheduler, run and generators, and
-    `about` (the plain config, the class names, the image shape). Weights that are not finite are never written, and
-    the events logged so far reach the disk first, since a resumed run logs only what comes after its checkpoint.
-    """
+    A part is anything with state_dict() and load_state_dict(): the model, the optimizer, the schedule, the clock,
+    the chosen epoch, the generators; its state is kept under its name, and restored in the order given (the
+    generators last). A new piece of state (averaged weights, a scaler, a tracker's run id) is one more part. Beside
+    them a record holds `about` (the plain config, the class names, the image shape) and what readers such as
+    src/evaluate.py read (the epoch of its weights, their validation and test scores: each part's facts()).
+    Weights that are not finite are never written; `before_save` runs first (the logs reach the disk: a resumed run
+    logs only what comes after its checkpoint)."""
 
-    def __init__(self, folder: Path, model, optimizer, scheduler, writer, about: dict, every_n_steps: int = 0,
-                 enabled: bool = True):
-        self.folder, self.model, self.optimizer, self.scheduler = folder, model, optimizer, scheduler
-        self.writer = writer
-        self.about, self.every_n_steps, self.enabled = about, every_n_steps, enabled
+    def __init__(self, folder: Path, about: dict, every_n_steps: int = 0, enabled: bool = True, **parts):
+        self.folder, self.about, self.every_n_steps, self.enabled = folder, about, every_n_steps, enabled
+        self.parts = parts
+        self.before_save = None
 
     def due(self, step: int) -> bool:
         """Whether global step `step` (1-based) is one of every_n_steps."""
         return bool(self.every_n_steps) and step % self.every_n_steps == 0
 
-    def save(self, state: TrainState, best: bool = False) -> None:
+    def record(self) -> dict:
+        record = {"format": FORMAT, **{name: part.state_dict() for name, part in self.parts.items()}}
+        for part in self.parts.values():
+            record.update(part.facts() if hasattr(part, "facts") else {})
+        return {**record, **self.about}
+
+    def save(self, best: bool = False) -> None:
         if not self.enabled:
             return
-        check_finite(self.model)
-        self.writer.flush()
-        record = {"format": FORMAT, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                  **state.state_dict(), "rng": rng_states(), "epoch": state.epoch - (state.batch == 0), **self.about}
+        check_finite(self.parts["model"])
+        if self.before_save is not None:
+            self.before_save()
+        record = self.record()
         if best:  # first: a run killed between the two resumes from the last.pt before, and writes best.pt again
             save_checkpoint(self.folder / BEST, record)
         save_checkpoint(self.folder / LAST, record, keep_previous=True)
 
-    def best_weights(self, epoch: int) -> dict:
-        """The model weights best.pt holds (on the CPU), which must be those of `epoch`."""
-        record = load_checkpoint(self.folder / BEST)
-        if record.get("epoch") != epoch:
-            raise TrainlabError(f"{self.folder / BEST} holds the weights of epoch {record.get('epoch')}, but the run's "
-                                f"best epoch was {epoch}: the test split cannot be scored with the chosen weights; "
-                                "evaluate a checkpoint with src/evaluate.py instead")
-        return record["model"]
+    def restore(self, record: Optional[dict]) -> None:
+        """Each part from a checkpoint's record (None: a new run, nothing to restore), in the order given."""
+        if record is None:
+            return
+        record = upgraded(record)
+        missing = [name for name in self.parts if name not in record]
+        if missing:
+            raise TrainlabError(f"the checkpoint holds no {', '.join(missing)}: resume from checkpoints/last.pt of a "
+                                "run folder, or start a new run")
+        for name, part in self.parts.items():
+            part.load_state_dict(record[name])
 
     def add_test(self, test: dict) -> None:
         """Write the test split's score into best.pt too, whose weights it was scored with."""
@@ -82,7 +91,34 @@ class Checkpointer:
             return
         record = load_checkpoint(self.folder / BEST)
         record["test"] = test
+        record["best"] = {**record["best"], "test": test}
         save_checkpoint(self.folder / BEST, record)
+
+
+def upgraded(record: dict) -> dict:
+    """A record in the layout the parts read now: one written before the parts kept the epoch in progress, the
+    latest validation and the test score themselves held them beside the parts."""
+    record = dict(record)
+    if "latest" not in record["best"]:
+        record["best"] = {**record["best"], "latest": record.get("val"), "test": record.get("test")}
+    scheduler = record["scheduler"]
+    if not (isinstance(scheduler, dict) and set(scheduler) == {"scheduler", "steps"}):
+        record["scheduler"] = {"scheduler": scheduler, "steps": 0}  # written before warm-up, which it never had
+    if record["totals"] is None or "sums" not in record["totals"]:
+        record["totals"] = {"sums": record["totals"], "lr": record.get("epoch_lr")}
+    if not isinstance(record.get("stopped"), dict):
+        record["stopped"] = {"reason": record.get("stopped")}
+    return record
+
+
+class Generators:
+    """Every random generator a training step draws from (dropout, for one), as a checkpointed part."""
+
+    def state_dict(self) -> dict:
+        return rng_states()
+
+    def load_state_dict(self, state: dict) -> None:
+        set_rng_states(state)
 
 
 def save_checkpoint(path: Path, state: dict, keep_previous: bool = False, key: bytes = None) -> None:
@@ -115,11 +151,6 @@ def save_checkpoint(path: Path, state: dict, keep_previous: bool = False, key: b
     finally:  # what a failed write (a full disk) left behind
         for leftover in (tmp, previous):
             leftover.unlink(missing_ok=True)
-
-
-def temporary_name(path: Path) -> Path:
-    """A name beside `path` that no other writer uses: <name>.<pid>.<random>.tmp."""
-    return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def read_record(path: Path, checked: bool = False, key: bytes = None) -> dict:

@@ -8,14 +8,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.data import build_data, build_loaders
-from trainlab.errors import TrainlabError, printable
-from trainlab.predict import Trained, check_required, load_trained, size_text
-from trainlab.run_folder import CLASS_ACC, CONFUSION_MATRIX, EVALUATE, EVALUATE_ACC, link_refusal, run_of
-from trainlab.splits import sizes_text
-from trainlab.step import Numerics
-from trainlab.tensorboard import RunWriter
-from trainlab.transforms import build_transforms, check_transforms
+from trainlab.data.datasets import build_data, build_loaders
+from trainlab.errors import TrainlabError, printable, shape_text
+from trainlab.inference.predict import Trained, check_required, load_trained
+from trainlab.runs.folder import CLASS_ACC, CONFUSION_MATRIX, EVALUATE, EVALUATE_ACC, link_refusal, run_of
+from trainlab.data.splits import sizes_text
+from trainlab.runs.tensorboard import RunWriter
+from trainlab.data.transforms import build_transforms, check_transforms
 
 log = logging.getLogger("trainlab")
 
@@ -42,8 +41,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         raise TrainlabError(f"the checkpoint knows classes {trained.classes[:5]}, data.root={run_cfg.data.root} "
                             f"has {list(data.classes)[:5]}: evaluate on data with the same class folders")
     if tuple(data.image_shape) != trained.image_shape:
-        raise TrainlabError(f"the data's images come out {size_text(data.image_shape)}, the model takes "
-                            f"{size_text(trained.image_shape)}: evaluate on images the checkpoint's pipeline can take")
+        raise TrainlabError(f"the data's images come out {shape_text(data.image_shape)}, the model takes "
+                            f"{shape_text(trained.image_shape)}: evaluate on images the checkpoint's pipeline can take")
     loader = getattr(build_loaders(run_cfg.data, data, run_cfg.trainer.seed), cfg.split)
     if loader is None:
         other = "val" if cfg.split == "test" else "test"
@@ -51,7 +50,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         raise TrainlabError(f"the run's data has no {SPLITS[cfg.split]} split ({sizes}): evaluate split={other}, or "
                             "give data.root a folder that has one")
     log.info(f"{trained.describe()} · data {printable(run_cfg.data.name)}: {len(loader.dataset):,} {cfg.split} images")
-    confusion = confusion_matrix(trained, loader, run_cfg.trainer)
+    confusion = confusion_matrix(trained, loader)
     acc, per_class = accuracies(confusion)
     log.info(f"accuracy {acc:.2%} ({confusion.trace()}/{confusion.sum()})")
     width = max(len(printable(name)) for name in trained.classes)
@@ -84,19 +83,9 @@ def check_folder_layout(data: DictConfig, given: bool) -> None:
         + (", or leave data.root out to evaluate on the run's own data" if given else ""))
 
 
-@torch.no_grad()
-def confusion_matrix(trained: Trained, loader, trainer: DictConfig) -> np.ndarray:
-    """-> (classes, classes) counts: row the true class, column the predicted one. Evaluated in the run's precision
-    and memory layout, so the same device gives the accuracy the run logged, to the image."""
-    numerics = Numerics.choose(trained.device, trainer.precision, trainer.channels_last)  # as the run chose
-    model, device, n = trained.model.to(memory_format=numerics.memory_format), trained.device, len(trained.classes)
-    counts = torch.zeros(n * n, dtype=torch.long, device=device)
-    for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with numerics.autocast():
-            logits = model(numerics.layout(images))
-        counts += torch.bincount(targets * n + logits.argmax(1), minlength=n * n)
-    return counts.view(n, n).cpu().numpy()
+def confusion_matrix(trained: Trained, loader) -> np.ndarray:
+    """-> (classes, classes) counts: row the true class, column the predicted one, by the run's Evaluator."""
+    return trained.evaluator.confusion(loader, len(trained.classes)).numpy()
 
 
 def accuracies(confusion: np.ndarray) -> tuple:

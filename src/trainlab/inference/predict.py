@@ -1,5 +1,5 @@
-"""Use a trained model: a checkpoint loaded as a model on the device (load_trained, which evaluation.py uses too), and
-the most likely classes of new images (src/predict.py).
+"""Use a trained model: a checkpoint loaded as a model on the device with the run's Evaluator (load_trained, which
+score.py uses too), and the most likely classes of new images (src/predict.py).
 
 Everything is rebuilt from the checkpoint alone: the model from its config's blocks, the pipeline from its
 transform.test steps, the names from its classes; so a checkpoint copied to another machine works the same there.
@@ -11,24 +11,24 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.checkpoint import load_checkpoint
-from trainlab.image_folder import IMAGE_EXTENSIONS, BadImage, read_image
-from trainlab.engine import resolve_device
-from trainlab.errors import TrainlabError, one_line, printable
-from trainlab.models import build_model
-from trainlab.run_folder import BEST, CHECKPOINTS
-from trainlab.transforms import build_pipeline
+from trainlab.runs.checkpoint import CHECKPOINT_KEYS, load_checkpoint
+from trainlab.data.image_folder import IMAGE_EXTENSIONS, BadImage, read_image
+from trainlab.training.device import resolve_device
+from trainlab.training.evaluator import Evaluator
+from trainlab.training.numerics import Numerics
+from trainlab.errors import TrainlabError, one_line, printable, shape_text
+from trainlab.models.blocks import build_model
+from trainlab.runs.folder import BEST, CHECKPOINTS
+from trainlab.data.transforms import build_pipeline
 
 log = logging.getLogger("trainlab")
 
-NEEDED = ("model", "config", "classes", "image_shape")  # what prediction reads from the checkpoints run.py writes
-
-
 @dataclass
 class Trained:
-    """A checkpoint's model, in eval mode on the device, with what it was trained on."""
+    """A checkpoint's model, in eval mode on the device, with what it was trained on, and the Evaluator that scores
+    with it in the run's numerics (precision and layout), so the same device gives what the run logged."""
     path: Path
-    model: torch.nn.Sequential
+    model: torch.nn.Module
     config: dict  # the composed config of the run that wrote it, resolved
     classes: list
     image_shape: tuple  # (C, H, W) the model takes
@@ -36,6 +36,7 @@ class Trained:
     val: dict  # that epoch's validation {"loss", "acc"} (None: no validation split, or written mid-epoch)
     test: dict  # the test split's {"loss", "acc"} with these weights, once the run has scored it; else None
     device: torch.device
+    evaluator: Evaluator
 
     def describe(self) -> str:
         when = f"epoch {self.epoch}"
@@ -49,7 +50,7 @@ def load_trained(path) -> Trained:
     """A checkpoint file, or a run folder (its checkpoints/best.pt) -> Trained."""
     path = _checkpoint_file(Path(path).expanduser())
     state = load_checkpoint(path)
-    missing = [key for key in NEEDED if not isinstance(state, dict) or key not in state]
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         raise TrainlabError(f"{path} is a torch file but not a trainlab checkpoint (it holds no {missing[0]}): "
                             f"give checkpoints/{BEST} or last.pt from a run folder")
@@ -61,11 +62,14 @@ def load_trained(path) -> Trained:
         reason = one_line(e, 200)
         raise TrainlabError(f"{path}: the weights do not fit the model its config describes ({reason})") from None
     device = resolve_device("auto")
+    trainer = state["config"].get("trainer", {})
+    numerics = Numerics.choose(device, trainer.get("precision", "fp32"), trainer.get("channels_last"))  # as the run's
+    model = model.to(device, memory_format=numerics.memory_format).eval()
     test = state.get("test")
     if test is not None and test.get("epoch") != state.get("epoch"):
         test = None  # last.pt of a run whose best epoch came earlier: these weights were not the ones tested
-    return Trained(path, model.to(device).eval(), state["config"], classes, shape, state.get("epoch"),
-                   state.get("val"), test, device)
+    return Trained(path, model, state["config"], classes, shape, state.get("epoch"), state.get("val"), test, device,
+                   Evaluator(model, numerics))
 
 
 def _checkpoint_file(path: Path) -> Path:
@@ -150,13 +154,13 @@ class ImagePreparer:
         if tuple(x.shape) != self.shape:
             height, width = self.shape[1:]
             if not self.told:  # once: a folder of photos would repeat it for every one
-                log.info(f"note: transform.test of {self.path} gives {size_text(x.shape)} for {printable(path.name)}, the model "
-                         f"takes {size_text(self.shape)}: such images are resized to {height}x{width} first")
+                log.info(f"note: transform.test of {self.path} gives {shape_text(x.shape)} for {printable(path.name)}, the model "
+                         f"takes {shape_text(self.shape)}: such images are resized to {height}x{width} first")
                 self.told = True
             x = self.pipeline(image.resize((width, height), Image.Resampling.BILINEAR))
             if tuple(x.shape) != self.shape:
-                raise TrainlabError(f"transform.test of {self.path} gives {size_text(x.shape)} even for a "
-                                    f"{height}x{width} image, the model takes {size_text(self.shape)}: the checkpoint "
+                raise TrainlabError(f"transform.test of {self.path} gives {shape_text(x.shape)} even for a "
+                                    f"{height}x{width} image, the model takes {shape_text(self.shape)}: the checkpoint "
                                     "cannot predict")
         return x.unsqueeze(0)
 
@@ -168,15 +172,7 @@ def open_image(path: Path, mode: str, max_pixels: int):
         raise TrainlabError(f"{printable(path)} {printable(e.problem)}: {e.fix}") from None
 
 
-def size_text(shape) -> str:
-    return "x".join(map(str, shape))
-
-
-@torch.no_grad()
 def top_classes(trained: Trained, batch: torch.Tensor, k: int) -> list:
     """-> [(class, probability)] of the batch's one image, the k most probable, most probable first."""
-    out = trained.model(batch.to(trained.device)).float()
-    # A model may end in a softmax block itself; a second softmax would flatten its probabilities.
-    probabilities = out if isinstance(trained.model[-1], torch.nn.Softmax) else out.softmax(dim=1)
-    values, indices = probabilities[0].topk(k)
+    values, indices = trained.evaluator.probabilities(batch)[0].topk(k)
     return [(trained.classes[i], p) for i, p in zip(indices.tolist(), values.tolist())]

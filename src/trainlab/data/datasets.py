@@ -10,21 +10,30 @@ from urllib.error import URLError
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
-from trainlab import distributed
-from trainlab.errors import TrainlabError, one_line
-from trainlab.run_folder import missing_folders, remove_if_empty
-from trainlab.image_folder import folder_sources
-from trainlab.splits import Sources, split, with_transform
-from trainlab.transforms import build_transforms
+from trainlab.errors import TrainlabError, one_line, shape_text
+from trainlab.runs.folder import missing_folders, remove_if_empty
+from trainlab.data.image_folder import folder_sources
+from trainlab.data.splits import Sources, split, with_transform
 
 log = logging.getLogger("trainlab")
 
-# A data set's split counts as there when its files are; what to fetch by hand when offline (torchvision's names).
+
+@dataclass(frozen=True)
+class TorchvisionSet:
+    """A data set torchvision fetches: its class there, the folder under data.root its files sit in (what the
+    resident cache fingerprints), and what to fetch by hand when offline."""
+    name: str
+    folder: str
+    manual: str
+
+
 TORCHVISION_SETS = {
-    "cifar10": ("CIFAR10",
-                "cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) in {root}"),
-    "mnist": ("MNIST", "the four MNIST .gz files (train/t10k images and labels) in {root}/MNIST/raw"),
-    "fashion_mnist": ("FashionMNIST", "the four Fashion-MNIST .gz files in {root}/FashionMNIST/raw"),
+    "cifar10": TorchvisionSet("CIFAR10", "cifar-10-batches-py", "cifar-10-python.tar.gz "
+                              "(https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) in {root}"),
+    "mnist": TorchvisionSet("MNIST", "MNIST/raw",
+                            "the four MNIST .gz files (train/t10k images and labels) in {root}/MNIST/raw"),
+    "fashion_mnist": TorchvisionSet("FashionMNIST", "FashionMNIST/raw",
+                                    "the four Fashion-MNIST .gz files in {root}/FashionMNIST/raw"),
 }
 
 
@@ -61,29 +70,6 @@ def subset(dataset, size):
     return Subset(dataset, subset_indices(len(dataset), size)) if size and dataset is not None else dataset
 
 
-def build_run_data(cfg, transforms: dict, device, ranks=distributed.Ranks()) -> tuple:
-    """The run's config and checked transform steps -> (DataSplits, Loaders, which path and why): resident on the
-    device when the pipelines allow it and the data fits (trainer.data_path=auto), else the DataLoader. Both train
-    loaders are TrainLoaders."""
-    from trainlab.engine import show_progress
-    from trainlab.resident import NotResident, build_resident  # it builds on this module
-
-    t = cfg.trainer
-    reason = "trainer.data_path=loader"
-    shard = (ranks.rank, ranks.world)
-    distributed.shard_size(cfg.data.batch_size, ranks)  # the batch must split evenly
-    if t.data_path != "loader":
-        try:
-            return (*build_resident(cfg.data, transforms, device, t.seed, show_progress(t.progress_bar), shard),
-                    "resident on the device")
-        except NotResident as e:
-            if t.data_path == "resident":
-                raise TrainlabError(f"trainer.data_path=resident cannot be used: {e}; use auto or loader") from None
-            reason = str(e)
-    data = build_data(cfg.data, *build_transforms(transforms))
-    return data, build_loaders(cfg.data, data, t.seed, shard), f"DataLoader ({reason})"
-
-
 def first_image(dataset):
     """The first item's image that could be decoded (an undecodable file is None with data.bad_images=skip)."""
     return next(item[0] for item in (dataset[i] for i in range(len(dataset))) if item is not None)
@@ -96,7 +82,7 @@ def build_datasets(cfg, train_tf, test_tf) -> Sources:
     if cfg.name == "folder":
         return folder_sources(cfg, train_tf, test_tf)
     if cfg.name == "shapes":
-        from trainlab.shapes import ShapesDataset
+        from trainlab.data.shapes import ShapesDataset
 
         train = ShapesDataset(cfg.num_train, cfg.image_size, 0, "train", train_tf)
         return Sources(train, with_transform(train, test_tf), None,
@@ -256,7 +242,7 @@ def collate(batch):
 
 def check_same_size(shapes) -> None:
     """One clear line when images of several sizes would have to share a batch."""
-    sizes = sorted({"x".join(map(str, shape)) for shape in shapes})
+    sizes = sorted({shape_text(shape) for shape in shapes})
     if len(sizes) > 1:
         raise TrainlabError(
             f"images differ in size ({', '.join(sizes[:3])}): choose a transform that gives them one size, "
@@ -266,8 +252,8 @@ def check_same_size(shapes) -> None:
 def _torchvision_set(cfg, train_tf, test_tf):
     import torchvision
 
-    class_name, manual = TORCHVISION_SETS[cfg.name]
-    dataset = getattr(torchvision.datasets, class_name)
+    known = TORCHVISION_SETS[cfg.name]
+    dataset = getattr(torchvision.datasets, known.name)
     root = Path(cfg.root).expanduser()
     made = missing_folders(root)  # the download makes them; a failed one should not leave them behind
     try:
@@ -279,6 +265,6 @@ def _torchvision_set(cfg, train_tf, test_tf):
         reason = one_line(e, 200)
         raise TrainlabError(
             f"{cfg.name} is not in {root.resolve()} and could not be fetched ({reason}): {how}, "
-            f"or put {manual.format(root=root)}; or train offline: data=shapes (generated), or your own images with "
+            f"or put {known.manual.format(root=root)}; or train offline: data=shapes (generated), or your own images with "
             "data=folder data.root=<folder>") from None
     return Sources(train, with_transform(train, test_tf), None, test, list(train.classes))

@@ -10,7 +10,7 @@ from typing import Optional
 from torch.utils.data import Dataset, Subset
 
 from trainlab.errors import TrainlabError, printable
-from trainlab.splits import Sources, hold_out, with_transform
+from trainlab.data.splits import Sources, hold_out, with_transform
 
 log = logging.getLogger("trainlab")
 

@@ -8,9 +8,9 @@ import dataclasses
 import difflib
 import re
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -19,32 +19,58 @@ from omegaconf.errors import ConfigKeyError, ConfigTypeError, OmegaConfBaseExcep
 from trainlab.errors import EnvRefused, TrainlabError
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What a setting's value must be beyond its type (`ok(value)`), in the words an error gives (`should`)."""
+    ok: Callable
+    should: str
+
+
+def at_least(low, null: bool = False) -> Rule:
+    return Rule(lambda v: (null and v is None) or (v is not None and v >= low),
+                f"at least {low}" + (", or null" if null else ""))
+
+
+def above(low, null: str = "") -> Rule:
+    return Rule(lambda v: (null and v is None) or (v is not None and v > low), f"above {low}" + null)
+
+
+def one_of(*allowed) -> Rule:
+    return Rule(lambda v: v in allowed, "one of " + ", ".join(allowed))
+
+
+def setting(rule: Optional[Rule] = None, on_resume: bool = False):
+    """A schema field, its value set in conf/: `rule` checked before anything runs (check_values), `on_resume`
+    whether a resumed run may take a new value from the command (it says how the run goes on, not what it is)."""
+    return field(default=MISSING, metadata={"rule": rule, "on_resume": on_resume})
+
+
 @dataclass
 class DataConfig:
-    name: str = MISSING  # the builder in trainlab.data: cifar10, mnist, fashion_mnist, folder, shapes
-    root: str = MISSING
+    name: str = MISSING  # the builder in trainlab.data.datasets: cifar10, mnist, fashion_mnist, folder, shapes
+    root: str = setting(on_resume=True)
     download: bool = MISSING
     image_size: Optional[int] = MISSING  # side of the square images the model sees; null: data=folder learns it
     mean: List[float] = MISSING  # per-channel statistics for the normalize step
     std: List[float] = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    num_workers: int = MISSING
+    batch_size: int = setting(at_least(1))
+    eval_batch_size: int = setting(at_least(1), on_resume=True)
+    num_workers: int = setting(at_least(0), on_resume=True)
     shuffle: bool = MISSING
     drop_last: bool = MISSING
-    pin_memory: bool = MISSING
-    val_split: float = MISSING  # share of train held out for validation where the data set has no such split
+    pin_memory: bool = setting(on_resume=True)
+    val_split: float = setting(Rule(lambda v: 0 <= v < 1, "from 0 (no validation split) to below 1"))  # share of train held out for validation where the data set has no such split
     split_seed: int = MISSING
-    subset: Optional[int] = MISSING  # train on this many images (a fixed random choice); null: all
-    val_subset: Optional[int] = MISSING
-    test_subset: Optional[int] = MISSING
-    bad_images: str = MISSING  # fail or skip: what a file that cannot be decoded does
-    max_pixels: int = MISSING  # an image file with more pixels is refused before it is decoded
+    subset: Optional[int] = setting(at_least(1, null=True))  # train on this many images (a fixed random choice); null: all
+    val_subset: Optional[int] = setting(at_least(1, null=True))
+    test_subset: Optional[int] = setting(at_least(1, null=True))
+    bad_images: str = setting(one_of("fail", "skip"))  # fail or skip: what a file that cannot be decoded does
+    max_pixels: int = setting(at_least(1))  # an image file with more pixels is refused before it is decoded
     # folder only
     train_dir: Optional[str] = None
     val_dir: Optional[str] = None
     test_dir: Optional[str] = None
-    split: Optional[float] = None  # fraction of root's images held out for testing, when root has no train/test dirs
+    split: Optional[float] = field(default=None, metadata={"rule": Rule(lambda v: v is None or 0 < v < 1, "between 0 and 1, or null")})  # fraction of root's images held out for testing, when root has no train/test dirs
     # shapes only
     num_train: Optional[int] = None
     num_test: Optional[int] = None
@@ -52,7 +78,7 @@ class DataConfig:
 
 @dataclass
 class TransformConfig:
-    # Each step is a mapping: `type` and that step's keys, checked against trainlab.transforms.STEPS before any data
+    # Each step is a mapping: `type` and that step's keys, checked against trainlab.data.transforms.STEPS before any data
     # is read. Plain mappings rather than one schema of every key, so `--cfg job` shows just what each step sets.
     train: List[Dict[str, Any]] = MISSING
     test: List[Dict[str, Any]] = MISSING
@@ -61,7 +87,7 @@ class TransformConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    blocks: List[Dict[str, Any]] = MISSING  # `type` and that block's keys, checked against trainlab.models.BLOCKS
+    blocks: List[Dict[str, Any]] = MISSING  # `type` and that block's keys, checked against trainlab.models.blocks.BLOCKS
 
 
 # Optimizers, schedulers and losses are instantiated by `_target_`; one schema per option, so each one's own keys
@@ -96,6 +122,7 @@ class StepLRConfig:
     _target_: str = "torch.optim.lr_scheduler.StepLR"
     _partial_: bool = True
     interval: str = MISSING  # epoch or step: when the scheduler steps
+    warmup_steps: int = MISSING  # linear warm-up over the first steps, in front of the schedule; 0: none
     step_size: int = MISSING
     gamma: float = MISSING
 
@@ -105,6 +132,7 @@ class CosineConfig:
     _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
     _partial_: bool = True
     interval: str = MISSING
+    warmup_steps: int = MISSING
     T_max: int = MISSING
     eta_min: float = MISSING
 
@@ -114,6 +142,7 @@ class OneCycleConfig:
     _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
     _partial_: bool = True
     interval: str = MISSING
+    warmup_steps: int = MISSING
     max_lr: float = MISSING
     pct_start: float = MISSING
     total_steps: Optional[int] = MISSING  # null: epochs x steps per epoch, filled in at run time
@@ -121,7 +150,7 @@ class OneCycleConfig:
 
 @dataclass
 class NoSchedulerConfig:
-    pass
+    warmup_steps: int = MISSING
 
 
 @dataclass
@@ -132,32 +161,33 @@ class CrossEntropyConfig:
 
 @dataclass
 class OneHotLossConfig:
-    _target_: str = MISSING  # trainlab.optim.SoftmaxMSELoss or SoftmaxL1Loss
+    _target_: str = MISSING  # trainlab.training.losses.SoftmaxMSELoss or SoftmaxL1Loss
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = MISSING
-    device: str = MISSING  # auto, cpu, cuda, cuda:N
-    seed: int = MISSING
+    epochs: int = setting(at_least(1), on_resume=True)
+    device: str = setting(on_resume=True)  # auto, cpu, cuda, cuda:N
+    seed: int = setting(Rule(lambda v: 0 <= v < 2**32, "from 0 to 2**32 - 1"))
     deterministic: bool = MISSING
-    log_every_n_steps: int = MISSING
-    progress_bar: bool = MISSING
+    log_every_n_steps: int = setting(at_least(1), on_resume=True)
+    progress_bar: bool = setting(on_resume=True)
     checkpoint: bool = MISSING
-    checkpoint_every_n_steps: int = MISSING  # 0: at each epoch's end only
-    resume: str = MISSING  # auto, never, or a run folder or checkpoint file
-    nonfinite: str = MISSING  # stop or skip
+    checkpoint_every_n_steps: int = setting(Rule(lambda v: v >= 0, "0 (epoch ends only) or more"), on_resume=True)
+    resume: str = setting(on_resume=True)  # auto, never, or a run folder or checkpoint file
+    nonfinite: str = setting(one_of("stop", "skip"))
+    clip_grad_norm: Optional[float] = setting(above(0, ", or null (off)"))  # before each update
     log_graph: bool = MISSING
     log_images: bool = MISSING
-    data_path: str = MISSING  # auto, resident, loader
-    precision: str = MISSING  # fp32, bf16
+    data_path: str = setting(one_of("auto", "resident", "loader"))
+    precision: str = setting(one_of("fp32", "bf16"))
     channels_last: Optional[bool] = MISSING  # null: chosen by device and precision
-    compile: bool = MISSING
-    cuda_graphs: bool = MISSING
-    monitor: str = MISSING  # val/acc or val/loss: what chooses best.pt
-    test_every_epoch: bool = MISSING
-    early_stopping_patience: Optional[int] = MISSING  # null: off
-    max_minutes: Optional[float] = MISSING  # null: no time budget
+    compile: bool = setting(on_resume=True)
+    cuda_graphs: bool = setting(on_resume=True)
+    monitor: str = setting(one_of("val/acc", "val/loss"))  # what chooses best.pt
+    test_every_epoch: bool = setting(on_resume=True)
+    early_stopping_patience: Optional[int] = setting(Rule(lambda v: v is None or v >= 1, "at least 1, or null (off)"), on_resume=True)
+    max_minutes: Optional[float] = setting(above(0, ", or null"), on_resume=True)  # null: no time budget
 
 
 @dataclass
@@ -204,7 +234,7 @@ def env_readable(name: str) -> bool:
     """Whether a config may read the environment variable `name`: TRAINLAB_* and those the user lists in
     TRAINLAB_ENV_ALLOW. A config file may come from someone else, and what it reads is kept in run.log's lines, the
     .hydra/ record and every checkpoint: ${oc.env:AWS_SECRET_ACCESS_KEY} would copy a secret into all of them."""
-    from trainlab.hydra_policy import named_in_env
+    from trainlab.config.hydra_policy import named_in_env
 
     return name.startswith("TRAINLAB_") or named_in_env(ENV_ALLOW, name)
 
@@ -224,7 +254,7 @@ def _run_dir(resume: str, *, _root_) -> str:
     command set> (run_folder_name; under torchrun the same in every process). Where the resume finds nothing, the run
     says so, from a new folder that it leaves."""
     from trainlab.launch import launch_stamp, run_folder_name
-    from trainlab.resume import resume_folder
+    from trainlab.runs.resume import resume_folder
 
     folder = resume_folder(resume)
     if folder is not None:
@@ -242,7 +272,7 @@ def _config_subdir(output_dir: str):
     """hydra.output_subdir: .hydra for a new run's folder only: a run folder's own .hydra/ keeps the config it was made
     with, one made in a notebook gets none from the command that continues it, and a command refused there (another
     run's folder) leaves it as it was."""
-    from trainlab.resume import run_traces
+    from trainlab.runs.resume import run_traces
 
     folder = Path(output_dir)
     return None if (folder / ".hydra").exists() or (folder / ".hydra").is_symlink() or run_traces(folder) else ".hydra"
@@ -259,53 +289,41 @@ def _sweep_job_folder(*, _root_) -> str:
     return sweep_job_folder(_root_=_root_)
 
 
+PARTS = {"data": DataConfig, "trainer": TrainerConfig}  # the parts whose fields declare their rules
+
+
+def on_resume_keys() -> tuple:
+    """The settings a resumed run may take from the command (`setting(on_resume=True)`): how it goes on."""
+    return tuple(f"{part}.{f.name}" for part, schema in PARTS.items() for f in dataclasses.fields(schema)
+                 if f.metadata.get("on_resume"))
+
+
 def check_values(cfg: DictConfig) -> None:
-    """Values the schema's types allow but a run cannot use: reported before any data is read."""
+    """Values the schema's types allow but a run cannot use: reported before any data is read. Each field's own rule
+    is declared beside it (setting()); here, the rules that read several settings."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise TrainlabError(f"{missing[0]} is not set: add {missing[0]}=... to the command")
-    d, t = cfg.data, cfg.trainer
-    rules = [
-        ("data.batch_size", d.batch_size, d.batch_size >= 1, "at least 1"),
-        ("data.eval_batch_size", d.eval_batch_size, d.eval_batch_size >= 1, "at least 1"),
-        ("data.num_workers", d.num_workers, d.num_workers >= 0, "0 or more"),
-        ("data.subset", d.subset, d.subset is None or d.subset >= 1, "at least 1, or null for all"),
-        ("data.val_subset", d.val_subset, d.val_subset is None or d.val_subset >= 1, "at least 1, or null"),
-        ("data.test_subset", d.test_subset, d.test_subset is None or d.test_subset >= 1, "at least 1, or null"),
-        ("data.max_pixels", d.max_pixels, d.max_pixels >= 1, "at least 1"),
-        ("data.val_split", d.val_split, 0 <= d.val_split < 1, "from 0 (no validation split) to below 1"),
-        ("data.split", d.split, d.split is None or 0 < d.split < 1, "between 0 and 1, or null"),
-        ("data.image_size", d.image_size, d.image_size >= 1 if d.image_size is not None else d.name == "folder",
-         "at least 1 (null, the images' own size, is for data=folder)"),
-        ("trainer.epochs", t.epochs, t.epochs >= 1, "at least 1"),
-        ("trainer.seed", t.seed, 0 <= t.seed < 2**32, "from 0 to 2**32 - 1"),
-        ("trainer.log_every_n_steps", t.log_every_n_steps, t.log_every_n_steps >= 1, "at least 1"),
-        ("trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps, t.checkpoint_every_n_steps >= 0,
-         "0 (epoch ends only) or more"),
-        ("trainer.early_stopping_patience", t.early_stopping_patience,
-         t.early_stopping_patience is None or t.early_stopping_patience >= 1, "at least 1, or null (off)"),
-        ("trainer.max_minutes", t.max_minutes, t.max_minutes is None or t.max_minutes > 0, "above 0, or null"),
-    ]
-    choices = [("trainer.data_path", t.data_path, ("auto", "resident", "loader")),
-               ("trainer.precision", t.precision, ("fp32", "bf16")),
-               ("trainer.nonfinite", t.nonfinite, ("stop", "skip")),
-               ("trainer.monitor", t.monitor, ("val/acc", "val/loss")),
-               ("data.bad_images", d.bad_images, ("fail", "skip"))]
-    rules += [(key, value, value in allowed, "one of " + ", ".join(allowed)) for key, value, allowed in choices]
+    rules = [(f"{part}.{f.name}", cfg[part][f.name], f.metadata["rule"]) for part, schema in PARTS.items()
+             for f in dataclasses.fields(schema) if f.metadata.get("rule") is not None]
+    d = cfg.data
+    image_size = Rule(lambda v: v >= 1 if v is not None else d.name == "folder",
+                      "at least 1 (null, the images' own size, is for data=folder)")
+    rules.append(("data.image_size", d.image_size, image_size))
     if "lr" in cfg.optimizer:  # a float32 holds up to 3.4e38
-        rules.append(("optimizer.lr", cfg.optimizer.lr, 0 < cfg.optimizer.lr < 3.4e38,
-                      "greater than 0 (and below 3.4e38)"))
+        rules.append(("optimizer.lr", cfg.optimizer.lr, Rule(lambda v: 0 < v < 3.4e38,
+                                                             "greater than 0 (and below 3.4e38)")))
     if d.name == "shapes":  # drawn images: a shape needs room, and each split at least an image
-        rules += [("data.image_size", d.image_size, d.image_size >= 8, "at least 8 for data=shapes"),
-                  ("data.num_train", d.num_train, d.num_train >= 1, "at least 1"),
-                  ("data.num_test", d.num_test, d.num_test >= 1, "at least 1")]
+        rules += [("data.image_size", d.image_size, Rule(lambda v: v >= 8, "at least 8 for data=shapes")),
+                  ("data.num_train", d.num_train, at_least(1)), ("data.num_test", d.num_test, at_least(1))]
+    if cfg.scheduler.get("warmup_steps") is not None:
+        rules.append(("scheduler.warmup_steps", cfg.scheduler.warmup_steps, Rule(lambda v: v >= 0, "0 (none) or more")))
     for key in ("T_max", "step_size", "total_steps"):  # a schedule over 0 epochs divides by 0 after the first epoch
-        value = cfg.scheduler.get(key)
-        if value is not None:
-            rules.append((f"scheduler.{key}", value, value >= 1, "at least 1" + (", or null" * (key == "total_steps"))))
-    for key, value, ok, should in rules:
-        if not ok:
-            raise TrainlabError(f"{key}={value} cannot work: it must be {should}")
+        if cfg.scheduler.get(key) is not None:
+            rules.append((f"scheduler.{key}", cfg.scheduler[key], at_least(1, null=key == "total_steps")))
+    for key, value, rule in rules:
+        if not rule.ok(value):
+            raise TrainlabError(f"{key}={value} cannot work: it must be {rule.should}")
 
 
 TYPE_NAMES = {int: "an integer", float: "a number", list: "a list", bool: "true or false", str: "a string",
@@ -419,7 +437,7 @@ _SETTING = re.compile(r"^(?P<indent> *)(?P<key>[\w.]+):(?P<rest>.*)$")
 def settings_help(root) -> str:
     """Every setting of the composed config as `key: value  # what it does`, the reason read from the YAML file that
     sets it (the chosen option's, else conf/config.yaml's); `$` doubled, as Hydra's help template reads it."""
-    from trainlab.hydra_policy import PACKAGED_CONF
+    from trainlab.config.hydra_policy import PACKAGED_CONF
 
     choices = OmegaConf.to_container(root.hydra.runtime.choices)
     reasons = _reasons(PACKAGED_CONF / "config.yaml", "")

@@ -10,9 +10,9 @@ Its string is checked before its module is imported: only modules named here are
 
 The check sees the config resolved as it will be used (Hydra's runtime values set as they will be): a value from
 oc.create, oc.decode or ${hydra:...} is walked like any other, and one that cannot be resolved is refused. Under
-`hydra.*` the rule is deny by default (trainlab/hydra_policy.py). Hydra composes every config, single run or sweep
+`hydra.*` the rule is deny by default (trainlab/config/hydra_policy.py). Hydra composes every config, single run or sweep
 job, in CheckedConfigLoader, which checks it before Hydra builds a callback, a plugin or a logging handler from it
-and before a run or sweep folder is written into (trainlab/run_folder.py); trainlab's own builders check again
+and before a run or sweep folder is written into (trainlab/runs/folder.py); trainlab's own builders check again
 (optim.py), so a config read from a checkpoint or built in a notebook is held to the same list.
 
 A user who trusts more says so outside any config, in the environment:
@@ -37,12 +37,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from trainlab.config import check_known_keys, composition_error
+from trainlab.config.schema import check_known_keys, composition_error
 from trainlab.errors import ConfigRefused, TrainlabError, one_line, printable
-from trainlab.hydra_policy import (ALLOW_KEYS_ENV, USER_KEYS, UnsafeConfig, check_hydra,  # noqa: F401
+from trainlab.config.hydra_policy import (ALLOW_KEYS_ENV, USER_KEYS, UnsafeConfig, check_hydra,  # noqa: F401
                                    hydra_choices, named_in_env, reference_config, trusted, unresolved)
 from trainlab.launch import first_process
-from trainlab.run_folder import (MADE_FOR_THE_RUN, RunFolderLock, check_run_folder, check_sweep_folder,
+from trainlab.runs.folder import (MADE_FOR_THE_RUN, RunFolderLock, check_run_folder, check_sweep_folder,
                                  missing_folders)
 
 ALLOW_TARGETS_ENV = "TRAINLAB_ALLOW_TARGETS"
@@ -64,7 +64,7 @@ EXCLUDED = {"torchvision.transforms.Lambda", "torch.optim.lr_scheduler.LambdaLR"
 
 EXACT_TARGETS = {
     # trainlab's own
-    "trainlab.optim.SoftmaxMSELoss", "trainlab.optim.SoftmaxL1Loss", "trainlab.cli.SweepReport",
+    "trainlab.training.losses.SoftmaxMSELoss", "trainlab.training.losses.SoftmaxL1Loss", "trainlab.cli.SweepReport",
     # conf/'s optimizers, schedulers and loss by name too: checked without importing torch (a second), so a command
     # that is refused for another reason says so at once
     "torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.lr_scheduler.StepLR",
@@ -287,7 +287,7 @@ def _resolved_folder(cfg: DictConfig, key: str) -> str:
 def _same_sweep(record: Path, overrides: list) -> None:
     """A sweep folder of Hydra's basic sweeper goes on only with the settings it was made with (job folders are
     numbered by position in the sweep: other settings would resume other jobs' runs); how it goes on may change."""
-    from trainlab.resume import ON_RESUME
+    from trainlab.config.resume_rules import ON_RESUME
 
     try:
         saved = yaml.safe_load(record.read_text())["hydra"]["overrides"]["task"]

@@ -1,4 +1,6 @@
-"""Model blocks from conf/model/ -> nn.Sequential, with each block's input size inferred from the one before."""
+"""Model blocks from conf/model/ -> nn.Sequential, with each block's input size inferred from the one before; the
+summary table of any nn.Module."""
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -6,8 +8,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from trainlab.config import check_keys
-from trainlab.errors import TrainlabError
+from trainlab.config.schema import check_keys
+from trainlab.errors import TrainlabError, shape_text
 
 
 @dataclass(frozen=True)
@@ -96,21 +98,39 @@ def _output_shape(layer: nn.Module, shape: tuple, label: str) -> tuple:
     return tuple(out.shape[1:])
 
 
-def summary_table(model: nn.Sequential, image_shape: tuple) -> str:
-    """A table of every block with its output shape and parameter count, and the total."""
-    rows, shape = [], tuple(image_shape)
-    x = torch.zeros(2, *shape)
+class _Outputs:
+    """A forward hook that notes each top-level block's output as it runs: (name, block, output shape)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def hook(self, name: str):
+        return functools.partial(self._note, name)
+
+    def _note(self, name, block, inputs, output):
+        shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
+        self.seen.append((name, block, shape))
+
+
+def summary_table(model: nn.Module, image_shape: tuple) -> str:
+    """A table of the model's top-level blocks (its children, in the order they run on a zero batch) with each one's
+    output shape and parameter count, and the total: any nn.Module, not only a Sequential."""
+    outputs = _Outputs()
+    handles = [child.register_forward_hook(outputs.hook(name)) for name, child in model.named_children()]
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for i, layer in enumerate(model):
-            x = layer(x.to(next(layer.parameters(), x).device))
-            params = sum(p.numel() for p in layer.parameters())
-            rows.append((str(i), _describe(layer), "x".join(map(str, x.shape[1:])), f"{params:,}"))
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *image_shape, device=next(model.parameters(), torch.zeros(())).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    rows = [(name, _describe(block), shape_text(shape), f"{sum(p.numel() for p in block.parameters()):,}")
+            for name, block, shape in outputs.seen]
     total = sum(p.numel() for p in model.parameters())
     header = ("#", "block", "output", "params")
-    rows = [header, ("", "input", "x".join(map(str, image_shape)), "")] + rows + [("", "total", "", f"{total:,}")]
+    rows = [header, ("", "input", shape_text(image_shape), "")] + rows + [("", "total", "", f"{total:,}")]
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     lines = [f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}" for r in rows]
     return "\n".join(lines)

@@ -59,6 +59,11 @@ STARTUP_S = "train/startup_s"  # once a process, at step 0: from the command to 
 EVALUATE_ACC, CLASS_ACC, CONFUSION_MATRIX = "{split}/evaluate_acc", "{split}/class_acc", "{split}/confusion_matrix"
 
 
+def higher_is_better(monitor: str) -> bool:
+    """trainer.monitor's direction: the highest val/acc wins, the lowest val/loss."""
+    return monitor.endswith("acc")
+
+
 def best_metric(monitor: str) -> str:
     """The best monitored value so far (a search's objective; HPARAMS's first metric): val/acc -> val/best_acc."""
     split, name = monitor.split("/", 1)
@@ -72,6 +77,11 @@ METRICS_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_
 TEST_ROW = "test"
 
 
+def temporary_name(path: Path) -> Path:
+    """A name beside `path` that no other writer uses: <name>.<pid>.<random>.tmp."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 class MetricsFile:
     """<run>/metrics.csv, appended a row at a time and flushed to disk, so it holds what the checkpoints hold: a
     resumed run first drops the rows its checkpoint does not cover (an epoch finished after it), so no row is ever
@@ -80,7 +90,7 @@ class MetricsFile:
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.path, self.enabled = Path(run_dir) / METRICS_CSV, enabled
 
-    def kept_rows(self, epochs_done: int) -> list:
+    def rows_covered(self, epochs_done: int) -> list:
         """The rows of epochs 1..epochs_done, as written: what the checkpoint a run resumes from covers (its test
         row, if any, is written again at the end); a row cut short by a kill is left out. TrainlabError, naming the
         line, for a file damaged otherwise (a stray byte, an epoch that is not a number): read before the run writes
@@ -103,11 +113,11 @@ class MetricsFile:
                                 "then run the same command again") from None
         return rows
 
-    def keep(self, rows: list) -> None:
-        """Rewrite the file to hold `rows` (kept_rows'), atomically: a new run starts it afresh."""
+    def rewrite_with(self, rows: list) -> None:
+        """Rewrite the file to hold `rows` (what rows_covered read), atomically: a new run starts it afresh."""
         if not self.enabled or not self.path.exists():
             return
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # no writer shares it
+        tmp = temporary_name(self.path)
         with open(tmp, "w", newline="") as f:
             _write(f, rows, header=True)
         os.replace(tmp, self.path)
@@ -365,7 +375,7 @@ class RunLogging:
     its run.log, as src/run.py shows and writes them, for as long as it runs. Where anything set logging up (Hydra, a
     notebook's own handlers on the root logger or trainlab's), it is left alone.
 
-        @RunLogging.around        # on trainlab.train.run
+        @RunLogging.around        # on trainlab.training.recipe.run
         def run(cfg, launch=None):
             ...
             RunLogging.write_into(run_dir)   # once the run's folder is known

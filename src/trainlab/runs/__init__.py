@@ -1,0 +1,1 @@
+"""Run folders: their layout and lock, checkpoints over named parts, the metrics sinks, resuming, the sweep report."""

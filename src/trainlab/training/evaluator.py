@@ -1,0 +1,82 @@
+"""The one forward path that scores images: validation and the test during a run, src/evaluate.py's confusion matrix
+and src/predict.py's classes all go through an Evaluator, in the run's numerics, so each sees what the others saw."""
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from trainlab.training.numerics import Numerics
+
+
+@dataclass
+class Scores:
+    """A pass over a split (or an epoch of training): mean loss, accuracy, and how long it took."""
+    loss: float
+    acc: float  # fraction correct
+    seconds: float
+    images: int
+    skipped: int = 0  # training only: steps not applied, their loss or gradients were not finite
+    timed: Optional[int] = None  # the images trained in `seconds`: fewer than `images` in an epoch resumed part-way
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.images if self.timed is None else self.timed) / self.seconds
+
+    def as_dict(self) -> dict:
+        return {"loss": self.loss, "acc": self.acc}
+
+
+def correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """How many of a batch are classified right, on the device: against the class index, or, for soft targets
+    (B, classes) such as mixup makes, against the class they weigh most."""
+    hard = targets.argmax(1) if targets.ndim == 2 else targets
+    return (logits.argmax(1) == hard).sum()
+
+
+class Evaluator:
+    """`model` in eval mode (dropout off, batchnorm's running statistics), no gradients, in `numerics`."""
+
+    def __init__(self, model: torch.nn.Module, numerics: Numerics, loss_fn=None):
+        self.model, self.numerics, self.loss_fn, self.device = model, numerics, loss_fn, numerics.device
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        with self.numerics.autocast():
+            return self.model(self.numerics.layout(images.to(self.device, non_blocking=True)))
+
+    def batches(self, loader):
+        """(logits, targets) of each batch of `loader`, on the device."""
+        for images, targets in loader:
+            yield self.logits(images), targets.to(self.device, non_blocking=True)
+
+    @torch.no_grad()
+    def score(self, loader) -> Scores:
+        """Mean loss and accuracy over `loader`."""
+        start = time.perf_counter()
+        total_loss = torch.zeros((), device=self.device)
+        right = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
+        for logits, targets in self.batches(loader):
+            with self.numerics.autocast():
+                total_loss += self.loss_fn(logits, targets).float() * len(targets)
+            right += correct(logits, targets)
+            seen += len(targets)
+        return Scores(total_loss.item() / seen, right.item() / seen, time.perf_counter() - start, seen)
+
+    @torch.no_grad()
+    def confusion(self, loader, classes: int) -> torch.Tensor:
+        """(classes, classes) counts: row the true class, column the predicted one."""
+        counts = torch.zeros(classes * classes, dtype=torch.long, device=self.device)
+        for logits, targets in self.batches(loader):
+            counts += torch.bincount(targets * classes + logits.argmax(1), minlength=classes * classes)
+        return counts.view(classes, classes).cpu()
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Each image's class probabilities: softmax of the logits, unless the model ends in a softmax of its own (a
+        second one would flatten its probabilities)."""
+        out = self.logits(images).float()
+        last = list(self.model.modules())[-1]
+        return out if isinstance(last, torch.nn.Softmax) else out.softmax(dim=1)

@@ -1,0 +1,161 @@
+"""The training step: forward, loss, backward, (clip,) update on one batch, then the hooks that follow every step
+(the schedule; later weight averaging).
+
+make_train_step chooses, once, between the plain step and the same step recorded as a CUDA graph."""
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from trainlab.training.evaluator import correct
+from trainlab.training.numerics import Numerics
+
+WARM_UP_STEPS = 3  # eager steps before a CUDA graph is recorded
+
+
+class TrainStep:
+    """One optimizer step on a batch: -> (loss, number correct), both left on the device, so the loop reads them
+    back only when it logs; then each of `hooks` (no arguments), in order.
+
+    Before the update: with `clip_grad_norm`, the gradients' total norm is clipped to it; with skip_nonfinite, a
+    step whose loss or gradients are not finite is not applied and gives (None, None) (that check reads back every
+    step, so only when asked). The hooks follow every step, applied or not."""
+
+    def __init__(self, model, loss_fn, optimizer, numerics: Numerics, skip_nonfinite: bool = False,
+                 clip_grad_norm: Optional[float] = None, hooks: Sequence[Callable] = ()):
+        self.model, self.loss_fn, self.optimizer, self.numerics = model, loss_fn, optimizer, numerics
+        self.skip_nonfinite, self.clip_grad_norm, self.hooks = skip_nonfinite, clip_grad_norm, list(hooks)
+        self.device = numerics.device
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def __call__(self, images, targets):
+        self.optimizer.zero_grad(set_to_none=True)
+        result = self.update(self.numerics.layout(images), targets)
+        self.after_step()
+        return result
+
+    def update(self, images, targets):
+        """Forward, loss, backward, clip, update: what a CUDA graph records."""
+        with self.numerics.autocast():
+            logits = self.model(images)
+            loss = self.loss_fn(logits, targets)
+        loss.backward()
+        if self.skip_nonfinite and not _all_finite(loss, self.params):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None, None
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
+        self.optimizer.step()
+        return loss.detach(), correct(logits.detach(), targets)
+
+    def after_step(self) -> None:
+        for hook in self.hooks:
+            hook()
+
+
+class CudaGraphStep:
+    """A TrainStep whose update is recorded once as a CUDA graph for a full batch and replayed: one launch per step
+    instead of dozens, which is what bounds small batches on a fast GPU. The hooks run after each replay.
+
+    Its rules:
+    - the first WARM_UP_STEPS steps run eagerly on a side stream (cuDNN and cuBLAS choose and allocate kernels);
+    - the graph reads its inputs from static_images / static_targets, made here for a full batch of `batch_shape`;
+      a smaller batch (an epoch's last) runs eagerly;
+    - the learning rate: an optimizer that can read it from the device (Adam's `capturable`) gets each group's rate
+      as a tensor, which the schedule sets in place and the graph reads, so any schedule is replayed; for another
+      the rate is a constant inside the graph, recorded again whenever it has changed (make_train_step keeps those
+      eager under a per-step schedule);
+    - the (loss, correct) it returns are the graph's output tensors, overwritten by the next replay: read them first.
+    """
+
+    def __init__(self, step: TrainStep, batch_shape: tuple):
+        self.step, self.model, self.device = step, step.model, step.device
+        self.static_images = step.numerics.layout(torch.zeros(batch_shape, device=self.device))
+        self.static_targets = torch.zeros(batch_shape[0], dtype=torch.long, device=self.device)
+        self.static_out = None  # the graph's (loss, correct): made when it is recorded
+        self.graph, self.graph_lr, self.eager_steps = None, None, 0
+        self.rates_on_device = rates_on_device(step.optimizer, self.device)
+
+    def __call__(self, images, targets):
+        if self.eager_steps < WARM_UP_STEPS:
+            result = self._warm_up(self.step.numerics.layout(images), targets)
+        elif images.shape != self.static_images.shape:
+            return self.step(images, targets)
+        else:
+            lr = None if self.rates_on_device else self.step.optimizer.param_groups[0]["lr"]
+            if self.graph is None or lr != self.graph_lr:
+                self._record(lr)
+            self.static_images.copy_(images)
+            self.static_targets.copy_(targets)
+            self.graph.replay()
+            result = self.static_out
+        self.step.after_step()
+        return result
+
+    def _warm_up(self, images, targets):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self.step.optimizer.zero_grad(set_to_none=True)
+            result = self.step.update(images, targets)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.eager_steps += 1
+        return result
+
+    def _record(self, lr):
+        self.graph, self.graph_lr = torch.cuda.CUDAGraph(), lr
+        self.step.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.static_out = self.step.update(self.static_images, self.static_targets)
+
+
+def rates_on_device(optimizer, device) -> bool:
+    """Give each group a learning rate the optimizer reads from the device, where it can (Adam's family, with
+    `capturable`); -> whether it could. Its step counter moves to the device too, so a graph can advance it."""
+    groups = optimizer.param_groups
+    if not all("capturable" in group for group in groups):
+        return False
+    for group in groups:
+        group["capturable"] = True
+        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+    return True
+
+
+class OptimizerPart:
+    """The optimizer as a checkpointed part: learning rates saved as numbers (a CUDA-graph step may hold them as
+    tensors on the device) and loaded back into those tensors, which a recorded graph keeps reading."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict:
+        state = self.optimizer.state_dict()
+        for group in state["param_groups"]:
+            group["lr"] = float(group["lr"])
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        tensors = [group["lr"] for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state)
+        for group, tensor in zip(self.optimizer.param_groups, tensors):
+            if isinstance(tensor, torch.Tensor):
+                tensor.fill_(float(group["lr"]))
+                group["lr"] = tensor
+
+
+def make_train_step(model, loss_fn, optimizer, numerics: Numerics, *, cuda_graphs: bool, batch_shape: tuple,
+                    skip_nonfinite: bool = False, clip_grad_norm: Optional[float] = None, hooks=(),
+                    per_step_rates: bool = False, distributed: bool = False):
+    """The run's step: a CUDA graph where it can hold the whole step (trainer.cuda_graphs on a GPU), else eager.
+
+    A graph cannot skip a step it has recorded and would hide DistributedDataParallel's gradient hooks; where the
+    rate changes every step (`per_step_rates`), only an optimizer that reads it from the device replays one graph."""
+    step = TrainStep(model, loss_fn, optimizer, numerics, skip_nonfinite, clip_grad_norm, hooks)
+    graphs = cuda_graphs and numerics.device.type == "cuda" and not (skip_nonfinite or distributed)
+    if graphs and per_step_rates and not all("capturable" in group for group in optimizer.param_groups):
+        graphs = False  # a graph recorded again every step would be slower than none
+    return CudaGraphStep(step, batch_shape) if graphs else step
+
+
+def _all_finite(loss, params) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    return bool(torch.isfinite(loss).item()) and all(bool(torch.isfinite(g).all().item()) for g in grads)
