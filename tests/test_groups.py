@@ -135,6 +135,34 @@ def test_the_cuda_graph_step_matches_the_eager_step_across_a_learning_rate_chang
     assert all(torch.allclose(mine[k], theirs[k], atol=1e-5) for k in theirs)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA graph needs a GPU; run where one is lent")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_cuda_graph_replays_a_per_step_warmup_and_clipping(precision):
+    """Adam reads its rate from the device: one graph, recorded once, replays every rate of a warm-up in front of a
+    per-step schedule, the gradients clipped inside it, and ends where eager steps end."""
+    torch.manual_seed(0)
+    cfg = compose("model=tudui", "optimizer=adam", "scheduler=onecycle", "scheduler.warmup_steps=6")
+    numerics = Numerics(torch.device("cuda"), precision)
+    eager_model = build_model(cfg.model, (3, 32, 32), 10).cuda()
+    graph_model = copy.deepcopy(eager_model)
+    steps = []
+    for model, graphs in ((eager_model, False), (graph_model, True)):
+        optimizer = build_optimizer(cfg.optimizer, model)
+        schedule = build_schedule(cfg.scheduler, optimizer, total_steps=12)
+        step = TrainStep(model, build_loss(cfg.loss), optimizer, numerics, clip_grad_norm=0.5,
+                         hooks=[schedule.after_step])
+        steps.append((CudaGraphStep(step, batch_shape=(64, 3, 32, 32)) if graphs else step, schedule))
+    (eager, eager_schedule), (graph, graph_schedule) = steps
+    for i in range(12):
+        images, targets = torch.rand(64, 3, 32, 32, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
+        (eager_loss, _), (graph_loss, _) = eager(images, targets), graph(images, targets)
+        assert torch.allclose(eager_loss.float(), graph_loss.float(), atol=1e-3), i
+        assert graph_schedule.lr == pytest.approx(eager_schedule.lr), i
+    assert graph.rates_on_device and graph.graph_lr is None  # recorded once: the rate is read, not baked in
+    mine, theirs = graph_model.state_dict(), eager_model.state_dict()
+    assert all(torch.allclose(mine[k].float(), theirs[k].float(), atol=1e-3) for k in theirs)
+
+
 def test_onehot_losses_compare_softmax_with_one_hot_targets():
     logits, target = torch.tensor([[10.0, -10.0]]), torch.tensor([0])
     for loss in ("mse", "l1"):

@@ -126,3 +126,32 @@ def test_every_scheduler_option_takes_warmup_steps():
     for option in ("none", "step", "cosine", "onecycle"):
         assert OmegaConf.select(compose(f"scheduler={option}", "scheduler.warmup_steps=3"),
                                 "scheduler.warmup_steps") == 3
+
+
+def test_accuracy_and_the_onehot_losses_take_soft_targets_as_mixup_makes():
+    from trainlab.training.evaluator import correct
+    from trainlab.training.losses import SoftmaxL1Loss, SoftmaxMSELoss
+
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 4.0]])
+    hard, soft = torch.tensor([0, 1]), torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.6, 0.4]])
+    assert correct(logits, hard).item() == correct(logits, soft).item() == 1  # soft: against the class weighed most
+    for loss in (SoftmaxMSELoss(), SoftmaxL1Loss()):
+        one_hot = torch.nn.functional.one_hot(hard, 3).float()
+        assert loss(logits, hard).item() == pytest.approx(loss(logits, one_hot).item())
+        assert loss(logits, soft).item() != pytest.approx(loss(logits, hard).item())
+
+
+def test_the_summary_table_reads_any_module_not_only_a_sequential():
+    from trainlab.models.blocks import summary_table
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.head = torch.nn.Linear(4 * 8 * 8, 2)
+
+        def forward(self, x):
+            return self.head(self.features(x).flatten(1))
+
+    table = summary_table(Net(), (3, 8, 8))
+    assert "features  conv 3->4 k3 s1 p1  4x8x8" in table and "head  linear 256->2       2" in table, table
