@@ -118,39 +118,38 @@ class AdamWConfig(AdamConfig):
 
 
 @dataclass
-class StepLRConfig:
+class SchedulerConfig:
+    _target_: str = MISSING  # each option's class
+    _partial_: bool = True  # the optimizer is given at run time
+    interval: str = setting(one_of("epoch", "step"))  # when the scheduler steps
+    warmup_steps: int = setting(Rule(lambda v: v >= 0, "0 (none) or more"))  # a linear warm-up in front; 0: none
+
+
+@dataclass
+class StepLRConfig(SchedulerConfig):
     _target_: str = "torch.optim.lr_scheduler.StepLR"
-    _partial_: bool = True
-    interval: str = MISSING  # epoch or step: when the scheduler steps
-    warmup_steps: int = MISSING  # linear warm-up over the first steps, in front of the schedule; 0: none
-    step_size: int = MISSING
+    step_size: int = setting(at_least(1))  # 0 would divide by 0 after the first epoch
     gamma: float = MISSING
 
 
 @dataclass
-class CosineConfig:
+class CosineConfig(SchedulerConfig):
     _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
-    _partial_: bool = True
-    interval: str = MISSING
-    warmup_steps: int = MISSING
-    T_max: int = MISSING
+    T_max: int = setting(at_least(1))
     eta_min: float = MISSING
 
 
 @dataclass
-class OneCycleConfig:
+class OneCycleConfig(SchedulerConfig):
     _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
-    _partial_: bool = True
-    interval: str = MISSING
-    warmup_steps: int = MISSING
     max_lr: float = MISSING
     pct_start: float = MISSING
-    total_steps: Optional[int] = MISSING  # null: epochs x steps per epoch, filled in at run time
+    total_steps: Optional[int] = setting(at_least(1, null=True))  # null: the whole run's steps, filled in at run time
 
 
 @dataclass
 class NoSchedulerConfig:
-    warmup_steps: int = MISSING
+    warmup_steps: int = setting(Rule(lambda v: v >= 0, "0 (none) or more"))
 
 
 @dataclass
@@ -304,8 +303,8 @@ def check_values(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise TrainlabError(f"{missing[0]} is not set: add {missing[0]}=... to the command")
-    rules = [(f"{part}.{f.name}", cfg[part][f.name], f.metadata["rule"]) for part, schema in PARTS.items()
-             for f in dataclasses.fields(schema) if f.metadata.get("rule") is not None]
+    rules = [(f"{part}.{f.name}", cfg[part][f.name], f.metadata["rule"]) for part in cfg
+             for f in _ruled_fields(cfg, part) if cfg[part].get(f.name) is not None]
     d = cfg.data
     image_size = Rule(lambda v: v >= 1 if v is not None else d.name == "folder",
                       "at least 1 (null, the images' own size, is for data=folder)")
@@ -316,14 +315,33 @@ def check_values(cfg: DictConfig) -> None:
     if d.name == "shapes":  # drawn images: a shape needs room, and each split at least an image
         rules += [("data.image_size", d.image_size, Rule(lambda v: v >= 8, "at least 8 for data=shapes")),
                   ("data.num_train", d.num_train, at_least(1)), ("data.num_test", d.num_test, at_least(1))]
-    if cfg.scheduler.get("warmup_steps") is not None:
-        rules.append(("scheduler.warmup_steps", cfg.scheduler.warmup_steps, Rule(lambda v: v >= 0, "0 (none) or more")))
-    for key in ("T_max", "step_size", "total_steps"):  # a schedule over 0 epochs divides by 0 after the first epoch
-        if cfg.scheduler.get(key) is not None:
-            rules.append((f"scheduler.{key}", cfg.scheduler[key], at_least(1, null=key == "total_steps")))
     for key, value, rule in rules:
         if not rule.ok(value):
             raise TrainlabError(f"{key}={value} cannot work: it must be {rule.should}")
+
+
+def _ruled_fields(cfg: DictConfig, part: str) -> list:
+    """The fields of a part's schema that declare a rule (setting(rule))."""
+    schema = _schema_of(cfg, part)
+    return [f for f in dataclasses.fields(schema) if f.metadata.get("rule")] if schema is not None else []
+
+
+def _schema_of(cfg: DictConfig, part: str):
+    """The schema a part of the config was composed with, or, for a plain one (a checkpoint's, resumed), the schema
+    of the option whose `_target_` it names; None for a part without one (a user's own optimizer file)."""
+    if not isinstance(cfg[part], DictConfig):
+        return None
+    schema = OmegaConf.get_type(cfg, part)
+    if dataclasses.is_dataclass(schema):
+        return schema
+    options = SCHEMAS.get(part, {}).values()
+    target = cfg[part].get("_target_")
+    return next((o for o in options if _default(o, "_target_") == target), PARTS.get(part))
+
+
+def _default(schema, name: str):
+    found = [f.default for f in dataclasses.fields(schema) if f.name == name]
+    return found[0] if found else None
 
 
 TYPE_NAMES = {int: "an integer", float: "a number", list: "a list", bool: "true or false", str: "a string",

@@ -23,6 +23,11 @@ class Clock:
         return (self.epoch - 1) * self.batches + batch
 
     @property
+    def total_steps(self) -> int:
+        """The steps of the whole run, trainer.epochs of them."""
+        return self.epochs * self.batches
+
+    @property
     def epochs_done(self) -> int:
         return self.epoch - 1
 

@@ -71,7 +71,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     # optimizer, schedule, loss and the step; the evaluator, the chosen epoch and when to stop
     optimizer = build_optimizer(cfg.optimizer, model)
     clock = Clock(t.epochs, loaders.train.batches)
-    schedule = build_schedule(cfg.scheduler, optimizer, clock.epochs * clock.batches)
+    schedule = build_schedule(cfg.scheduler, optimizer, clock.total_steps)
     loss_fn = build_loss(cfg.loss).to(device)
     step = make_train_step(net, loss_fn, optimizer, numerics, cuda_graphs=t.cuda_graphs, hooks=[schedule.after_step],
                            batch_shape=(cfg.data.batch_size // ranks.world, *data.image_shape),
