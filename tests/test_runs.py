@@ -196,7 +196,7 @@ def test_hydra_full_error_still_shows_everything():
 
 
 def test_a_key_for_an_option_without_a_schema_is_still_allowed():
-    from trainlab.config.schema import check_known_keys
+    from trainlab.config.mistakes import check_known_keys
 
     cfg = compose("data=shapes")
     cfg.optimizer = OmegaConf.create({"_target_": "torch.optim.RMSprop", "_partial_": True, "lr": 0.01, "alpha": 0.9})

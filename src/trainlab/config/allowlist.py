@@ -37,7 +37,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from trainlab.config.schema import check_known_keys, composition_error
+from trainlab.config.mistakes import check_known_keys, composition_error
 from trainlab.errors import ConfigRefused, TrainlabError, one_line, printable
 from trainlab.config.hydra_policy import (ALLOW_KEYS_ENV, USER_KEYS, UnsafeConfig, check_hydra,  # noqa: F401
                                    hydra_choices, named_in_env, reference_config, trusted, unresolved)

@@ -13,8 +13,7 @@ run's metrics back. What writes a run and what reads one (report, evaluate, benc
 A run folder is ours or refused: trainlab opens its own files there never through a symbolic link (O_NOFOLLOW), and a
 folder handed over by someone else is checked before anything is written into it (check_run_folder,
 check_sweep_folder): a link among trainlab's names, files that are not a run's, or another live run writing there is
-refused in one line. run.log stays in memory until this process has taken the folder's lock (RunLogHandler), so a
-command refused after Hydra set up its logging leaves no line in another run's log.
+refused in one line. run.log's handler is in runs/logs.py.
 """
 import csv
 import errno
@@ -24,7 +23,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -155,6 +153,7 @@ class RunFolderLock:
 
     held = {}  # this process's: resolved folder -> [open lock file, how many hold it]
     claimed = set()  # every folder (resolved) this process has held: its run (run.log, error.log may be written)
+    on_claim = []  # called with a folder this process first holds: run.log's handler (runs/logs.py) writes then
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
@@ -179,7 +178,8 @@ class RunFolderLock:
             f.flush()
             RunFolderLock.held[key] = [f, 1]
             RunFolderLock.claimed.add(key)
-            RunLogHandler.claim(key)
+            for claimed in RunFolderLock.on_claim:
+                claimed(key)
         self.key = key
         return self
 
@@ -329,105 +329,6 @@ def refuse_links(folder: Path, names=OWN_NAMES, elsewhere: str = "hydra.run.dir=
             for inside in path.iterdir():
                 if inside.is_symlink():
                     raise TrainlabError(link_refusal(inside, elsewhere))
-
-
-class RunLogHandler(logging.FileHandler):
-    """Hydra's job log (run.log), as conf/config.yaml sets it up: opened without following a symbolic link, and kept
-    in memory until this process takes the run folder's lock (RunFolderLock), then written from the start. A command
-    refused before then (another run's folder, a setting a resume refuses) writes nothing there; a start that fails
-    before then leaves its lines on the terminal, and its folder is removed (discard_failed_start)."""
-
-    waiting = []  # this process's handlers whose folder it has not claimed yet
-
-    def __init__(self, filename, mode="a", encoding=None, **kwargs):
-        super().__init__(filename, mode, encoding, delay=True, **kwargs)
-        self.folder = Path(self.baseFilename).parent
-        self.pending = None if RunFolderLock.is_claimed(self.folder) else []
-        if self.pending is not None:
-            RunLogHandler.waiting.append(self)
-
-    @classmethod
-    def claim(cls, folder: Path) -> None:
-        """The folder's run is this process's: its waiting handlers write what they hold."""
-        for handler in [h for h in cls.waiting if h.folder.resolve() == folder]:
-            cls.waiting.remove(handler)
-            pending, handler.pending = handler.pending, None
-            for record in pending:
-                handler.emit(record)
-
-    def emit(self, record) -> None:
-        if self.pending is not None:
-            self.pending.append(record)
-            return
-        super().emit(record)
-
-    def _open(self):
-        return open_own(self.baseFilename, self.mode, encoding=self.encoding)
-
-    def close(self) -> None:
-        if self in RunLogHandler.waiting:
-            RunLogHandler.waiting.remove(self)
-        super().close()
-
-
-class RunLogging:
-    """run() called from Python where logging is not set up (a notebook, a script): the run's lines on stdout and in
-    its run.log, as src/run.py shows and writes them, for as long as it runs. Where anything set logging up (Hydra, a
-    notebook's own handlers on the root logger or trainlab's), it is left alone.
-
-        @RunLogging.around        # on trainlab.training.recipe.run
-        def run(cfg, launch=None):
-            ...
-            RunLogging.write_into(run_dir)   # once the run's folder is known
-    """
-
-    current = None  # the one set up by the run() going on in this process, if any
-
-    def __init__(self):
-        self.handlers, self.level = [], LOG.level
-
-    @classmethod
-    def around(cls, function):
-        import functools
-
-        @functools.wraps(function)
-        def wrapper(*args, **kwargs):
-            if logging.getLogger().handlers or LOG.handlers or cls.current is not None:
-                return function(*args, **kwargs)
-            cls.current = own = cls()
-            own.add(logging.StreamHandler(sys.stdout), "%(message)s")
-            LOG.setLevel(logging.INFO)
-            try:
-                return function(*args, **kwargs)
-            finally:
-                own.close()
-                cls.current = None
-
-        return wrapper
-
-    @classmethod
-    def write_into(cls, run_dir: Path) -> None:
-        if cls.current is not None:
-            cls.current.add(RunLogHandler(Path(run_dir) / RUN_LOG), "[%(asctime)s][%(levelname)s] %(message)s")
-
-    def add(self, handler, fmt: str) -> None:
-        handler.setFormatter(PrintableFormatter(fmt))
-        LOG.addHandler(handler)
-        self.handlers.append(handler)
-
-    def close(self) -> None:
-        for handler in self.handlers:
-            LOG.removeHandler(handler)
-            handler.close()
-        LOG.setLevel(self.level)
-
-
-class PrintableFormatter(logging.Formatter):
-    """Every log line as the terminal and run.log show it: control characters escaped but the line breaks a message
-    holds by design (a model's table), so no text from a file or a config can colour, move or rewrite the screen."""
-
-    def format(self, record) -> str:
-        return "\n".join(printable(line) for line in super().format(record).split("\n"))
 
 
 def _write(f, rows: list, header: bool) -> None:

@@ -27,7 +27,8 @@ from trainlab.launch import Launch, seconds_since_launch
 from trainlab.models.blocks import build_model, check_blocks, summary_table
 from trainlab.runs.checkpoint import Checkpointer, Generators
 from trainlab.runs.folder import (CHECKPOINTS, ERROR_LOG, TEST_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, TEST_LOSS,
-                                  RunLogging, best_metric, higher_is_better, shown_path)
+                                  best_metric, higher_is_better, shown_path)
+from trainlab.runs.logs import RunLogging
 from trainlab.runs.metrics import EpochReport, Metrics, show_progress
 from trainlab.runs.resume import check_same_files, resume_command, resume_state
 from trainlab.training.best import Best, swapped_weights
@@ -115,7 +116,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                 schedule.end_epoch()
                 val = evaluator.score(loaders.val) if loaders.val is not None else None
                 epoch_test = (evaluator.score(loaders.test)  # to watch, never to choose
-                           if t.test_every_epoch and loaders.test is not None else None)
+                              if t.test_every_epoch and loaders.test is not None else None)
                 is_best = best.update(val and val.as_dict(), epoch, model)
                 metrics.epoch(EpochReport(epoch, t.epochs, clock.step, progress.lr, train, val, epoch_test, t.monitor,
                                           best.value))
