@@ -155,3 +155,17 @@ def test_the_summary_table_reads_any_module_not_only_a_sequential():
 
     table = summary_table(Net(), (3, 8, 8))
     assert "features  conv 3->4 k3 s1 p1  4x8x8" in table and "head  linear 256->2       2" in table, table
+
+
+def test_metrics_csv_takes_a_new_figure_by_widening_its_header(tmp_path):
+    from trainlab.runs.folder import METRICS_COLUMNS, MetricsFile
+
+    metrics = MetricsFile(tmp_path)
+    metrics.append(epoch=1, step=5, train_loss=2.0, lr=0.1)
+    metrics.append(epoch=2, step=10, train_loss=1.5, lr=0.1, ema_acc=0.5)  # a sink with a figure of its own
+    rows = read_metrics(tmp_path)
+    assert [(row["epoch"], row["train_loss"], row.get("ema_acc")) for row in rows] == [(1, 2.0, None), (2, 1.5, 0.5)]
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == ",".join([*METRICS_COLUMNS, "ema_acc"])
+    resumed = MetricsFile(tmp_path)  # a resumed run keeps the wider header
+    resumed.rewrite_with(resumed.rows_covered(1))
+    assert [row.get("ema_acc", "absent") for row in read_metrics(tmp_path)] == [None]

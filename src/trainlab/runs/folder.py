@@ -83,10 +83,12 @@ def temporary_name(path: Path) -> Path:
 class MetricsFile:
     """<run>/metrics.csv, appended a row at a time and flushed to disk, so it holds what the checkpoints hold: a
     resumed run first drops the rows its checkpoint does not cover (an epoch finished after it), so no row is ever
-    missing or doubled."""
+    missing or doubled. Its columns are METRICS_COLUMNS, then any other a row brings (a new figure): the file is
+    rewritten with the wider header the first time one appears, the earlier rows' cells left empty."""
 
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.path, self.enabled = Path(run_dir) / METRICS_CSV, enabled
+        self.columns = list(METRICS_COLUMNS)
 
     def rows_covered(self, epochs_done: int) -> list:
         """The rows of epochs 1..epochs_done, as written: what the checkpoint a run resumes from covers (its test
@@ -98,6 +100,7 @@ class MetricsFile:
         try:
             with open_own(self.path, "r", newline="") as f:
                 reader = csv.DictReader(f)
+                self.columns += [c for c in reader.fieldnames or [] if c not in self.columns]
                 rows = []
                 for row in reader:
                     if None in row.values() or row["epoch"] == TEST_ROW:  # cut short by a kill; the test row
@@ -117,15 +120,22 @@ class MetricsFile:
             return
         tmp = temporary_name(self.path)
         with open(tmp, "w", newline="") as f:
-            _write(f, rows, header=True)
+            _write(f, rows, self.columns, header=True)
         os.replace(tmp, self.path)
 
     def append(self, **row) -> None:
         if not self.enabled:
             return
         new = not self.path.exists()
+        wider = [key for key in row if key not in self.columns]
+        if wider and not new:  # a figure the header lacks: the rows so far under the wider header
+            with open_own(self.path, "r", newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.columns += wider
+            self.rewrite_with(rows)
+        self.columns += [key for key in wider if key not in self.columns]
         with open_own(self.path, "a", newline="") as f:
-            _write(f, [row], header=new)
+            _write(f, [row], self.columns, header=new)
             f.flush()
             os.fsync(f.fileno())
 
@@ -331,8 +341,8 @@ def refuse_links(folder: Path, names=OWN_NAMES, elsewhere: str = "hydra.run.dir=
                     raise TrainlabError(link_refusal(inside, elsewhere))
 
 
-def _write(f, rows: list, header: bool) -> None:
-    writer = csv.DictWriter(f, METRICS_COLUMNS)
+def _write(f, rows: list, columns: list, header: bool) -> None:
+    writer = csv.DictWriter(f, columns)
     if header:
         writer.writeheader()
     writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)

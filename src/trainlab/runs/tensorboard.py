@@ -4,6 +4,9 @@ import time
 import warnings
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+
+from trainlab.launch import Launch
 
 log = logging.getLogger("trainlab")
 
@@ -104,3 +107,36 @@ def _grid(images: torch.Tensor, columns: int, gap: int = 2) -> torch.Tensor:
 class _NoWriter:
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
+
+
+# What HPARAMS shows of every run, by dotted key, beside the keys a command line sets; a group shows its option.
+HPARAMS = ("data", "transform", "model", "optimizer", "optimizer.lr", "optimizer.weight_decay", "scheduler", "loss",
+           "data.batch_size", "trainer.epochs", "trainer.seed")
+
+
+def hparams_values(cfg: DictConfig, launch: Launch) -> dict:
+    """The settings that tell runs apart, for TensorBoard's HPARAMS tab, each once under its dotted key: HPARAMS and
+    every key the command line set, so a sweep's job shows what the sweep varies. A config group shows the option's
+    name (optimizer: adam, loss: cross_entropy): Hydra's choice, else the command line's, else the name the config
+    holds or its class (a run composed without them, in a notebook). Numbers stay numbers; null reads "null"."""
+    given = {}
+    for override in launch.overrides:
+        key, _, value = override.partition("=")
+        if not key.startswith("~"):
+            given[key.lstrip("+")] = value
+    values = {}
+    for key in dict.fromkeys([*HPARAMS, *given]):
+        value = OmegaConf.select(cfg, key, default=None)
+        if key in launch.choices:
+            value = launch.choices[key]
+        elif isinstance(value, DictConfig):  # a group Hydra's choices do not name
+            target = value.get("_target_")
+            value = given.get(key) or value.get("name") or (target.rsplit(".", 1)[-1] if target else None)
+            value = value or ("none" if key == "scheduler" else None)
+        elif value is not None and not isinstance(value, (int, float, str, bool)):  # a list
+            value = given.get(key) or str(OmegaConf.to_container(value))
+        elif value is None and key in given:
+            value = "null"
+        if value is not None:
+            values[key] = value
+    return values

@@ -30,6 +30,7 @@ from trainlab.runs.folder import (CHECKPOINTS, ERROR_LOG, TEST_ACC, TRAIN_LOSS, 
                                   best_metric, higher_is_better, shown_path)
 from trainlab.runs.logs import RunLogging
 from trainlab.runs.metrics import EpochReport, Metrics, show_progress
+from trainlab.runs.tensorboard import hparams_values
 from trainlab.runs.resume import check_same_files, resume_command, resume_state
 from trainlab.training.best import Best, swapped_weights
 from trainlab.training.clock import Clock
@@ -321,7 +322,7 @@ def log_start(metrics: Metrics, settings: Settings, launch: Launch, train_loader
 
 def _log_extras(writer, cfg: DictConfig, launch: Launch, train_loader, model, transforms: dict, device) -> None:
     t = cfg.trainer
-    writer.hparams(_hparams(cfg, launch),
+    writer.hparams(hparams_values(cfg, launch),
                    [best_metric(t.monitor), TEST_ACC, VAL_ACC, VAL_LOSS, TRAIN_LOSS, TEST_LOSS], launch.swept)
     first_batch = next(iter(train_loader))[0] if t.log_images or t.log_graph else None
     if t.log_images:
@@ -357,35 +358,3 @@ def model_lines(model_cfg, model, image_shape) -> str:
         return f"model {printable(model_cfg.name)}: {count:,} parameters (its table is above)"
     _tables_shown.add(key)
     return f"model {printable(model_cfg.name)}\n{summary_table(model, image_shape)}"
-
-# What HPARAMS shows of every run, by dotted key, beside the keys a command line sets; a group shows its option.
-HPARAMS = ("data", "transform", "model", "optimizer", "optimizer.lr", "optimizer.weight_decay", "scheduler", "loss",
-           "data.batch_size", "trainer.epochs", "trainer.seed")
-
-
-def _hparams(cfg: DictConfig, launch: Launch) -> dict:
-    """The settings that tell runs apart, for TensorBoard's HPARAMS tab, each once under its dotted key: HPARAMS and
-    every key the command line set, so a sweep's job shows what the sweep varies. A config group shows the option's
-    name (optimizer: adam, loss: cross_entropy): Hydra's choice, else the command line's, else the name the config
-    holds or its class (a run composed without them, in a notebook). Numbers stay numbers; null reads "null"."""
-    given = {}
-    for override in launch.overrides:
-        key, _, value = override.partition("=")
-        if not key.startswith("~"):
-            given[key.lstrip("+")] = value
-    values = {}
-    for key in dict.fromkeys([*HPARAMS, *given]):
-        value = OmegaConf.select(cfg, key, default=None)
-        if key in launch.choices:
-            value = launch.choices[key]
-        elif isinstance(value, DictConfig):  # a group Hydra's choices do not name
-            target = value.get("_target_")
-            value = given.get(key) or value.get("name") or (target.rsplit(".", 1)[-1] if target else None)
-            value = value or ("none" if key == "scheduler" else None)
-        elif value is not None and not isinstance(value, (int, float, str, bool)):  # a list
-            value = given.get(key) or str(OmegaConf.to_container(value))
-        elif value is None and key in given:
-            value = "null"
-        if value is not None:
-            values[key] = value
-    return values

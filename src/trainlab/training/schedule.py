@@ -3,7 +3,6 @@
 
 The rate is written into the optimizer's groups in place: where a group's rate is a tensor (a CUDA-graph step makes
 it one), the tensor's value is set, so a recorded graph reads each new rate rather than baking one in."""
-from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -113,10 +112,3 @@ def longer_hint(config: dict) -> str:
     if laid_out_over_epochs(config):
         return f"its schedule was laid out over {config['trainer']['epochs']} epochs: start a new run to train longer"
     return "raise trainer.epochs to train on"
-
-
-def upgraded(state, warmup_steps: Optional[int] = None) -> dict:
-    """A checkpoint's "scheduler" as this Schedule keeps it: one written before warm-up held the scheduler's own."""
-    if isinstance(state, dict) and set(state) == {"scheduler", "steps"}:
-        return state
-    return {"scheduler": state, "steps": 0}
