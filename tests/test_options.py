@@ -154,7 +154,7 @@ def test_the_summary_table_reads_any_module_not_only_a_sequential():
             return self.head(self.features(x).flatten(1))
 
     table = summary_table(Net(), (3, 8, 8))
-    assert "features  conv 3->4 k3 s1 p1  4x8x8" in table and "head  linear 256->2       2" in table, table
+    assert "features  conv 3->4 k3 s1 p1  4x8x8" in table and "head      linear 256->2       2" in table, table
 
 
 def test_metrics_csv_takes_a_new_figure_by_widening_its_header(tmp_path):

@@ -1,0 +1,112 @@
+"""Models from blocks: the residual block against the same network written by hand in torch, each block kind with
+its keys, and the mistakes a model file can make, each one line."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from conftest import compose
+from trainlab.errors import TrainlabError
+from trainlab.models.blocks import build_model, summary_table
+
+
+def model_of(*blocks, name="mine"):
+    return OmegaConf.create({"name": name, "blocks": list(blocks)})
+
+
+def conv_bn(out, stride=1):
+    return [{"type": "conv", "out_channels": out, "kernel_size": 3, "stride": stride, "padding": 1, "bias": False},
+            {"type": "batchnorm"}]
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block, by hand: two 3x3 convs with batchnorm, the shortcut a 1x1 conv where the shape changes."""
+
+    def __init__(self, inputs, outputs, stride):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False), nn.BatchNorm2d(outputs)
+        self.conv2, self.bn2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False), nn.BatchNorm2d(outputs)
+        self.shortcut = nn.Identity() if stride == 1 and inputs == outputs else nn.Sequential(
+            nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+
+    def forward(self, x):
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + self.shortcut(x)
+
+
+def test_a_residual_block_is_resnets_basic_block_written_by_hand():
+    blocks = [{"type": "residual", "blocks": [*conv_bn(8), {"type": "relu"}, *conv_bn(8)]}, {"type": "relu"},
+              {"type": "residual", "blocks": [*conv_bn(16, stride=2), {"type": "relu"}, *conv_bn(16)]}, {"type": "relu"},
+              {"type": "adaptive_avgpool"}, {"type": "flatten"}, {"type": "linear"}]
+    ours = build_model(model_of(*blocks), (8, 16, 16), 10)
+    by_hand = nn.Sequential(BasicBlock(8, 8, 1), nn.ReLU(), BasicBlock(8, 16, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                            nn.Flatten(), nn.Linear(16, 10))
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in by_hand.parameters()) == 5_034
+    for mine, theirs in zip(ours.parameters(), by_hand.parameters()):  # the same order: the same weights
+        theirs.data.copy_(mine.data)
+    for mine, theirs in zip(ours.buffers(), by_hand.buffers()):
+        theirs.data.copy_(mine.data)
+    x = torch.randn(4, 8, 16, 16)
+    ours.train(), by_hand.train()
+    assert torch.allclose(ours(x), by_hand(x), atol=1e-6)
+    ours.eval(), by_hand.eval()
+    assert torch.allclose(ours(x), by_hand(x), atol=1e-6)
+
+
+def test_residual_blocks_nest_and_the_table_indents_their_inner_blocks():
+    inner = {"type": "residual", "blocks": [{"type": "conv", "out_channels": 4, "kernel_size": 3, "padding": "same"},
+                                            {"type": "relu"}]}
+    model = build_model(model_of({"type": "residual", "blocks": [inner, {"type": "identity"}]}, {"type": "flatten"},
+                                 {"type": "linear"}), (4, 6, 6), 3)
+    x = torch.randn(1, 4, 6, 6)
+    assert torch.allclose(model[0](x), model[0].blocks[0].blocks(x) + 2 * x)  # (f(x) + x) + x
+    table = summary_table(model, (4, 6, 6))
+    assert "\n0      residual" in table and "\n0.0      residual" in table and "\n0.0.0      conv 4->4 k3 s1 same" \
+        in table, table
+
+
+@pytest.mark.parametrize("block,shape,kind,out", [
+    ({"type": "conv", "out_channels": 6, "kernel_size": 3, "padding": "same", "bias": False, "groups": 2,
+      "dilation": 2}, (4, 9, 9), nn.Conv2d, (6, 9, 9)),
+    ({"type": "maxpool", "kernel_size": 2, "ceil_mode": True}, (4, 9, 9), nn.MaxPool2d, (4, 5, 5)),
+    ({"type": "adaptive_avgpool", "output_size": 2}, (4, 9, 9), nn.AdaptiveAvgPool2d, (4, 2, 2)),
+    ({"type": "leaky_relu", "negative_slope": 0.2}, (4, 9, 9), nn.LeakyReLU, (4, 9, 9)),
+    ({"type": "silu"}, (5,), nn.SiLU, (5,)),
+    ({"type": "tanh"}, (5,), nn.Tanh, (5,)),
+    ({"type": "hardswish"}, (5,), nn.Hardswish, (5,)),
+    ({"type": "identity"}, (5,), nn.Identity, (5,)),
+    ({"type": "layernorm"}, (4, 9, 9), nn.LayerNorm, (4, 9, 9)),
+    ({"type": "dropout2d", "p": 0.1}, (4, 9, 9), nn.Dropout2d, (4, 9, 9)),
+])
+def test_each_block_kind_builds_with_its_keys(block, shape, kind, out):
+    tail = [{"type": "flatten"}] if len(shape) == 3 else []
+    model = build_model(model_of(block, *tail, {"type": "linear"}), shape, 3)
+    layer = model[0]
+    assert isinstance(layer, kind) and tuple(layer(torch.zeros(2, *shape)).shape[1:]) == out
+    if kind is nn.Conv2d:
+        assert layer.bias is None and layer.groups == 2 and layer.dilation == (2, 2)
+
+
+@pytest.mark.parametrize("blocks,message", [
+    ([{"type": "conv", "out_channels": 4, "kernel_size": 3, "padding": "sometimes"}],
+     "conv: padding must be a number, same or valid, not 'sometimes'"),
+    ([{"type": "conv", "out_channels": 4, "kernel_size": 3, "stride": 2, "padding": "same"}],
+     "padding: same needs stride 1"),
+    ([{"type": "residual", "blocks": [{"type": "flatten"}]}], "model block 0: its blocks turn 3x8x8 into 192"),
+    ([{"type": "residual", "blocks": [{"type": "relu", "p": 1}]}], "model block 0.0 (relu): 'p' does not apply"),
+    ([{"type": "residual", "blocks": [{"type": "flatten"}, {"type": "linear"}]}],
+     "model block 0.1 (linear): set out_features"),
+    ([{"type": "residual"}], "model block 0 (residual): set blocks"),
+    ([{"type": "residual", "blocks": ["relu"]}], "model block 0.0: a block is a mapping with a type"),
+    ([{"type": "maxpool", "kernel_size": 2, "ceil_mode": "yes"}], "ceil_mode must be true or false"),
+])
+def test_a_model_files_mistakes_are_one_line_each(blocks, message):
+    with pytest.raises(TrainlabError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_model(model_of(*blocks, {"type": "flatten"}, {"type": "linear"}), (3, 8, 8), 3)
+
+
+def test_resnet_small_is_a_resnet_for_32x32_images():
+    model = build_model(compose("model=resnet_small").model, (3, 32, 32), 10)
+    assert sum(p.numel() for p in model.parameters()) == 696_618
+    projections = [m for m in model if hasattr(m, "shortcut") and not isinstance(m.shortcut, nn.Identity)]
+    assert len(projections) == 2  # where a stage halves the resolution and widens
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
