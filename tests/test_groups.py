@@ -9,7 +9,8 @@ from PIL import Image
 
 from conftest import compose, options
 from trainlab.data.datasets import build_data
-from trainlab.models.blocks import build_model
+from trainlab.errors import TrainlabError
+from trainlab.models.build import build_model
 from trainlab.training.optim import build_loss, build_optimizer
 from trainlab.training.schedule import build_schedule
 from trainlab.training.numerics import Numerics
@@ -46,6 +47,10 @@ def test_data_and_transform_options_compose_and_transform_an_image(data, transfo
 @pytest.mark.parametrize("shape,classes", [((3, 32, 32), 10), ((1, 28, 28), 10), ((3, 64, 64), 2)])
 def test_every_model_builds_for_each_data_shape_and_runs_a_batch(model, shape, classes):
     cfg = compose(f"model={model}")
+    if model == "vit_b_16":  # made for 224x224 images: smaller ones are one line
+        with pytest.raises(TrainlabError, match=f"model vit_b_16 cannot take {'x'.join(map(str, shape))} images"):
+            build_model(cfg.model, shape, classes)
+        return
     net = build_model(cfg.model, shape, classes)
     assert net(torch.rand(4, *shape)).shape == (4, classes)
 

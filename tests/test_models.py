@@ -7,7 +7,8 @@ from torch import nn
 
 from conftest import compose
 from trainlab.errors import TrainlabError
-from trainlab.models.blocks import build_model, summary_table
+from trainlab.models.blocks import summary_table
+from trainlab.models.build import build_model
 
 
 def model_of(*blocks, name="mine"):
@@ -110,3 +111,44 @@ def test_resnet_small_is_a_resnet_for_32x32_images():
     projections = [m for m in model if hasattr(m, "shortcut") and not isinstance(m.shortcut, nn.Identity)]
     assert len(projections) == 2  # where a stage halves the resolution and widens
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_torchvision_classifier_is_sized_to_the_classes_and_channels(channels):
+    model = build_model(compose("model=resnet18").model, (channels, 32, 32), 10)
+    assert model.conv1.in_channels == channels and model.fc.out_features == 10
+    assert sum(p.numel() for p in model.parameters()) == 11_181_642 - (3 - channels) * 64 * 7 * 7
+    small = build_model(compose("model=resnet18", "model.small_input=true").model, (channels, 32, 32), 10)
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1) and isinstance(small.maxpool, nn.Identity)
+    assert small(torch.zeros(2, channels, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model=torchvision", "model.arch=resnet81"], "model.arch=resnet81 is not a classification model torchvision "
+                                                   "builds: did you mean model.arch=resnet18?"),
+    (["model=torchvision", "model.arch=os.system"], "model.arch=os.system is not a classification model"),
+    (["model=mobilenet_v3_small", "model.small_input=true"], "model.small_input=true is for torchvision's ResNets"),
+    (["model=tudui", "model.small_input=true"], "model.small_input is for torchvision ResNets"),
+    (["model=tudui", "+model.arch=resnet18"], "model tudui needs either blocks"),
+])
+def test_a_torchvision_choice_that_cannot_work_is_one_line(overrides, message):
+    with pytest.raises(TrainlabError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_model(compose(*overrides).model, (3, 32, 32), 10)
+
+
+def test_a_run_of_a_torchvision_resnet_trains_and_shows_its_table(tmp_path, caplog):
+    from conftest import QUICK
+    from trainlab.training.recipe import run
+
+    caplog.set_level("INFO", logger="trainlab")
+    best = run(compose("data=shapes", "data.num_train=60", "data.num_test=20", "model=resnet18",
+                       "model.small_input=true", "trainer.epochs=1", *QUICK, "trainer.log_images=false"), tmp_path)
+    assert best is not None and "layer4   sequential" in caplog.text and "fc       linear 512->10" in caplog.text
+
+
+@pytest.mark.parametrize("size", [8, 16, 24])
+def test_small_shapes_images_are_drawn_inside_the_image(size):
+    from trainlab.data.shapes import ShapesDataset
+
+    images = ShapesDataset(20, size, 0, "train")
+    assert all(image.size == (size, size) for image, _ in (images[i] for i in range(20)))

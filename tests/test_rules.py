@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 from conftest import compose
 from trainlab.runs.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from trainlab.errors import TrainlabError
-from trainlab.models.blocks import build_model, summary_table
+from trainlab.models.blocks import summary_table
+from trainlab.models.build import build_model
 from trainlab.data.transforms import build_pipeline, check_pipeline, normalization
 
 

@@ -83,7 +83,9 @@ class TransformConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    blocks: List[Dict[str, Any]] = MISSING  # `type` and that block's keys, checked against trainlab.models.blocks.BLOCKS
+    blocks: Optional[List[Dict[str, Any]]] = None  # `type` and that block's keys (trainlab.models.blocks.BLOCKS)
+    arch: Optional[str] = None  # model=torchvision: a classifier torchvision.models.list_models() names
+    small_input: Optional[bool] = None  # model=torchvision: a ResNet stem for 32x32 images
 
 
 # Optimizers, schedulers and losses are instantiated by `_target_`; one schema per option, so each one's own keys

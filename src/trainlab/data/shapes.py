@@ -36,6 +36,7 @@ def draw_shape(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     image = Image.new("RGB", (size, size), tuple(int(c) for c in background))
     draw = ImageDraw.Draw(image)
     r = rng.uniform(0.3, 0.46) * size  # radius of the shape's bounding circle: large, so the shape fills the image
+    r = min(r, size / 2 - 1)  # inside the image, a pixel to spare, below 25 pixels (data.image_size may be 8)
     cx, cy = rng.uniform(r + 1, size - r - 1, 2)
     fill = tuple(int(c) for c in colour)
     width = max(2, round(r / 2.5))  # broad strokes (ring, frame, plus, cross): more lit pixels

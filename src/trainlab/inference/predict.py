@@ -17,7 +17,7 @@ from trainlab.training.device import resolve_device
 from trainlab.training.evaluator import Evaluator
 from trainlab.training.numerics import Numerics
 from trainlab.errors import TrainlabError, one_line, printable, shape_text
-from trainlab.models.blocks import build_model
+from trainlab.models.build import build_model
 from trainlab.runs.folder import BEST, CHECKPOINTS
 from trainlab.data.transforms import build_pipeline
 

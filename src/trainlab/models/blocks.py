@@ -123,7 +123,7 @@ def _check_blocks(blocks: list, prefix: str, top: bool = True) -> list:
     return checked
 
 
-def build_model(cfg, image_shape: tuple, num_classes: int) -> nn.Sequential:
+def build_blocks_model(cfg, image_shape: tuple, num_classes: int) -> nn.Sequential:
     """cfg.model, the (C, H, W) of the data and its class count -> the network, its sizes checked block by block."""
     layers, shape = _build_blocks(OmegaConf.to_container(cfg.blocks, resolve=True), tuple(image_shape), num_classes,
                                   "model block ")

@@ -24,7 +24,8 @@ from trainlab.data.splits import sizes_text
 from trainlab.data.transforms import check_transforms, normalization
 from trainlab.errors import Interrupted, TrainlabError, printable, shape_text
 from trainlab.launch import Launch, seconds_since_launch
-from trainlab.models.blocks import build_model, check_blocks, summary_table
+from trainlab.models.blocks import summary_table
+from trainlab.models.build import build_model, check_model
 from trainlab.runs.checkpoint import Checkpointer, Generators
 from trainlab.runs.folder import (CHECKPOINTS, ERROR_LOG, TEST_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, TEST_LOSS,
                                   best_metric, higher_is_better, shown_path)
@@ -147,7 +148,7 @@ class Settings:
         self.cfg, self.saved, self.run_dir = cfg, saved, run_dir
         self.resizing = settle_image_size(cfg)  # data=folder's image_size=null: the images' own size if they share one
         self.transforms = check_transforms(cfg.transform)  # order and keys checked; torchvision not needed yet
-        check_blocks(cfg.model)  # a misspelt block key fails now, not after the data has loaded
+        check_model(cfg.model)  # a misspelt block key or arch fails now, not after the data has loaded
         self.config = OmegaConf.to_container(cfg, resolve=True)  # plain: what checkpoints carry and resuming compares
         changed = check_resumable(saved, self.config) if saved is not None else []
         if saved is not None:
