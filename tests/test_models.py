@@ -152,3 +152,54 @@ def test_small_shapes_images_are_drawn_inside_the_image(size):
 
     images = ShapesDataset(20, size, 0, "train")
     assert all(image.size == (size, size) for image, _ in (images[i] for i in range(20)))
+
+
+def test_weights_load_from_a_torchvision_style_file_the_head_left_and_named(tmp_path, caplog):
+    import torchvision
+
+    caplog.set_level("INFO", logger="trainlab")
+    torch.manual_seed(1)
+    imagenet = torchvision.models.resnet18(num_classes=1000)  # a torchvision weight file is its state dict
+    torch.save(imagenet.state_dict(), tmp_path / "resnet18.pth")
+    model = build_model(compose("model=resnet18", f"model.weights={tmp_path / 'resnet18.pth'}").model, (3, 32, 32),
+                        10, train=True, new=True)
+    assert torch.equal(model.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
+    assert model.fc.out_features == 10
+    assert "weights: 120 of the model's 122 tensors" in caplog.text and "left as initialised: fc.weight, fc.bias" \
+        in caplog.text and "differ in shape" in caplog.text
+    again = build_model(compose("model=resnet18", f"model.weights={tmp_path / 'resnet18.pth'}").model, (3, 32, 32), 10)
+    assert not torch.equal(again.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)  # predict: the checkpoint's
+
+
+@pytest.mark.parametrize("saved,message", [
+    ({"other.weight": torch.zeros(3)}, "shares no weight with the model: the file's names begin other.weight, the "
+                                       "model's 1.weight, 1.bias"),
+    ([1, 2, 3], "holds no state dict"),
+    (nn.Linear(2, 2), "cannot be read as weights"),  # a pickled module would run code to load: refused
+])
+def test_weights_that_cannot_fit_are_one_line(tmp_path, saved, message):
+    torch.save(saved, tmp_path / "w.pt")
+    with pytest.raises(TrainlabError, match=message):
+        build_model(compose("model=mlp", f"+model.weights={tmp_path / 'w.pt'}").model, (3, 32, 32), 10, train=True,
+                    new=True)
+
+
+def test_a_run_from_a_checkpoints_weights_with_the_backbone_frozen_trains_the_head_only(tmp_path):
+    from conftest import QUICK
+    from trainlab.runs.checkpoint import load_checkpoint, save_checkpoint
+    from trainlab.training.recipe import run
+
+    torch.manual_seed(3)
+    start = build_model(compose("model=mlp").model, (3, 32, 32), 10).state_dict()
+    save_checkpoint(tmp_path / "start.pt", {"model": start, "config": {}, "classes": [], "image_shape": []})
+    settings = ["data=shapes", "data.num_train=80", "data.num_test=20", "model=mlp", "trainer.epochs=1", *QUICK,
+                "trainer.log_images=false", f"+model.weights={tmp_path / 'start.pt'}", "+model.freeze=[backbone]"]
+    run(compose(*settings), tmp_path / "run")
+    trained = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    assert torch.equal(trained["1.weight"], start["1.weight"]) and torch.equal(trained["1.bias"], start["1.bias"])
+    assert not torch.equal(trained["4.weight"], start["4.weight"])  # the head trained
+
+
+def test_freezing_a_name_the_model_lacks_is_one_line():
+    with pytest.raises(TrainlabError, match="model.freeze: no parameter's name starts with 'layer9'"):
+        build_model(compose("model=resnet18", "model.freeze=[layer9]").model, (3, 32, 32), 10, train=True)

@@ -86,6 +86,8 @@ class ModelConfig:
     blocks: Optional[List[Dict[str, Any]]] = None  # `type` and that block's keys (trainlab.models.blocks.BLOCKS)
     arch: Optional[str] = None  # model=torchvision: a classifier torchvision.models.list_models() names
     small_input: Optional[bool] = None  # model=torchvision: a ResNet stem for 32x32 images
+    weights: Optional[str] = None  # a weight file a new run starts from (trainlab/models/weights.py)
+    freeze: Optional[List[str]] = None  # parameter name prefixes that do not train, or [backbone]
 
 
 # Optimizers, schedulers and losses are instantiated by `_target_`; one schema per option, so each one's own keys

@@ -5,6 +5,7 @@ from torch import nn
 from trainlab.errors import TrainlabError
 from trainlab.models.blocks import build_blocks_model, check_blocks
 from trainlab.models.torchvision import build_torchvision, check_arch
+from trainlab.models.weights import freeze, load_weights
 
 
 def check_model(cfg) -> None:
@@ -21,9 +22,16 @@ def check_model(cfg) -> None:
         check_blocks(cfg)
 
 
-def build_model(cfg, image_shape: tuple, num_classes: int) -> nn.Module:
-    """cfg.model, the (C, H, W) of the data and its class count -> the network, its sizes checked."""
+def build_model(cfg, image_shape: tuple, num_classes: int, train: bool = False, new: bool = False) -> nn.Module:
+    """cfg.model, the (C, H, W) of the data and its class count -> the network, its sizes checked. To `train`: its
+    model.freeze applied, and for a `new` run (not one resumed from its checkpoint) model.weights loaded first."""
     check_model(cfg)
     if cfg.get("arch") is not None:
-        return build_torchvision(cfg, tuple(image_shape), num_classes)
-    return build_blocks_model(cfg, image_shape, num_classes)
+        model = build_torchvision(cfg, tuple(image_shape), num_classes)
+    else:
+        model = build_blocks_model(cfg, image_shape, num_classes)
+    if train and new and cfg.get("weights"):
+        load_weights(model, cfg.weights)
+    if train and cfg.get("freeze"):
+        freeze(model, list(cfg.freeze))
+    return model

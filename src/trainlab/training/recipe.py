@@ -66,7 +66,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
 
     # model
     seed_everything(t.seed, t.deterministic)  # here: decoding draws from the global generator, a cache hit does not
-    model = build_model(cfg.model, data.image_shape, len(data.classes))
+    model = build_model(cfg.model, data.image_shape, len(data.classes), train=True, new=saved is None)
     log.info(model_lines(cfg.model, model, data.image_shape))
     numerics = Numerics.choose(device, t.precision, t.channels_last)
     net = placed(model, numerics, t.compile, ranks, device)  # `model` keeps the plain state_dict keys for checkpoints
