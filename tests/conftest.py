@@ -1,4 +1,5 @@
 """Shared helpers: compose the real conf/, run the real src/run.py, read back the TensorBoard events."""
+import importlib
 import os
 import shutil
 import subprocess
@@ -32,6 +33,18 @@ def needs_shared(path: Path) -> Path:
     if os.environ.get("TRAINLAB_REQUIRE_SHARED") == "1":
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+def needs_extra(module: str, extra: str):
+    """An optional extra's module, or a skip naming how to install it; CI (TRAINLAB_REQUIRE_EXTRAS=1), which installs
+    every extra, fails instead of skipping."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        reason = f"{module} is an optional extra: pip install -e .[{extra}] (CI installs it)"
+        if os.environ.get("TRAINLAB_REQUIRE_EXTRAS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose
+from conftest import compose, needs_extra
 from trainlab.errors import TrainlabError
 from trainlab.models.blocks import summary_table
 from trainlab.models.build import build_model
@@ -201,5 +201,105 @@ def test_a_run_from_a_checkpoints_weights_with_the_backbone_frozen_trains_the_he
 
 
 def test_freezing_a_name_the_model_lacks_is_one_line():
-    with pytest.raises(TrainlabError, match="model.freeze: no parameter's name starts with 'layer9'"):
+    with pytest.raises(TrainlabError, match="model.freeze: the model has no module or parameter 'layer9'"):
         build_model(compose("model=resnet18", "model.freeze=[layer9]").model, (3, 32, 32), 10, train=True)
+
+
+def test_freezing_a_module_by_name_takes_that_module_only(caplog):
+    caplog.set_level("INFO", logger="trainlab")
+    model = build_model(compose("model=resnet18", "model.freeze=[conv1,layer1]").model, (3, 32, 32), 10, train=True)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "conv1.weight" in frozen and "layer1.0.conv1.weight" in frozen and "bn1.weight" not in frozen
+    assert "frozen: conv1, layer1 (157,376 parameters); training bn1, layer2, layer3, layer4, fc" in caplog.text
+
+
+def torchvision_default_file(home):
+    """What model.pretrained=true finds in torch's cache: a resnet18 ImageNet weight file by torchvision's name."""
+    import torchvision
+
+    torch.manual_seed(2)
+    imagenet = torchvision.models.resnet18(num_classes=1000)
+    path = home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(imagenet.state_dict(), path)
+    return imagenet
+
+
+def test_pretrained_takes_torchvisions_default_weights_from_torchs_cache(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="trainlab")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    imagenet = torchvision_default_file(tmp_path)
+    model = build_model(compose("model=resnet18", "model.pretrained=true").model, (3, 32, 32), 10, train=True,
+                        new=True)
+    assert torch.equal(model.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
+    assert "weights: 120 of the model's 122 tensors" in caplog.text and "fc.weight, fc.bias" in caplog.text
+
+
+def test_pretrained_offline_is_one_line_naming_model_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache, and no way out: a proxy that refuses at once
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(TrainlabError, match=r"model.pretrained=true could not fetch https://download.pytorch.org/"
+                                            r"models/resnet18-f37072fd.pth \(.*\): download that file where the "
+                                            r"internet is and give model.weights=FILE instead"):
+        build_model(compose("model=resnet18", "model.pretrained=true").model, (3, 32, 32), 10, train=True, new=True)
+    assert not list(tmp_path.rglob("*.pth"))  # nothing half-written left in the cache
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model=resnet18", "model.pretrained=true", "model.weights=w.pt"], "model.pretrained=true and model.weights "
+                                                                          "both name the weights"),
+    (["model=mlp", "+model.pretrained=true"], "model.pretrained is for model=torchvision or model=timm; a model of "
+                                              "blocks has no library weights: give model.weights=FILE"),
+    (["model=resnet18", "model.head_lr_scale=0"], "model.head_lr_scale"),
+])
+def test_pretrained_and_head_mistakes_are_one_line(overrides, message):
+    from trainlab.config.schema import check_values
+
+    with pytest.raises(TrainlabError, match=message):
+        cfg = compose(*overrides)
+        check_values(cfg)
+        build_model(cfg.model, (3, 32, 32), 10, train=True, new=True)
+
+
+def test_head_lr_scale_puts_the_head_in_a_group_of_its_own_rate():
+    from trainlab.training.optim import build_optimizer
+
+    cfg = compose("model=resnet18", "model.head_lr_scale=10", "optimizer=sgd", "optimizer.lr=0.01")
+    model = build_model(cfg.model, (3, 32, 32), 10, train=True)
+    body, head = build_optimizer(cfg.optimizer, model, cfg.model.head_lr_scale).param_groups
+    assert (body["lr"], head["lr"]) == (0.01, pytest.approx(0.1))
+    assert [p.shape for p in head["params"]] == [(10, 512), (10,)] and len(body["params"]) == 60
+    frozen = build_model(compose("model=resnet18", "model.freeze=[backbone]").model, (3, 32, 32), 10, train=True)
+    only, = build_optimizer(cfg.optimizer, frozen, 10).param_groups  # a frozen backbone: the head's group alone
+    assert only["lr"] == pytest.approx(0.1) and len(only["params"]) == 2
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_timm_architecture_is_sized_by_timm_to_the_classes_and_channels(channels):
+    timm = needs_extra("timm", "timm")
+    model = build_model(compose("model=timm", "model.arch=resnet18").model, (channels, 32, 32), 10)
+    assert isinstance(model, timm.models.ResNet) and model.conv1.in_channels == channels
+    assert model(torch.zeros(2, channels, 32, 32)).shape == (2, 10)
+    assert "fc" in summary_table(model, (channels, 32, 32))
+
+
+def test_a_timm_name_is_checked_against_timms_list_and_a_missing_timm_named(monkeypatch):
+    needs_extra("timm", "timm")
+    with pytest.raises(TrainlabError, match="model.arch=resnet181 is not an architecture timm builds: did you mean "
+                                            "model.arch=resnet18"):
+        build_model(compose("model=timm", "model.arch=resnet181").model, (3, 32, 32), 10)
+    monkeypatch.setitem(__import__("sys").modules, "timm", None)  # as on a machine without the extra
+    with pytest.raises(TrainlabError, match=r"timm is not installed: pip install -e .\[timm\]"):
+        build_model(compose("model=timm").model, (3, 32, 32), 10)
+
+
+def test_a_plus_on_a_key_the_model_has_is_one_line_saying_to_drop_it():
+    from trainlab.config.mistakes import composition_error
+
+    with pytest.raises(Exception) as raised:
+        compose("model=resnet18", "+model.pretrained=true")
+    assert composition_error(raised.value) == ("model.pretrained is already a key: set it without the +, "
+                                               "model.pretrained=...")

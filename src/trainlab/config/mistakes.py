@@ -39,6 +39,9 @@ def composition_error(error: Exception, groups=()) -> str:
         group, name = str(missing).rsplit("/", 1)
         return (f"{group}={name} is not an option of {group}{_did_you_mean(None, name, options, group + '=')}; "
                 f"the options: {', '.join(options)}")
+    appended = re.match(r"Could not append to config\. An item is already at '([^']+)'", str(error))
+    if appended:  # +model.pretrained=true, where the key exists: + is for keys a config does not have
+        return f"{appended.group(1)} is already a key: set it without the +, {appended.group(1)}=..."
     override = getattr(error, "override", None)
     if override is not None:  # the override grammar
         return (f"'{override}' cannot be read: {str(error).splitlines()[0]}; quote a value with spaces or brackets, "

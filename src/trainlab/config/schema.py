@@ -84,10 +84,13 @@ class TransformConfig:
 class ModelConfig:
     name: str = MISSING
     blocks: Optional[List[Dict[str, Any]]] = None  # `type` and that block's keys (trainlab.models.blocks.BLOCKS)
-    arch: Optional[str] = None  # model=torchvision: a classifier torchvision.models.list_models() names
+    arch: Optional[str] = None  # model=torchvision or model=timm: an architecture that library lists
+    library: Optional[str] = field(default=None, metadata={"rule": Rule(lambda v: v in (None, "torchvision", "timm"), "torchvision or timm")})  # whose arch
     small_input: Optional[bool] = None  # model=torchvision: a ResNet stem for 32x32 images
+    pretrained: Optional[bool] = None  # model=torchvision or timm: start from the library's default weights
     weights: Optional[str] = None  # a weight file a new run starts from (trainlab/models/weights.py)
-    freeze: Optional[List[str]] = None  # parameter name prefixes that do not train, or [backbone]
+    freeze: Optional[List[str]] = None  # module names whose parameters do not train, or [backbone]
+    head_lr_scale: Optional[float] = field(default=None, metadata={"rule": above(0, ", or null")})  # the head's rate: optimizer.lr times this
 
 
 # Optimizers, schedulers and losses are instantiated by `_target_`; one schema per option, so each one's own keys

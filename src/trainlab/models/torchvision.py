@@ -38,7 +38,7 @@ def build_torchvision(cfg, image_shape: tuple, num_classes: int) -> nn.Module:
     if cfg.get("small_input"):
         _small_stem(model, cfg.arch, image_shape[0])
     _fit_channels(model, image_shape[0])
-    _check_input(model, cfg.arch, image_shape, num_classes)
+    check_input(model, cfg.arch, image_shape, num_classes)
     return model
 
 
@@ -62,7 +62,7 @@ def _fit_channels(model: nn.Module, channels: int) -> None:
         first.bias is not None))
 
 
-def _check_input(model: nn.Module, arch: str, image_shape: tuple, num_classes: int) -> None:
+def check_input(model: nn.Module, arch: str, image_shape: tuple, num_classes: int) -> None:
     """A zero batch through the network: images it cannot take are one line now, not a traceback mid-run."""
     model.eval()
     try:

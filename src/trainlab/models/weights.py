@@ -1,9 +1,12 @@
 """Starting from saved weights, and freezing: `model.weights=FILE` (a torchvision weight file, a trainlab checkpoint,
 or any torch.save of a state dict, read with weights_only=True so a file runs no code) loads every tensor whose name
 and shape the model shares, the others (a head sized for other classes) named and left as initialised;
-`model.freeze=[PREFIX, ...]` (or [backbone]: all but the last linear layer) keeps those parameters as they are."""
+`model.pretrained=true` does the same with torchvision's default weights for model.arch, fetched once into torch's
+cache (download.pytorch.org, its hash checked); `model.freeze=[PREFIX, ...]` (or [backbone]: all but the head, the
+last linear layer) keeps those parameters as they are, and `model.head_lr_scale` gives the head its own rate."""
 import logging
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -42,19 +45,74 @@ def load_weights(model: nn.Module, path) -> None:
              + (f" ({', '.join(reshaped[:4])} differ in shape)" if reshaped else ""))
 
 
+def pretrained_file(arch: str) -> Path:
+    """torchvision's default weights for `arch`: the file in torch's cache, downloaded there first if it is not."""
+    import torchvision.models
+
+    try:
+        url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    except (ValueError, AttributeError):
+        raise TrainlabError(f"model.pretrained=true: torchvision has no weights for {arch}; give model.weights=FILE "
+                            "or train it from scratch") from None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hash_prefix = torch.hub.HASH_REGEX.search(path.name)  # resnet18-f37072fd.pth: the file's sha256 begins f37072fd
+    log.info(f"weights: downloading {url} into {path.parent}")
+    try:  # written under a temporary name and moved into place once whole and checked
+        torch.hub.download_url_to_file(url, str(path), hash_prefix.group(1) if hash_prefix else None, progress=False)
+    except (OSError, RuntimeError) as e:  # no route to the internet, a proxy refusing, a wrong hash
+        raise TrainlabError(f"model.pretrained=true could not fetch {url} ({one_line(e, 120)}): download that file "
+                            "where the internet is and give model.weights=FILE instead") from None
+    return path
+
+
+def head(model: nn.Module) -> str:
+    """The name of the model's head: its last linear layer (torchvision's fc, classifier.1, heads.head, ...)."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise TrainlabError("the model has no linear layer to call its head: name the prefixes to freeze instead of "
+                            f"[{BACKBONE}], and leave model.head_lr_scale null")
+    return linears[-1]
+
+
+def _under(name: str, prefix: str) -> bool:
+    """Whether parameter `name` is `prefix` or inside it: layer1 holds layer1.0.conv1.weight, not layer10.weight."""
+    return name == prefix or name.startswith(f"{prefix}.") or prefix.endswith(".") and name.startswith(prefix)
+
+
+def head_parameters(model: nn.Module) -> set:
+    """The names of the head's parameters."""
+    name = head(model)
+    return {n for n, _ in model.named_parameters() if _under(n, name)}
+
+
 def freeze(model: nn.Module, prefixes) -> None:
-    """Parameters whose names start with one of `prefixes` (or all but the head's, for `backbone`) do not train."""
+    """Parameters under one of `prefixes` (module names: conv1, layer1, layer2.0) or all but the head's (for
+    `backbone`) do not train."""
     names = [name for name, _ in model.named_parameters()]
     if BACKBONE in prefixes:
-        head = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
-        frozen = [n for n in names if not any(n.startswith(f"{h}.") for h in head)]
+        keep = head_parameters(model)
+        frozen = [n for n in names if n not in keep]
     else:
-        unknown = [p for p in prefixes if not any(n.startswith(str(p)) for n in names)]
+        unknown = [p for p in prefixes if not any(_under(n, str(p)) for n in names)]
         if unknown:
-            raise TrainlabError(f"model.freeze: no parameter's name starts with {unknown[0]!r}; the model's begin "
-                                f"{', '.join(names[:4])}, or freeze [{BACKBONE}] (all but the last linear layer)")
-        frozen = [n for n in names if any(n.startswith(str(p)) for p in prefixes)]
+            raise TrainlabError(f"model.freeze: the model has no module or parameter {str(unknown[0])!r}; its "
+                                f"parameters begin {', '.join(names[:4])}; or freeze [{BACKBONE}] (all but the head)")
+        frozen = [n for n in names if any(_under(n, str(p)) for p in prefixes)]
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name not in frozen)
-    count = sum(p.numel() for n, p in model.named_parameters() if n in frozen)
-    log.info(f"frozen: {len(frozen)} of {len(names)} parameter tensors ({count:,} numbers); training the rest")
+    log.info(f"frozen: {_modules(frozen)} ({_numbers(model, frozen)}); training "
+             f"{_modules([n for n in names if n not in frozen]) or 'nothing'} ({_numbers(model, set(names) - set(frozen))})")
+
+
+def _modules(names: list) -> str:
+    """Parameter names -> their top-level modules, in order: conv1, bn1, layer1, ..."""
+    tops = list(dict.fromkeys(n.split(".")[0] for n in names))
+    return ", ".join(tops[:8]) + (f", ... ({len(tops)} in all)" if len(tops) > 8 else "")
+
+
+def _numbers(model: nn.Module, names) -> str:
+    names = set(names)
+    return f"{sum(p.numel() for n, p in model.named_parameters() if n in names):,} parameters"

@@ -72,7 +72,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     net = placed(model, numerics, t.compile, ranks, device)  # `model` keeps the plain state_dict keys for checkpoints
 
     # optimizer, schedule, loss and the step; the evaluator, the chosen epoch and when to stop
-    optimizer = build_optimizer(cfg.optimizer, model)
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.model.get("head_lr_scale"))
     clock = Clock(t.epochs, loaders.train.batches)
     schedule = build_schedule(cfg.scheduler, optimizer, clock.total_steps)
     loss_fn = build_loss(cfg.loss).to(device)
