@@ -243,7 +243,7 @@ def test_pretrained_offline_is_one_line_naming_model_weights(tmp_path, monkeypat
     monkeypatch.delenv("NO_PROXY", raising=False)
     with pytest.raises(TrainlabError, match=r"model.pretrained=true could not fetch https://download.pytorch.org/"
                                             r"models/resnet18-f37072fd.pth \(.*\): download that file where the "
-                                            r"internet is and give model.weights=FILE instead"):
+                                            r"internet is and give model.pretrained=false model.weights=FILE"):
         build_model(compose("model=resnet18", "model.pretrained=true").model, (3, 32, 32), 10, train=True, new=True)
     assert not list(tmp_path.rglob("*.pth"))  # nothing half-written left in the cache
 
@@ -303,3 +303,27 @@ def test_a_plus_on_a_key_the_model_has_is_one_line_saying_to_drop_it():
         compose("model=resnet18", "+model.pretrained=true")
     assert composition_error(raised.value) == ("model.pretrained is already a key: set it without the +, "
                                                "model.pretrained=...")
+
+
+def test_finetune_folder_from_a_torchvision_weight_file_trains_the_head_alone(ants_bees, tmp_path, caplog):
+    """The experiment as a user offline runs it: torchvision's file given as model.weights, the backbone frozen; the
+    folder's val/ is the test split, scored once."""
+    import torchvision
+    from conftest import QUICK
+    from trainlab.runs.checkpoint import load_checkpoint
+    from trainlab.training.recipe import run
+
+    caplog.set_level("INFO", logger="trainlab")
+    torch.manual_seed(4)
+    imagenet = torchvision.models.resnet18(num_classes=1000).state_dict()
+    torch.save(imagenet, tmp_path / "resnet18-f37072fd.pth")
+    run(compose("experiment=finetune_folder", f"data.root={ants_bees}", "data.image_size=32", "model.pretrained=false",
+                f"model.weights={tmp_path / 'resnet18-f37072fd.pth'}", "model.freeze=[backbone]", "trainer.epochs=1",
+                "trainer.log_images=false", *QUICK), tmp_path / "run")
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    trained = saved["model"]
+    assert all(torch.equal(trained[k], imagenet[k]) for k in trained if "weight" in k and not k.startswith("fc."))
+    assert trained["fc.weight"].shape == (2, 512) and saved["test"] is not None  # val/ scored as the test split
+    assert "weights: 120 of the model's 122 tensors" in caplog.text
+    assert "frozen: conv1, bn1, layer1, layer2, layer3, layer4 (11,176,512 parameters); training fc (1,026 " \
+           "parameters)" in caplog.text

@@ -44,7 +44,7 @@ def build_timm(cfg, image_shape: tuple, num_classes: int, pretrained: bool = Fal
         if pretrained:
             raise TrainlabError(f"model.pretrained=true could not fetch timm's weights for {cfg.arch} "
                                 f"({one_line(e, 120)}): download them where the internet is and give "
-                                "model.weights=FILE instead") from None
+                                "model.pretrained=false model.weights=FILE") from None
         raise TrainlabError(f"timm cannot build {cfg.arch} for {num_classes} classes and {image_shape[0]} channels "
                             f"({one_line(e, 120)})") from None
     check_input(model, cfg.arch, image_shape, num_classes)

@@ -64,7 +64,7 @@ def pretrained_file(arch: str) -> Path:
         torch.hub.download_url_to_file(url, str(path), hash_prefix.group(1) if hash_prefix else None, progress=False)
     except (OSError, RuntimeError) as e:  # no route to the internet, a proxy refusing, a wrong hash
         raise TrainlabError(f"model.pretrained=true could not fetch {url} ({one_line(e, 120)}): download that file "
-                            "where the internet is and give model.weights=FILE instead") from None
+                            "where the internet is and give model.pretrained=false model.weights=FILE") from None
     return path
 
 
