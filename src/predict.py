@@ -1,4 +1,5 @@
-"""The classes of new images, from a trained checkpoint:  python src/predict.py checkpoint=PATH image=FILE_OR_FOLDER"""
+"""The classes of new images, from a trained checkpoint or its ONNX export:
+python src/predict.py checkpoint=PATH image=FILE_OR_FOLDER"""
 import atexit
 import gc
 

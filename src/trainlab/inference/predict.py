@@ -1,5 +1,6 @@
 """Use a trained model: a checkpoint loaded as a model on the device with the run's Evaluator (load_trained, which
-score.py uses too), and the most likely classes of new images (src/predict.py).
+score.py and export.py use too), and the most likely classes of new images (src/predict.py), from a checkpoint or from
+an ONNX export (trainlab.inference.exported).
 
 Everything is rebuilt from the checkpoint alone: the model from its config's blocks, the pipeline from its
 transform.test steps, the names from its classes; so a checkpoint copied to another machine works the same there.
@@ -17,6 +18,7 @@ from trainlab.training.device import resolve_device
 from trainlab.training.evaluator import Evaluator
 from trainlab.training.numerics import Numerics
 from trainlab.errors import TrainlabError, one_line, printable, shape_text
+from trainlab.inference.exported import NOT_READ, load_exported
 from trainlab.models.build import build_model
 from trainlab.runs.folder import BEST, CHECKPOINTS
 from trainlab.data.transforms import build_pipeline
@@ -38,12 +40,12 @@ class Trained:
     device: torch.device
     evaluator: Evaluator
 
-    def describe(self) -> str:
+    def describe(self, device: bool = True) -> str:
         when = f"epoch {self.epoch}"
         when += f", val acc {self.val['acc']:.2%}" if self.val else ""
         when += f", test acc {self.test['acc']:.2%}" if self.test else ""
         name, path = printable(self.config["model"]["name"]), printable(self.path)
-        return f"model {name} from {path} ({when}) · device {self.device}"
+        return f"model {name} from {path} ({when})" + (f" · device {self.device}" if device else "")
 
 
 def load_trained(path) -> Trained:
@@ -81,27 +83,45 @@ def _checkpoint_file(path: Path) -> Path:
     raise TrainlabError(f"{path} is a folder without checkpoints/{BEST}: give a run folder or a .pt file")
 
 
+def load_for_prediction(path):
+    """A checkpoint or run folder (load_trained), or an ONNX export with its preprocessing.json beside it
+    (load_exported): both give predict the same fields (path, classes, image_shape, config's transform.test,
+    describe(), evaluator.probabilities). A TorchScript file or a torch.export program is refused unread."""
+    suffix = Path(str(path)).suffix.lower()
+    if suffix in NOT_READ:
+        raise TrainlabError(f"checkpoint={printable(path)} is {NOT_READ[suffix]}: predict reads only trainlab "
+                            "checkpoints (a .pt file or a run folder) and ONNX exports (model.onnx with its "
+                            "preprocessing.json), because loading a TorchScript file or a torch.export program can "
+                            "run code from whoever made it; export the checkpoint with format=onnx to predict from an "
+                            "export")
+    return load_exported(path) if suffix == ".onnx" else load_trained(path)
+
+
 def check_required(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise TrainlabError(f"{missing[0]} is not set: add {missing[0]}=... to the command")
 
 
+def check_max_pixels(max_pixels) -> int:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise TrainlabError(f"data.max_pixels={printable(max_pixels)} cannot work: it must be an integer, at least 1")
+    return max_pixels
+
+
 def predict(cfg: DictConfig) -> list:
-    """cfg: checkpoint, image (a file, a folder, or a list of them), top_k -> [(path, [(class, probability), ...])],
-    each image's top_k classes, most probable first; each image's block is logged as it is done."""
+    """cfg: checkpoint (a checkpoint, a run folder or an ONNX export), image (a file, a folder, or a list of them),
+    top_k -> [(path, [(class, probability), ...])], each image's top_k classes, most probable first; each image's
+    block is logged as it is done."""
     check_required(cfg)
     top_k = cfg.top_k
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise TrainlabError(f"top_k={printable(top_k)} cannot work: it must be an integer, at least 1")
-    max_pixels = cfg.data.max_pixels
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise TrainlabError(f"data.max_pixels={printable(max_pixels)} cannot work: it must be an integer, at least 1")
-    images = OmegaConf.to_container(cfg.image) if OmegaConf.is_list(cfg.image) else [cfg.image]
-    files = [file for image in images for file in image_files(image)]  # every path checked before any work
-    trained = load_trained(cfg.checkpoint)
+    max_pixels = check_max_pixels(cfg.data.max_pixels)
+    files = given_images(cfg.image)  # every path checked before any work
+    trained = load_for_prediction(cfg.checkpoint)
     log.info(trained.describe())
-    prepare = ImagePreparer(trained, cfg.data.max_pixels)
+    prepare = ImagePreparer(trained, max_pixels)
     k = min(top_k, len(trained.classes))
     results, unread = [], []
     for file in files:  # every image that can be read is predicted; the others are named, then the exit says so
@@ -122,6 +142,12 @@ def predict(cfg: DictConfig) -> list:
     return results
 
 
+def given_images(image) -> list:
+    """image=: a file, a folder or a list of them -> the image files, each path checked."""
+    images = OmegaConf.to_container(image) if OmegaConf.is_list(image) else [image]
+    return [file for each in images for file in image_files(each)]
+
+
 def image_files(target) -> list:
     """An image file as given, or every image file under a folder (recursively, sorted)."""
     path = Path(str(target)).expanduser()
@@ -140,7 +166,7 @@ class ImagePreparer:
     the checkpoint's transform.test; resized to the model's size first where that pipeline does not bring it there
     (the tutorial's to_tensor keeps each photo's own size)."""
 
-    def __init__(self, trained: Trained, max_pixels: int):
+    def __init__(self, trained, max_pixels: int):  # a Trained, or an Exported: the same fields
         self.shape, self.path, self.max_pixels = trained.image_shape, trained.path, max_pixels
         self.mode = "L" if self.shape[0] == 1 else "RGB"
         self.pipeline = build_pipeline(trained.config["transform"]["test"], "transform.test")
@@ -172,7 +198,7 @@ def open_image(path: Path, mode: str, max_pixels: int):
         raise TrainlabError(f"{printable(path)} {printable(e.problem)}: {e.fix}") from None
 
 
-def top_classes(trained: Trained, batch: torch.Tensor, k: int) -> list:
+def top_classes(trained, batch: torch.Tensor, k: int) -> list:
     """-> [(class, probability)] of the batch's one image, the k most probable, most probable first."""
     values, indices = trained.evaluator.probabilities(batch)[0].topk(k)
     return [(trained.classes[i], p) for i, p in zip(indices.tolist(), values.tolist())]

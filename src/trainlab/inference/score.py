@@ -29,14 +29,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         raise TrainlabError(f"split={cfg.split} is not a split a checkpoint is scored on: use test or val")
     check_required(cfg)
     trained = load_trained(cfg.checkpoint)
-    run_cfg = OmegaConf.create(trained.config)
-    if cfg.data.root is not None:
-        run_cfg.data.root = str(cfg.data.root)
-    # what this command allows, not what the checkpoint (perhaps someone else's) asks: no download into its data.root,
-    # and this command's pixel budget
-    run_cfg.data.download, run_cfg.data.max_pixels = False, cfg.data.max_pixels
-    check_folder_layout(run_cfg.data, cfg.data.root is not None)
-    data = build_data(run_cfg.data, *build_transforms(check_transforms(run_cfg.transform)))
+    run_cfg, data = run_data(trained, cfg.data.max_pixels, cfg.data.root)
     if list(data.classes) != trained.classes:
         raise TrainlabError(f"the checkpoint knows classes {trained.classes[:5]}, data.root={run_cfg.data.root} "
                             f"has {list(data.classes)[:5]}: evaluate on data with the same class folders")
@@ -64,6 +57,18 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     tags = write_tensorboard(log_dir, confusion, trained.classes, acc, per_class, trained.epoch or 0, cfg.split)
     log.info(f"TensorBoard: {', '.join(tags[:-1])} and {tags[-1]} in {log_dir}")
     return acc
+
+
+def run_data(trained: Trained, max_pixels: int, root=None) -> tuple:
+    """The data of the run that wrote `trained` (or the same classes under `root`), built as that run built it ->
+    (the run's config as used here, DataSplits). What this command allows, not what the checkpoint (perhaps someone
+    else's) asks: no download into its data.root, and this command's pixel budget."""
+    run_cfg = OmegaConf.create(trained.config)
+    if root is not None:
+        run_cfg.data.root = str(root)
+    run_cfg.data.download, run_cfg.data.max_pixels = False, max_pixels
+    check_folder_layout(run_cfg.data, root is not None)
+    return run_cfg, build_data(run_cfg.data, *build_transforms(check_transforms(run_cfg.transform)))
 
 
 def check_folder_layout(data: DictConfig, given: bool) -> None:

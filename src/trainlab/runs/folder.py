@@ -8,6 +8,7 @@ run's metrics back. What writes a run and what reads one (report, evaluate, benc
     <run>/checkpoints/last.pt, last.prev.pt, best.pt
     <run>/error.log                            a failed run's error and traceback (report.py: failed)
     <run>/evaluate/                            src/evaluate.py's events
+    <run>/export/                              src/export.py's model file and preprocessing.json
     <run>/.lock                                flocked by the process writing into the run (its pid inside)
 
 A run folder is ours or refused: trainlab opens its own files there never through a symbolic link (O_NOFOLLOW), and a
@@ -35,10 +36,12 @@ LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
 ERROR_LOG = "error.log"
 METRICS_CSV = "metrics.csv"
 EVALUATE = "evaluate"
+EXPORT = "export"
 RUN_LOCK = ".lock"
 RUN_LOG = "run.log"  # Hydra's job log, ${hydra.job.name}.log, for src/run.py
 HYDRA_DIR = ".hydra"
-OWN_NAMES = (HYDRA_DIR, RUN_LOCK, RUN_LOG, ERROR_LOG, METRICS_CSV, CHECKPOINTS, EVALUATE)  # a run folder's, by trainlab
+# the names trainlab itself writes in a run folder
+OWN_NAMES = (HYDRA_DIR, RUN_LOCK, RUN_LOG, ERROR_LOG, METRICS_CSV, CHECKPOINTS, EVALUATE, EXPORT)
 EVENTS = "events.out.tfevents."
 LEFT_BY_A_KILL = re.compile(r".+\.\d+\.[0-9a-f]{8}\.tmp")  # temporary_name()'s, where a kill cut a write short
 # What a sweep folder holds beside its jobs' folders: Hydra's record of the sweep, the Optuna study, the report.
@@ -330,7 +333,8 @@ def _refuse_foreign(folder: Path, foreign: list, what: str) -> None:
 
 def refuse_links(folder: Path, names=OWN_NAMES, elsewhere: str = "hydra.run.dir=...") -> None:
     """TrainlabError where one of trainlab's own `names` in `folder`, or a file in its checkpoints/, .hydra/ or
-    evaluate/, is a symbolic link."""
+    evaluate/, is a symbolic link (export/ by its name only: src/export.py writes into a new folder of its own there,
+    then links each file to a name that must be free)."""
     for name in names:
         path = Path(folder) / name
         if path.is_symlink():
