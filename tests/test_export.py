@@ -261,3 +261,13 @@ def test_a_refusal_from_the_command_line_is_one_line_and_writes_nothing(checkpoi
                         cwd=tmp_path)
     assert_one_clear_line(result, expected)
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["export", "predict"])
+def test_help_shows_the_commands_own_settings_with_the_required_ones_marked(script):
+    # before, a setting that must be given (checkpoint: ???) stopped --help with "Missing mandatory value"
+    result = subprocess.run([sys.executable, str(ROOT / "src" / f"{script}.py"), "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "checkpoint: ???" in result.stdout and "Configuration groups" not in result.stdout

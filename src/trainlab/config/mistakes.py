@@ -17,7 +17,7 @@ def check_known_keys(cfg: DictConfig) -> None:
     part (that is what `+` is for) and the run would go on as if it were not there; a part without a schema (an
     optimizer, scheduler or loss YAML of the user's own) still takes any key, as its `_target_` may."""
     for part in cfg:
-        if part == "hydra" or not isinstance(cfg[part], DictConfig):
+        if part == "hydra" or OmegaConf.is_missing(cfg, part) or not isinstance(cfg[part], DictConfig):
             continue
         schema = OmegaConf.get_type(cfg, part)
         if not dataclasses.is_dataclass(schema):
