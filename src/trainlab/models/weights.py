@@ -38,11 +38,16 @@ def load_weights(model: nn.Module, path) -> None:
                             f"begin {', '.join(list(state)[:3])}, the model's {', '.join(list(own)[:3])}; give "
                             "weights of the same architecture")
     model.load_state_dict(fits, strict=False)
-    reshaped = [k for k in state if k in own and k not in fits]
-    left = [k for k in own if k not in fits]
+    reshaped = [k for k in own if k in state and k not in fits]  # a head sized for other classes
+    absent = [k for k in own if k not in state]
+    left = [f"{_names(reshaped)} (another shape in the file)"] * bool(reshaped) + [f"{_names(absent)} (not in the "
+                                                                                   "file)"] * bool(absent)
     log.info(f"weights: {len(fits)} of the model's {len(own)} tensors from {printable(path)}"
-             + (f"; left as initialised: {', '.join(left[:6])}{', ...' if len(left) > 6 else ''}" if left else "")
-             + (f" ({', '.join(reshaped[:4])} differ in shape)" if reshaped else ""))
+             + (f"; left as initialised: {'; '.join(left)}" if left else ""))
+
+
+def _names(keys: list) -> str:
+    return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
 
 
 def pretrained_file(arch: str) -> Path:
