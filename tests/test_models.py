@@ -128,7 +128,7 @@ def test_a_torchvision_classifier_is_sized_to_the_classes_and_channels(channels)
                                                    "builds: did you mean model.arch=resnet18?"),
     (["model=torchvision", "model.arch=os.system"], "model.arch=os.system is not a classification model"),
     (["model=mobilenet_v3_small", "model.small_input=true"], "model.small_input=true is for torchvision's ResNets"),
-    (["model=tudui", "model.small_input=true"], "model.small_input is for torchvision ResNets"),
+    (["model=tudui", "model.small_input=true"], "model.small_input is for model=torchvision or model=timm; a model of blocks sets its own first conv"),
     (["model=tudui", "+model.arch=resnet18"], "model tudui needs either blocks"),
 ])
 def test_a_torchvision_choice_that_cannot_work_is_one_line(overrides, message):
