@@ -17,6 +17,7 @@ TINY = ["data=shapes", "data.num_train=200", "data.num_test=50", "model=mlp", *Q
 # `python src/run.py ARGS`, with Ctrl-C pressed while the data is being built: start-up, before the loop's handler.
 CTRL_C_AT_START_UP = """
 import os, runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal; see the test
 sys.argv = sys.argv[1:]
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
 import trainlab.training.recipe as train
@@ -30,6 +31,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_folder(tmp_path):
+    # Python leaves SIGINT ignored where its parent ignored it, as a shell does for a job it starts in the background
+    # (`python -m pytest &`): the run would never see this Ctrl-C. The script sets the terminal's handler first.
     result = subprocess.run([sys.executable, "-c", CTRL_C_AT_START_UP, "src/run.py", *TINY,
                              f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
