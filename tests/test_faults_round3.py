@@ -266,3 +266,21 @@ def test_the_report_shows_no_more_digits_of_a_loss_than_metrics_csv_holds(tmp_pa
     report(tmp_path, plot=False)
     out = capsys.readouterr().out
     assert " 391337" in out and "391337.0000" not in out
+
+
+@pytest.mark.parametrize("cpuinfo,chosen,why", [
+    ("flags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n", "bf16", "the CPU has avx512_bf16"),  # an AMD EPYC here
+    ("flags\t\t: fpu sse amx_bf16 amx_tile avx512_bf16\n", "bf16", "the CPU has amx_bf16"),  # a Xeon with AMX
+    ("flags\t\t: fpu sse avx2 avx512f\n", "fp32", "the CPU has no bfloat16 instructions"),  # emulated bf16: 14x slower
+    (None, "fp32", "the CPU has no bfloat16 instructions"),  # no /proc/cpuinfo to ask: the safe choice
+])
+def test_precision_auto_takes_bf16_where_the_cpu_computes_it(monkeypatch, tmp_path, caplog, cpuinfo, chosen, why):
+    from trainlab.training import numerics
+
+    if cpuinfo is not None:
+        (tmp_path / "cpuinfo").write_text(cpuinfo)
+    monkeypatch.setattr(numerics, "CPUINFO", tmp_path / "cpuinfo")
+    caplog.set_level("INFO", logger="trainlab")
+    assert numerics.Numerics.choose(torch.device("cpu"), "auto").precision == chosen
+    assert f"precision: {chosen} (trainer.precision=auto: {why})" in caplog.text
+    assert "emulated" not in caplog.text  # auto never picks what the warning is about

@@ -182,7 +182,7 @@ class TrainerConfig:
     log_graph: bool = MISSING
     log_images: bool = MISSING
     data_path: str = setting(one_of("auto", "resident", "loader"))
-    precision: str = setting(one_of("fp32", "bf16"))
+    precision: str = setting(one_of("fp32", "bf16", "auto"))
     channels_last: Optional[bool] = MISSING  # null: chosen by device and precision
     compile: bool = setting(on_resume=True)
     cuda_graphs: bool = setting(on_resume=True)

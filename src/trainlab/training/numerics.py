@@ -10,16 +10,37 @@ import torch
 log = logging.getLogger("trainlab")
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # trainer.precision -> the autocast dtype
+CPUINFO = Path("/proc/cpuinfo")  # the flags Linux lists for the CPU
+
+
+def cpu_bf16_flag(unknown: str = "unknown"):
+    """The flag by which this CPU says it computes bfloat16 in hardware (x86's amx_bf16 or avx512_bf16, ARM's bf16),
+    from the flags Linux lists; None where it has none; `unknown` where that cannot be told (no /proc/cpuinfo)."""
+    try:
+        flags = CPUINFO.read_text()
+    except OSError:
+        return unknown
+    found = re.search(r"\b(amx_bf16|avx512_bf16|bf16)\b", flags)
+    return found.group(1) if found else None
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (x86's AMX or AVX512-BF16, ARM's BF16), from the flags Linux
-    lists; True where that cannot be told (no /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return re.search(r"\b(amx_bf16|avx512_bf16|bf16)\b", flags) is not None
+    """Whether this CPU computes bfloat16 in hardware; True where that cannot be told (no warning is better then)."""
+    return cpu_bf16_flag() is not None
+
+
+def auto_precision(device: torch.device) -> tuple:
+    """trainer.precision=auto -> (bf16 or fp32, why): bf16 where the device computes it in hardware (a CUDA GPU
+    that supports it, a CPU with AMX, AVX512-BF16 or ARM's BF16), fp32 elsewhere, emulated bf16 being far slower
+    (14x on an AMD EPYC without those instructions)."""
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+        return ("bf16" if supported else "fp32"), f"{torch.cuda.get_device_name(device)} " + (
+            "computes bfloat16" if supported else "lacks bfloat16")
+    if device.type == "cpu":
+        flag = cpu_bf16_flag(unknown=None)  # a CPU that cannot be asked gets the safe choice
+        return ("bf16", f"the CPU has {flag}") if flag else ("fp32", "the CPU has no bfloat16 instructions")
+    return "fp32", f"bf16 is not chosen by default on {device.type}"
 
 
 @dataclass(frozen=True)
@@ -32,8 +53,11 @@ class Numerics:
 
     @classmethod
     def choose(cls, device: torch.device, precision: str, channels_last=None) -> "Numerics":
-        """trainer.channels_last; null: on for the CPU (oneDNN, measured 1.4x) and for bf16 on a GPU, off for fp32
+        """trainer.precision (fp32, bf16, or auto: auto_precision) and trainer.channels_last; null: on for the CPU (oneDNN, measured 1.4x) and for bf16 on a GPU, off for fp32
         on a GPU (measured 2.3x slower with Tudui on an H100)."""
+        if precision == "auto":
+            precision, why = auto_precision(device)
+            log.info(f"precision: {precision} (trainer.precision=auto: {why})")
         if channels_last is None:
             channels_last = device.type == "cpu" or precision == "bf16"
         if device.type == "cpu" and precision == "bf16" and not cpu_has_bf16():
