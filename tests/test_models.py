@@ -77,6 +77,8 @@ def test_residual_blocks_nest_and_the_table_indents_their_inner_blocks():
     ({"type": "identity"}, (5,), nn.Identity, (5,)),
     ({"type": "layernorm"}, (4, 9, 9), nn.LayerNorm, (4, 9, 9)),
     ({"type": "dropout2d", "p": 0.1}, (4, 9, 9), nn.Dropout2d, (4, 9, 9)),
+    ({"type": "batchnorm", "momentum": 0.4, "eps": 1e-12, "frozen_scale": True}, (4, 9, 9), nn.BatchNorm2d, (4, 9, 9)),
+    ({"type": "scale", "factor": 0.125}, (5,), nn.Module, (5,)),
 ])
 def test_each_block_kind_builds_with_its_keys(block, shape, kind, out):
     tail = [{"type": "flatten"}] if len(shape) == 3 else []
@@ -85,6 +87,26 @@ def test_each_block_kind_builds_with_its_keys(block, shape, kind, out):
     assert isinstance(layer, kind) and tuple(layer(torch.zeros(2, *shape)).shape[1:]) == out
     if kind is nn.Conv2d:
         assert layer.bias is None and layer.groups == 2 and layer.dilation == (2, 2)
+    if kind is nn.BatchNorm2d:  # PyTorch's momentum; the scale held at 1, the shift trains
+        assert (layer.momentum, layer.eps) == (0.4, 1e-12) and not layer.weight.requires_grad and layer.bias.requires_grad
+        assert "batchnorm 4 scale 1" in summary_table(model, shape)
+    if block["type"] == "scale":
+        assert torch.equal(layer(torch.full((1, 5), 8.0)), torch.ones(1, 5)) and "scale x0.125" in \
+            summary_table(model, shape)
+
+
+def test_a_frozen_scale_stays_frozen_and_out_of_the_optimizer_when_other_layers_are_frozen():
+    from trainlab.training.optim import param_groups
+
+    model = build_model(model_of({"type": "conv", "out_channels": 4, "kernel_size": 3},
+                                 {"type": "batchnorm", "frozen_scale": True}, {"type": "flatten"}, {"type": "linear"}),
+                        (3, 8, 8), 3, train=True)
+    from trainlab.models.weights import freeze
+
+    freeze(model, ["0"])
+    trainable = {id(p) for group in param_groups(model, 0.1) for p in group["params"]}
+    assert id(model[1].weight) not in trainable and id(model[1].bias) in trainable and id(model[0].weight) not in \
+        trainable
 
 
 @pytest.mark.parametrize("blocks,message", [

@@ -33,8 +33,23 @@ def _linear(shape, out_features):
     return nn.Linear(shape[0], out_features)
 
 
-def _batchnorm(shape):
-    return nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])
+def _batchnorm(shape, momentum=0.1, eps=1e-5, frozen_scale=False):
+    """momentum in PyTorch's sense: the weight of each batch's statistics in the running ones (0.1; 1 less what some
+    scripts call momentum). frozen_scale: the scale stays 1 and only the shift trains, as airbench's network has it."""
+    norm = (nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d)(shape[0], eps=eps, momentum=momentum)
+    norm.weight.requires_grad_(not frozen_scale)
+    return norm
+
+
+class Scale(nn.Module):
+    """Its input times a fixed factor: a temperature on the logits (airbench divides them by 8: factor 0.125)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
 
 
 class Residual(nn.Module):
@@ -88,7 +103,8 @@ BLOCKS = {
     "gelu": BlockKind(lambda s: nn.GELU()),
     "identity": BlockKind(lambda s: nn.Identity()),
     "softmax": BlockKind(lambda s, dim=1: nn.Softmax(dim=dim), {"dim": int}),  # dim 1: over channels or features
-    "batchnorm": BlockKind(_batchnorm),
+    "batchnorm": BlockKind(_batchnorm, {"momentum": float, "eps": float, "frozen_scale": bool}),
+    "scale": BlockKind(lambda s, factor: Scale(factor), {"factor": float}, required=1),  # e.g. on the logits
     "layernorm": BlockKind(_layernorm),
     "dropout": BlockKind(lambda s, **k: nn.Dropout(**k), {"p": float}),
     "dropout2d": BlockKind(lambda s, **k: nn.Dropout2d(**k), {"p": float}, needs="image"),  # whole channels
@@ -243,7 +259,9 @@ def _describe(layer: nn.Module) -> str:
     if isinstance(layer, nn.Linear):
         return f"linear {layer.in_features}->{layer.out_features}"
     if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return f"batchnorm {layer.num_features}"
+        return f"batchnorm {layer.num_features}" + (" scale 1" if not layer.weight.requires_grad else "")
+    if isinstance(layer, Scale):
+        return f"scale x{layer.factor:g}"
     if isinstance(layer, nn.Dropout):
         return f"dropout p{layer.p}"
     return type(layer).__name__.lower()

@@ -107,7 +107,8 @@ def freeze(model: nn.Module, prefixes) -> None:
                                 f"parameters begin {', '.join(names[:4])}; or freeze [{BACKBONE}] (all but the head)")
         frozen = [n for n in names if any(_under(n, str(p)) for p in prefixes)]
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name not in frozen)
+        if name in frozen:  # the others as the model has them (a batchnorm's frozen_scale stays frozen)
+            parameter.requires_grad_(False)
     log.info(f"frozen: {_modules(frozen)} ({_numbers(model, frozen)}); training "
              f"{_modules([n for n in names if n not in frozen]) or 'nothing'} ({_numbers(model, set(names) - set(frozen))})")
 
