@@ -349,3 +349,20 @@ def test_finetune_folder_from_a_torchvision_weight_file_trains_the_head_alone(an
     assert "weights: 120 of the model's 122 tensors" in caplog.text
     assert "frozen: conv1, bn1, layer1, layer2, layer3, layer4 (11,176,512 parameters); training fc (1,026 " \
            "parameters)" in caplog.text
+
+
+def test_one_cycle_keeps_the_heads_own_rate():
+    from trainlab.training.optim import build_optimizer
+    from trainlab.training.schedule import build_schedule
+
+    cfg = compose("model=resnet18", "model.head_lr_scale=10", "optimizer=sgd", "optimizer.lr=0.01",
+                  "scheduler=onecycle")
+    optimizer = build_optimizer(cfg.optimizer, build_model(cfg.model, (3, 32, 32), 10, train=True), 10)
+    schedule = build_schedule(cfg.scheduler, optimizer, total_steps=8)
+    peaks = [group["max_lr"] for group in optimizer.param_groups]
+    assert peaks == [pytest.approx(0.01), pytest.approx(0.1)]  # one peak would have been 0.01 for both
+    for _ in range(4):  # up to the peak and down: the head at ten times the rest's rate throughout
+        optimizer.step()
+        schedule.after_step()
+        body, head = (group["lr"] for group in optimizer.param_groups)
+        assert head == pytest.approx(10 * body)

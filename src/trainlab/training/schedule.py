@@ -88,6 +88,12 @@ def build_schedule(cfg: DictConfig, optimizer, total_steps: int) -> Schedule:
         return Schedule(optimizer, None, interval, warmup)
     if settings.get("total_steps", 0) is None:
         settings["total_steps"] = total_steps
+    base, rates = optimizer.defaults.get("lr"), [float(group["lr"]) for group in optimizer.param_groups]
+    if isinstance(settings.get("max_lr"), (int, float)) and base and any(rate != base for rate in rates):
+        # one-cycle's one peak would give every group the same rate: each group peaks in its own proportion
+        # (model.head_lr_scale's head at that many times the rest)
+        settings["max_lr"] = [settings["max_lr"] * rate / base for rate in rates]
+        settings["_convert_"] = "all"  # as a Python list: OneCycleLR takes no other sequence
     scheduler = build_partial(OmegaConf.create(settings), "scheduler", optimizer)
     return Schedule(optimizer, scheduler, interval, warmup)
 
