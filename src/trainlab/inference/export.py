@@ -111,9 +111,10 @@ def export_checkpoint(cfg: DictConfig) -> Path:
     images, source = check_images(trained, files, max_pixels)
     model = trained.model.to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
     output = PROBABILITIES if ends_in_softmax(model) else LOGITS
+    example = images if len(images) > 1 else images.repeat(2, 1, 1, 1)  # a batch of 1 would fix the size at 1
     with staged(out) as staging:
-        write_model(form, model, images, staging / form.file, output, trained.path)
-        difference = check_export(form, staging / form.file, model, images, tolerance, source, output,
+        write_model(form, model, example, staging / form.file, output, trained.path)
+        difference = check_export(form, staging / form.file, model, images[:1], example, tolerance, source, output,
                                   len(trained.classes))
         record = preprocessing(trained, form, output, {"max_abs_difference": difference, "tolerance": tolerance,
                                                        "images": source})
@@ -152,8 +153,8 @@ def output_folder(out, checkpoint: Path, form: str) -> Path:
     each has its preprocessing.json; never through a link there."""
     base = (run_of(checkpoint) or checkpoint.parent) / EXPORT
     folder = Path(str(out)).expanduser() if out is not None else base / form
-    for link in (base, folder):
-        if out is None and link.is_symlink():  # the run folder may be someone else's: no write through a link
+    for link in (base, folder) if out is None else ():  # the run folder may be someone else's: no write through a link
+        if link.is_symlink():
             raise TrainlabError(link_refusal(link, "out=..."))
     if folder.exists() and not folder.is_dir():
         raise TrainlabError(f"out={printable(folder)} is a file: give out= a folder")
@@ -179,9 +180,7 @@ def check_images(trained: Trained, files, max_pixels: int) -> tuple:
     try:
         _, data = run_data(trained, max_pixels)
     except TrainlabError as e:
-        reason = one_line(e)
-        reason = reason if len(reason) <= 160 else reason[:160] + "..."
-        raise TrainlabError(f"the run's data cannot be read here to check the export on ({reason}): give "
+        raise TrainlabError(f"the run's data cannot be read here to check the export on ({one_line(e, 160)}): give "
                             "image=FOLDER, a few images the model takes, to check it on those") from None
     name, split = next(((n, s) for n, s in (("test", data.test), ("val", data.val)) if s is not None and len(s)),
                        ("train", data.train))
@@ -214,9 +213,8 @@ def staged(out: Path):
         remove_if_empty(made)
 
 
-def write_model(form: ExportFormat, model, images: torch.Tensor, path: Path, output: str, checkpoint: Path) -> None:
+def write_model(form: ExportFormat, model, example: torch.Tensor, path: Path, output: str, checkpoint: Path) -> None:
     """The exporter's failure (an op it cannot translate, a batch size the model fixes) as one line."""
-    example = images if len(images) > 1 else images.repeat(2, 1, 1, 1)  # a batch of 1 would fix the size at 1
     try:
         with torch.no_grad(), quiet("onnxscript", "onnx_ir"):  # their optimiser logs each pass at INFO
             form.write(model, example, path, output)
@@ -253,11 +251,10 @@ def exporter_reason(error: Exception) -> str:
     return one_line(first, 240)
 
 
-def check_export(form: ExportFormat, path: Path, model, images: torch.Tensor, tolerance: float, source: str,
-                 output: str, classes: int) -> float:
-    """The file loaded back by its runtime, its logits against PyTorch's on the batch's first image alone and on the
-    whole batch (at least 2: the batch size is free) -> the largest difference; one line where it is over."""
-    example = images if len(images) > 1 else images.repeat(2, 1, 1, 1)
+def check_export(form: ExportFormat, path: Path, model, one: torch.Tensor, example: torch.Tensor, tolerance: float,
+                 source: str, output: str, classes: int) -> float:
+    """The file loaded back by its runtime, its logits against PyTorch's on one image and on the example batch (at
+    least 2: the batch size is free) -> the largest difference; one line where it is over."""
     try:
         exported = form.load(path, classes, output == PROBABILITIES)
     except TrainlabError:
@@ -265,7 +262,7 @@ def check_export(form: ExportFormat, path: Path, model, images: torch.Tensor, to
     except Exception as e:  # noqa: BLE001 (each runtime raises its own types)
         raise TrainlabError(f"{form.runtime} cannot load the {form.file} just exported ({one_line(e, 200)})") from e
     worst = 0.0
-    for batch in (images[:1], example):
+    for batch in (one, example):
         want = logits_of(model, batch, "PyTorch")
         got = logits_of(exported, batch, f"{form.runtime}, exported as {form.file}")
         difference = (got - want).abs().max().item() if got.shape == want.shape else float("inf")

@@ -2,13 +2,12 @@
 (`pip install -e .[timm]`) and imported only when chosen: the name checked against timm's own list, never imported or
 evaluated from the string; the classifier sized to the data's classes and the first conv to its channels by timm
 itself (num_classes, in_chans)."""
-import difflib
-
 from torch import nn
 
 from trainlab.errors import TrainlabError, one_line
-from trainlab.models.torchvision import check_input
+from trainlab.models.torchvision import check_input, unknown_arch
 
+SHOWN = ("resnet18", "convnext_atto", "efficientnet_b0")  # examples in the error line
 EXTRA = "timm is not installed: pip install -e .[timm] (model=timm is an optional extra)"
 
 
@@ -23,12 +22,8 @@ def _timm():
 def check_timm_arch(arch) -> None:
     """A name timm lists, with or without its pretrained tag (resnet18 or resnet18.a1_in1k)."""
     timm = _timm()
-    if timm.is_model(str(arch)):
-        return
-    close = difflib.get_close_matches(str(arch), timm.list_models(), n=1, cutoff=0.75)
-    hint = f": did you mean model.arch={close[0]}?" if close else ""
-    raise TrainlabError(f"model.arch={arch} is not an architecture timm builds{hint}; e.g. resnet18, convnext_atto, "
-                        f"efficientnet_b0 (all {len(timm.list_models())}: timm.list_models())")
+    if not timm.is_model(str(arch)):
+        raise unknown_arch(arch, timm.list_models(), "an architecture timm builds", SHOWN, "timm.list_models()")
 
 
 def build_timm(cfg, image_shape: tuple, num_classes: int, pretrained: bool = False) -> nn.Module:

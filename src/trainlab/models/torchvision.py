@@ -21,12 +21,17 @@ def classifier_names() -> list:
 
 def check_arch(arch) -> None:
     names = classifier_names()
-    if arch in names:
-        return
+    if arch not in names:
+        raise unknown_arch(arch, names, "a classification model torchvision builds", SHOWN,
+                           "torchvision.models.list_models()")
+
+
+def unknown_arch(arch, names: list, what: str, shown, listed_by: str) -> TrainlabError:
+    """model.arch names none of a library's `names`: the line, with the closest name where one is close."""
     close = difflib.get_close_matches(str(arch), names, n=1, cutoff=0.75)
     hint = f": did you mean model.arch={close[0]}?" if close else ""
-    raise TrainlabError(f"model.arch={arch} is not a classification model torchvision builds{hint}; e.g. "
-                        f"{', '.join(SHOWN)} (all {len(names)}: torchvision.models.list_models())")
+    return TrainlabError(f"model.arch={arch} is not {what}{hint}; e.g. {', '.join(shown)} (all {len(names)}: "
+                         f"{listed_by})")
 
 
 def build_torchvision(cfg, image_shape: tuple, num_classes: int) -> nn.Module:
