@@ -153,8 +153,13 @@ def describe_machine(torch, device) -> str:
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} + {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}"
+    from trainlab.training.numerics import CPUINFO, cpu_bf16_flag
+
+    info = CPUINFO.read_text() if CPUINFO.exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    return (f"{model}, {os.cpu_count()} CPU cores, bf16 instructions: {cpu_bf16_flag('none') or 'none'}, no GPU, "
+            f"torch {torch.__version__}")
 
 
 RESEEDED = """

@@ -67,6 +67,9 @@ def test_an_empty_class_folder_and_a_root_without_images(messy_folder, tmp_path)
     (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0 cannot work: it must be at least 1"),
     (["optimizer.lr=1e308"], "optimizer.lr=1e+308 cannot work: it must be greater than 0 (and below 3.4e38)"),
     (["trainer.seed=-1"], "trainer.seed=-1 cannot work: it must be from 0 to 2**32 - 1"),
+    (["trainer.tta=mirror"], "trainer.tta=mirror cannot work: it must be one of none, flip, flip_translate"),
+    (["trainer.average=swa"], "trainer.average=swa cannot work: it must be one of none, ema, lookahead"),
+    (["trainer.average_decay=1.5"], "trainer.average_decay=1.5 cannot work: it must be from 0 to below 1"),
 ])
 def test_impossible_values_are_refused_before_any_data_is_read(tmp_path, args, expected):
     with pytest.raises(TrainlabError, match=re.escape(expected)):  # the CLI prints it as one line (test_runs.py)

@@ -15,7 +15,8 @@ from trainlab.training.optim import build_loss, build_optimizer
 from trainlab.training.schedule import build_schedule
 from trainlab.training.numerics import Numerics
 from trainlab.training.step import CudaGraphStep, TrainStep
-from trainlab.data.transforms import build_transforms, check_transforms
+from trainlab.data.transforms import (BatchedSteps, build_pipeline, build_transforms, check_transforms,
+                                      split_for_device)
 
 
 # (channels, native height and width) of each data option's images
@@ -37,8 +38,17 @@ def test_data_and_transform_options_compose_and_transform_an_image(data, transfo
     cfg = compose(f"data={data}", f"transform={transform}", "data.root=somewhere", *learned)
     channels, side = NATIVE[cfg.data.name]  # a data option of the user's own is one of these builders
     image = Image.new("RGB" if channels == 3 else "L", (side + 17 * (cfg.data.name == "folder"), side))
-    train_tf, test_tf = build_transforms(check_transforms(cfg.transform))
-    for pipeline in (train_tf, test_tf):
+    steps = check_transforms(cfg.transform)
+    pipelines = [build_pipeline(steps["test"], "transform.test")]
+    if any(step.get("alternate") for step in steps["train"]):  # a step that only the resident path runs
+        with pytest.raises(TrainlabError, match="runs on the resident path only"):
+            build_pipeline(steps["train"], "transform.train")
+        bake, tail = split_for_device(steps["train"], "transform.train")
+        batch = build_pipeline(bake, "decode")(image).unsqueeze(0)
+        pipelines.append(lambda _: BatchedSteps(tail, torch.Generator())(batch, torch.tensor([0]), 1)[0])
+    else:
+        pipelines.append(build_pipeline(steps["train"], "transform.train"))
+    for pipeline in pipelines:
         out = pipeline(image)
         assert out.dtype == torch.float32 and out.shape[0] == channels
 

@@ -68,7 +68,12 @@ def composition_error(error: Exception, groups=()) -> str:
             return f"{full_key}={given} cannot work: {full_key} takes {wanted}, not {shown}"
         if isinstance(cause, ConfigTypeError) and "deletion" in str(cause):
             return f"~{full_key}: {full_key} cannot be removed, every run reads it; set it instead ({full_key}=...)"
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    merging = re.match(r"Error merging override ([^=\s]+)=(.*)", str(error))
+    if merging and isinstance(cause, ValidationError):  # optimizer.groups=[1]: an entry of another type
+        reason = str(cause).strip().splitlines()[0]
+        return f"{merging.group(1)}={merging.group(2)} cannot work: {reason[:1].lower()}{reason[1:]}"
+    lines = str(error).strip().splitlines()
+    first = (lines[0] if not lines[0].endswith(":") else " ".join(lines[:2])) if lines else type(error).__name__
     twice = re.fullmatch(r"(\S+) appears more than once in the final defaults list", first)
     if twice:  # +model=tudui: a second choice in a group that has one
         group = twice.group(1)

@@ -103,6 +103,7 @@ class SGDConfig:
     momentum: float = MISSING
     nesterov: bool = MISSING
     weight_decay: float = MISSING
+    groups: List[Dict[str, Any]] = MISSING  # parameter groups with their own settings (trainlab/training/optim.py)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class AdamConfig:
     betas: List[float] = MISSING
     eps: float = MISSING
     weight_decay: float = MISSING
+    groups: List[Dict[str, Any]] = MISSING  # parameter groups with their own settings (trainlab/training/optim.py)
 
 
 @dataclass
@@ -151,6 +153,13 @@ class OneCycleConfig(SchedulerConfig):
 
 
 @dataclass
+class PiecewiseConfig(SchedulerConfig):
+    _target_: str = "trainlab.training.schedule.PiecewiseLinearLR"
+    points: List[Any] = MISSING  # [[fraction of the run, factor of the rate], ...], fractions 0 to 1
+    total_steps: Optional[int] = setting(at_least(1, null=True))  # null: the whole run's steps
+
+
+@dataclass
 class NoSchedulerConfig:
     warmup_steps: int = setting(Rule(lambda v: v >= 0, "0 (none) or more"))
 
@@ -186,6 +195,11 @@ class TrainerConfig:
     channels_last: Optional[bool] = MISSING  # null: chosen by device and precision
     compile: bool = setting(on_resume=True)
     cuda_graphs: bool = setting(on_resume=True)
+    average: str = setting(one_of("none", "ema", "lookahead"))  # weight averaging (trainlab/training/averaging.py)
+    average_every: int = setting(at_least(1))  # steps between updates of the average
+    average_decay: float = setting(Rule(lambda v: 0 <= v < 1, "from 0 to below 1"))  # the old average's weight
+    average_ramp: float = setting(at_least(0))  # decay x (step / steps) ** ramp; 0: constant
+    tta: str = setting(one_of("none", "flip", "flip_translate"))  # test-time augmentation: the views averaged
     monitor: str = setting(one_of("val/acc", "val/loss"))  # what chooses best.pt
     test_every_epoch: bool = setting(on_resume=True)
     early_stopping_patience: Optional[int] = setting(Rule(lambda v: v is None or v >= 1, "at least 1, or null (off)"), on_resume=True)
@@ -205,7 +219,8 @@ class Config:
 
 SCHEMAS = {
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig},
-    "scheduler": {"none": NoSchedulerConfig, "step": StepLRConfig, "cosine": CosineConfig, "onecycle": OneCycleConfig},
+    "scheduler": {"none": NoSchedulerConfig, "step": StepLRConfig, "cosine": CosineConfig, "onecycle": OneCycleConfig,
+                  "piecewise": PiecewiseConfig},
     "loss": {"cross_entropy": CrossEntropyConfig, "one_hot": OneHotLossConfig},
 }
 

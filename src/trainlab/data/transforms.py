@@ -31,9 +31,12 @@ STEPS = {
     "normalize": StepKind("Normalize", {"mean": list, "std": list}, required=2, takes=TENSOR),
     "resize": StepKind("Resize", {"size": SIZE}, required=1),  # an int: the shorter side, keeping the aspect ratio
     "center_crop": StepKind("CenterCrop", {"size": SIZE}, required=1),
-    "random_crop": StepKind("RandomCrop", {"size": SIZE, "padding": int}, required=1),
+    # padding_mode: constant (zeros) or reflect (the edge mirrored, as airbench94's translate)
+    "random_crop": StepKind("RandomCrop", {"size": SIZE, "padding": int, "padding_mode": str}, required=1),
     "random_resized_crop": StepKind("RandomResizedCrop", {"size": SIZE, "scale": list}, required=1),
-    "random_horizontal_flip": StepKind("RandomHorizontalFlip", {"p": float}),
+    # alternate: true flips each image in every other epoch, from a random start of its own, so every two epochs see
+    # both sides (airbench94's scheme; the resident path only)
+    "random_horizontal_flip": StepKind("RandomHorizontalFlip", {"p": float, "alternate": bool}),
     "random_vertical_flip": StepKind("RandomVerticalFlip", {"p": float}),
     "random_rotation": StepKind("RandomRotation", {"degrees": float}, required=1),
     "color_jitter": StepKind("ColorJitter",
@@ -84,6 +87,9 @@ def build_pipeline(steps: Sequence, where: str) -> Pipeline:
     built = []
     for i, step in enumerate(check_pipeline(steps, where)):
         kwargs = {k: v for k, v in step.items() if k != "type"}
+        if kwargs.pop("alternate", False):
+            raise TrainlabError(f"{where} step {i} ({step['type']}): alternate: true runs on the resident path only "
+                                "(data held on the device): set trainer.data_path=resident, or leave alternate out")
         try:
             built.append(getattr(transforms, STEPS[step["type"]].make)(**kwargs))
         except (TypeError, ValueError) as e:
@@ -128,14 +134,17 @@ def split_for_device(steps: list, where: str) -> tuple:
 
 
 class BatchedSteps:
-    """The device twin of a pipeline's tail: (B, C, H, W) uint8 in, what the per-image pipeline gives out."""
+    """The device twin of a pipeline's tail: (B, C, H, W) uint8 in, what the per-image pipeline gives out. A call may
+    say which images of the split these are and in which epoch (`index`, `epoch`): alternating flips need both."""
 
-    def __init__(self, steps: list, generator: torch.Generator):
-        self.generator = generator
+    def __init__(self, steps: list, generator: torch.Generator, seed: int = 0):
+        self.generator, self.seed = generator, seed
+        self.index, self.epoch = None, None
         self.ops = [getattr(self, "_" + step["type"])(**{k: v for k, v in step.items() if k != "type"})
                     for step in steps]
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, index: torch.Tensor = None, epoch: int = None) -> torch.Tensor:
+        self.index, self.epoch = index, epoch
         for op in self.ops:
             images = op(images)
         return images
@@ -153,11 +162,13 @@ class BatchedSteps:
             return x.sub(m).div(s)
         return normalize
 
-    def _random_crop(self, size, padding=0):
+    def _random_crop(self, size, padding=0, padding_mode="constant"):
         height, width = (size, size) if isinstance(size, int) else size
+        if padding_mode not in ("constant", "reflect"):
+            raise TrainlabError(f"random_crop: padding_mode must be constant or reflect, not {padding_mode!r}")
 
         def crop(x):
-            x = torch.nn.functional.pad(x, (padding,) * 4)  # zeros, like RandomCrop's default fill
+            x = torch.nn.functional.pad(x, (padding,) * 4, mode=padding_mode)  # constant: zeros, RandomCrop's fill
             n, c, h, w = x.shape
             top = torch.randint(0, h - height + 1, (n, 1, 1, 1), device=x.device, generator=self.generator)
             left = torch.randint(0, w - width + 1, (n, 1, 1, 1), device=x.device, generator=self.generator)
@@ -174,8 +185,16 @@ class BatchedSteps:
             return torch.where(chosen.view(-1, 1, 1, 1), x.flip(dim), x)
         return flip
 
-    def _random_horizontal_flip(self, p=0.5):
-        return self._flip(p, 3)
+    def _random_horizontal_flip(self, p=0.5, alternate=False):
+        return self._alternating_flip if alternate else self._flip(p, 3)
+
+    def _alternating_flip(self, x):
+        """Image i is flipped in epoch e when its own bit (a hash of i and the seed) differs from e's parity."""
+        if self.index is None:  # scoring: a fixed view
+            return x
+        mixed = (self.index.to(torch.int64) + self.seed * 40503) * 2654435761 % (2 ** 31)
+        flipped = ((mixed >> 16) & 1) != (self.epoch % 2)
+        return torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x)
 
     def _random_vertical_flip(self, p=0.5):
         return self._flip(p, 2)

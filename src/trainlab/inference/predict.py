@@ -71,7 +71,7 @@ def load_trained(path) -> Trained:
     if test is not None and test.get("epoch") != state.get("epoch"):
         test = None  # last.pt of a run whose best epoch came earlier: these weights were not the ones tested
     return Trained(path, model, state["config"], classes, shape, state.get("epoch"), state.get("val"), test, device,
-                   Evaluator(model, numerics))
+                   Evaluator(model, numerics, tta=trainer.get("tta", "none")))
 
 
 def _checkpoint_file(path: Path) -> Path:

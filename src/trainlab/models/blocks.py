@@ -10,6 +10,7 @@ from torch import nn
 
 from trainlab.config.schema import check_keys
 from trainlab.errors import TrainlabError, shape_text
+from trainlab.models.whitening import Whiten, whiten_block
 
 
 @dataclass(frozen=True)
@@ -20,17 +21,25 @@ class BlockKind:
     needs: str = "any"  # "image": (C, H, W) input; "flat": (F,) input
 
 
-def _conv(shape, out_channels, kernel_size, stride=1, padding=0, bias=True, groups=1, dilation=1):
+def _conv(shape, out_channels, kernel_size, stride=1, padding=0, bias=True, groups=1, dilation=1, init="default"):
+    """init: default (PyTorch's), or dirac: as default, then the first filters set to pass their input channel
+    through unchanged (an identity start, as airbench94's convs have it)."""
     if isinstance(padding, str) and padding not in ("same", "valid"):
         raise TrainlabError(f"conv: padding must be a number, same or valid, not {padding!r}")
     if padding == "same" and stride != 1:  # torch pads `same` only for stride 1
         raise TrainlabError("conv: padding: same needs stride 1; give the padding as a number for a strided conv")
-    return nn.Conv2d(shape[0], out_channels, kernel_size, stride=stride, padding=padding, bias=bias, groups=groups,
+    if init not in ("default", "dirac"):
+        raise TrainlabError(f"conv: init must be default or dirac, not {init!r}")
+    conv = nn.Conv2d(shape[0], out_channels, kernel_size, stride=stride, padding=padding, bias=bias, groups=groups,
                      dilation=dilation)
+    if init == "dirac":
+        with torch.no_grad():
+            nn.init.dirac_(conv.weight[:conv.weight.size(1)])
+    return conv
 
 
-def _linear(shape, out_features):
-    return nn.Linear(shape[0], out_features)
+def _linear(shape, out_features, bias=True):
+    return nn.Linear(shape[0], out_features, bias=bias)
 
 
 def _batchnorm(shape, momentum=0.1, eps=1e-5, frozen_scale=False):
@@ -86,7 +95,7 @@ def _layernorm(shape):
 
 POOL = {"kernel_size": int, "stride": int, "padding": int}
 CONV = {"out_channels": int, "kernel_size": int, "stride": int, "padding": (int, str), "bias": bool, "groups": int,
-        "dilation": int}
+        "dilation": int, "init": str}
 BLOCKS = {
     "conv": BlockKind(_conv, CONV, required=2, needs="image"),
     "maxpool": BlockKind(lambda s, **k: nn.MaxPool2d(**k), {**POOL, "ceil_mode": bool}, 1, "image"),
@@ -109,7 +118,10 @@ BLOCKS = {
     "dropout": BlockKind(lambda s, **k: nn.Dropout(**k), {"p": float}),
     "dropout2d": BlockKind(lambda s, **k: nn.Dropout2d(**k), {"p": float}, needs="image"),  # whole channels
     "flatten": BlockKind(lambda s: nn.Flatten()),
-    "linear": BlockKind(_linear, {"out_features": int}, required=1, needs="flat"),
+    "linear": BlockKind(_linear, {"out_features": int, "bias": bool}, required=1, needs="flat"),
+    # a first conv fitted to the training images' patches (trainlab/models/whitening.py)
+    "whiten": BlockKind(whiten_block, {"kernel_size": int, "eps": float, "trainable": bool, "bias_epochs": int},
+                        required=1, needs="image"),
     "residual": BlockKind(_residual, {"blocks": list}, required=1),
 }
 
@@ -242,6 +254,9 @@ def _parameters(block: nn.Module) -> int:
 
 def _describe(layer: nn.Module) -> str:
     """A short name with the settings that matter: `conv 3->32 k5 s1 p2`, `linear 1024->64`."""
+    if isinstance(layer, Whiten):
+        return (f"whiten {layer.in_channels}->{layer.out_channels} k{layer.kernel_size[0]}"
+                + ("" if layer.weight.requires_grad else " fixed"))
     if isinstance(layer, nn.Conv2d):
         padding = layer.padding if isinstance(layer.padding, str) else f"p{layer.padding[0]}"  # same, valid
         extra = f" g{layer.groups}" if layer.groups > 1 else ""

@@ -34,17 +34,25 @@ def correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == hard).sum()
 
 
-class Evaluator:
-    """`model` in eval mode (dropout off, batchnorm's running statistics), no gradients, in `numerics`."""
+TTA = ("none", "flip", "flip_translate")  # trainer.tta: the views of each image whose logits are averaged
 
-    def __init__(self, model: torch.nn.Module, numerics: Numerics, loss_fn=None):
+
+class Evaluator:
+    """`model` in eval mode (dropout off, batchnorm's running statistics), no gradients, in `numerics`; with test-time
+    augmentation (`tta`, one of TTA), each image's logits are the mean over its views, for every caller alike."""
+
+    def __init__(self, model: torch.nn.Module, numerics: Numerics, loss_fn=None, tta: str = "none"):
         self.model, self.numerics, self.loss_fn, self.device = model, numerics, loss_fn, numerics.device
+        self.tta = tta
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         self.model.eval()
+        images = self.numerics.layout(images.to(self.device, non_blocking=True))
         with self.numerics.autocast():
-            return self.model(self.numerics.layout(images.to(self.device, non_blocking=True)))
+            if self.tta == "none":
+                return self.model(images)
+            return views_mean(self.model, images, translate=self.tta == "flip_translate")
 
     def batches(self, loader):
         """(logits, targets) of each batch of `loader`, on the device."""
@@ -80,3 +88,19 @@ class Evaluator:
         out = self.logits(images).float()
         last = list(self.model.modules())[-1]
         return out if isinstance(last, torch.nn.Softmax) else out.softmax(dim=1)
+
+
+def views_mean(model, images: torch.Tensor, translate: bool) -> torch.Tensor:
+    """The mean logits over an image and its mirror image (2 forward passes); with `translate`, half of that and half
+    the same mean for the image moved one pixel up-left and one down-right, its edge reflected (6 passes), weighted as
+    airbench94 weights its views (github.com/KellerJordan/cifar10-airbench)."""
+    def mirrored(x):
+        return 0.5 * model(x) + 0.5 * model(x.flip(-1))
+
+    logits = mirrored(images)
+    if not translate:
+        return logits
+    h, w = images.shape[-2:]
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")
+    moved = 0.5 * mirrored(padded[..., :h, :w]) + 0.5 * mirrored(padded[..., 2:, 2:])
+    return 0.5 * logits + 0.5 * moved

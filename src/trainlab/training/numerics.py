@@ -76,4 +76,5 @@ class Numerics:
         return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def layout(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=self.memory_format)
+        """Images in the run's layout (contiguous() takes no preserve_format: without channels_last, as they are)."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images

@@ -33,6 +33,8 @@ from trainlab.runs.logs import RunLogging
 from trainlab.runs.metrics import EpochReport, Metrics, show_progress
 from trainlab.runs.tensorboard import hparams_values
 from trainlab.runs.resume import check_same_files, resume_command, resume_state
+from trainlab.models.whitening import begin_epoch, fit_whitening
+from trainlab.training.averaging import build_average
 from trainlab.training.best import Best, swapped_weights
 from trainlab.training.clock import Clock
 from trainlab.training.device import resolve_device, seed_everything
@@ -70,22 +72,24 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     log.info(model_lines(cfg.model, model, data.image_shape))
     numerics = Numerics.choose(device, t.precision, t.channels_last)
     net = placed(model, numerics, t.compile, ranks, device)  # `model` keeps the plain state_dict keys for checkpoints
+    log_line(saved is None and fit_whitening(model, loaders.train))  # a new run's whitening, from training images
 
     # optimizer, schedule, loss and the step; the evaluator, the chosen epoch and when to stop
     optimizer = build_optimizer(cfg.optimizer, model, cfg.model.get("head_lr_scale"))
     clock = Clock(t.epochs, loaders.train.batches)
     schedule = build_schedule(cfg.scheduler, optimizer, clock.total_steps)
+    average = build_average(model, t.average, t.average_every, t.average_decay, t.average_ramp, clock.total_steps)
     loss_fn = build_loss(cfg.loss).to(device)
-    step = make_train_step(net, loss_fn, optimizer, numerics, cuda_graphs=t.cuda_graphs, hooks=[schedule.after_step],
-                           batch_shape=(cfg.data.batch_size // ranks.world, *data.image_shape),
+    step = make_train_step(net, loss_fn, optimizer, numerics, cuda_graphs=t.cuda_graphs,
+                           hooks=[schedule.after_step, *average.hooks], batch_shape=(cfg.data.batch_size // ranks.world, *data.image_shape),
                            skip_nonfinite=t.nonfinite == "skip", clip_grad_norm=t.clip_grad_norm,
                            per_step_rates=schedule.per_step, distributed=ranks.world > 1)
-    evaluator, best, progress = Evaluator(net, numerics, loss_fn), Best(t.monitor), EpochProgress(device)
+    evaluator, best, progress = Evaluator(net, numerics, loss_fn, t.tta), Best(t.monitor), EpochProgress(device)
     stop = StopPolicy(t.max_minutes, t.early_stopping_patience, device, ranks.world)
 
     # where the run stands: a new run, or the checkpoint's (the generators restored last: all above may draw)
     parts = Checkpointer(run_dir / CHECKPOINTS, settings.about(data), t.checkpoint_every_n_steps,
-                         t.checkpoint and ranks.main, model=model, optimizer=OptimizerPart(optimizer),
+                         t.checkpoint and ranks.main, **average.parts, optimizer=OptimizerPart(optimizer),
                          scheduler=schedule, position=clock, best=best, stopped=stop, totals=progress, rng=Generators())
     parts.restore(saved)
     to_train = clock.to_train and not best.out_of_patience(t.early_stopping_patience)
@@ -105,6 +109,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
         with stop:
             for epoch in clock.epochs_left() if to_train else ():
                 progress.begin(schedule.lr)
+                begin_epoch(model, epoch)
                 loaders.train.start(epoch, clock.batch)
                 steps = Epoch(step, loaders.train, clock, progress, t.log_every_n_steps,
                               show_progress(t.progress_bar) and ranks.main, metrics.step,
@@ -116,10 +121,8 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                     break
                 train = steps.scores()
                 schedule.end_epoch()
-                val = evaluator.score(loaders.val) if loaders.val is not None else None
-                epoch_test = (evaluator.score(loaders.test)  # to watch, never to choose
-                              if t.test_every_epoch and loaders.test is not None else None)
-                is_best = best.update(val and val.as_dict(), epoch, model)
+                val, epoch_test, is_best = score_epoch(evaluator, loaders, average, best, epoch, model,
+                                                       t.test_every_epoch)
                 metrics.epoch(EpochReport(epoch, t.epochs, clock.step, progress.lr, train, val, epoch_test, t.monitor,
                                           best.value))
                 ended = stop.after_epoch(best, last=epoch == t.epochs)
@@ -129,7 +132,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                 if ended:
                     log.info(ended_line(ended, epoch, best, t, run_dir))
                     break
-        finish(evaluator, model, loaders.test, best, clock, parts, metrics, run_dir if ranks.main else None)
+        finish(evaluator, model, loaders.test, best, clock, parts, metrics, average, run_dir if ranks.main else None)
     except NonFiniteLoss as e:
         raise nonfinite_error(e, clock) from None
     finally:
@@ -182,6 +185,11 @@ def processes(device_name: str, launch: Launch) -> tuple:
     if not ranks.main:
         log.setLevel(logging.WARNING)
     return ranks, device or resolve_device(device_name, launch.job, launch.jobs_at_once)
+
+
+def log_line(line: Optional[str]) -> None:
+    if line:
+        log.info(line)
 
 
 def log_data(data_cfg, data, path: str, device, launch: Launch, resizing: Optional[str]) -> None:
@@ -253,6 +261,15 @@ def between_steps(stop: StopPolicy, parts: Checkpointer, steps: Epoch, run_dir: 
     return False
 
 
+def score_epoch(evaluator: Evaluator, loaders, average, best: Best, epoch: int, model, test_every_epoch: bool):
+    """The epoch's validation score (and the test's, to watch, never to choose) with the weights that are scored (an
+    average kept beside the model's, trainer.average=ema), and whether it is the best so far -> (val, test, is_best)."""
+    with average.applied():
+        val = evaluator.score(loaders.val) if loaders.val is not None else None
+        test = evaluator.score(loaders.test) if test_every_epoch and loaders.test is not None else None
+        return val, test, best.update(val and val.as_dict(), epoch, model)
+
+
 def ended_line(why: str, epoch: int, best: Best, t, run_dir: Path) -> str:
     if why == TIME:
         return (f"time budget: trainer.max_minutes={t.max_minutes} spent after epoch {epoch}; checkpointed; to go "
@@ -262,12 +279,12 @@ def ended_line(why: str, epoch: int, best: Best, t, run_dir: Path) -> str:
 
 
 def finish(evaluator: Evaluator, model, test_loader, best: Best, clock: Clock, parts: Checkpointer,
-           metrics: Metrics, run_dir: Optional[Path]) -> None:
+           metrics: Metrics, average, run_dir: Optional[Path]) -> None:
     """The test split, once, with the weights validation chose; the test row ends metrics.csv even without one.
     A signal now waits for the end to be written (seconds): killed in the middle of it, best.pt would lack its test
     score and a checkpoint's write would be left half done. `run_dir` (the first process's): its error.log, an
     earlier attempt's, is removed, so report.py shows the run done, not failed."""
-    with StopOnSignal() as ending:
+    with StopOnSignal() as ending, average.applied():  # the weights that were scored
         if test_loader is not None:
             with swapped_weights(model, best.test_weights(clock.weights_epoch, clock.batch > 0, parts.folder)):
                 best.test = {**evaluator.score(test_loader).as_dict(), "epoch": best.epoch or clock.weights_epoch}

@@ -63,7 +63,7 @@ class CudaGraphStep:
     - the learning rate: an optimizer that can read it from the device (Adam's `capturable`) gets each group's rate
       as a tensor, which the schedule sets in place and the graph reads, so any schedule is replayed; for another
       the rate is a constant inside the graph, recorded again whenever it has changed (make_train_step keeps those
-      eager under a per-step schedule);
+      eager under a per-step schedule), and whenever the set of parameters that train has changed;
     - the (loss, correct) it returns are the graph's output tensors, overwritten by the next replay: read them first.
     """
 
@@ -72,7 +72,7 @@ class CudaGraphStep:
         self.static_images = step.numerics.layout(torch.zeros(batch_shape, device=self.device))
         self.static_targets = torch.zeros(batch_shape[0], dtype=torch.long, device=self.device)
         self.static_out = None  # the graph's (loss, correct): made when it is recorded
-        self.graph, self.graph_lr, self.eager_steps = None, None, 0
+        self.graph, self.graph_lr, self.graph_trains, self.eager_steps = None, None, None, 0
         self.rates_on_device = rates_on_device(step.optimizer, self.device)
 
     def __call__(self, images, targets):
@@ -82,8 +82,9 @@ class CudaGraphStep:
             return self.step(images, targets)
         else:
             lr = None if self.rates_on_device else self.step.optimizer.param_groups[0]["lr"]
-            if self.graph is None or lr != self.graph_lr:
-                self._record(lr)
+            trains = tuple(p.requires_grad for p in self.step.params)  # a whitening bias stops training mid-run
+            if self.graph is None or lr != self.graph_lr or trains != self.graph_trains:
+                self._record(lr, trains)
             self.static_images.copy_(images)
             self.static_targets.copy_(targets)
             self.graph.replay()
@@ -101,8 +102,8 @@ class CudaGraphStep:
         self.eager_steps += 1
         return result
 
-    def _record(self, lr):
-        self.graph, self.graph_lr = torch.cuda.CUDAGraph(), lr
+    def _record(self, lr, trains):
+        self.graph, self.graph_lr, self.graph_trains = torch.cuda.CUDAGraph(), lr, trains
         self.step.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(self.graph):
             self.static_out = self.step.update(self.static_images, self.static_targets)

@@ -1,0 +1,232 @@
+"""The options the record-class recipe (experiment=cifar10_fast) is built from, each on its own: whitening, parameter
+groups, the piecewise-linear schedule, weight averaging, test-time augmentation, the device twins of reflect-padded
+crops and alternating flips; then the recipe itself on a slice of the real data."""
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from conftest import QUICK, SHARED, compose, needs_shared, run_cli
+from trainlab.runs.folder import read_metrics
+from trainlab.data.transforms import BatchedSteps, build_pipeline
+from trainlab.errors import TrainlabError
+from trainlab.models.blocks import build_blocks_model
+from trainlab.models.whitening import Whiten, begin_epoch, fit_whitening
+from trainlab.training.averaging import build_average
+from trainlab.training.evaluator import Evaluator
+from trainlab.training.numerics import Numerics
+from trainlab.training.optim import build_optimizer
+from trainlab.training.schedule import build_schedule
+
+
+def correlated_images(n=256, seed=0):
+    """Images whose neighbouring pixels and channels are strongly correlated, like photos."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, 1, 8, 8, generator=g).repeat_interleave(2, 2).repeat_interleave(2, 3)  # 16x16 blotches
+    return base.repeat(1, 3, 1, 1) + 0.1 * torch.randn(n, 3, 16, 16, generator=g)
+
+
+def test_whitening_makes_its_patches_covariance_identity_like_and_trains_its_bias_as_long_as_asked():
+    images = correlated_images()
+    block = Whiten(3, kernel_size=2, eps=1e-6, bias_epochs=2)
+    assert block.out_channels == 24 and not block.weight.requires_grad
+    fit_whitening(nn.Sequential(block, nn.Flatten()), [(images, None)])
+    with torch.no_grad():
+        out = block(images)[:, :12]  # the positive half; the other is its negative
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = flat.T @ flat / len(flat)
+    assert torch.allclose(covariance, torch.eye(12), atol=0.05), covariance.diagonal()
+    raw = images.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
+    before = raw.T @ raw / len(raw)
+    assert (before - torch.diag(before.diagonal())).abs().mean() > 0.4  # the raw patches: far from it
+    begin_epoch(block, 2)
+    assert block.bias.requires_grad
+    begin_epoch(block, 3)
+    assert not block.bias.requires_grad
+
+
+def test_whitening_is_fitted_on_its_own_input_and_the_blocks_after_it_never_run():
+    model = build_blocks_model(OmegaConf.create({"name": "w", "blocks": [
+        {"type": "conv", "out_channels": 4, "kernel_size": 1}, {"type": "whiten", "kernel_size": 2},
+        {"type": "flatten"}, {"type": "linear"}]}), (3, 8, 8), 10)
+    after = []
+    model[3].register_forward_hook(lambda *a: after.append(1))
+    line = fit_whitening(model, [(torch.randn(40, 3, 8, 8), None)] * 3, images=100)
+    assert line == "whitening: 1 block(s) fitted on the patches of 100 training images"
+    assert model[1].weight.abs().sum() > 0 and not after
+    assert fit_whitening(nn.Sequential(nn.Flatten()), []) is None
+
+
+def test_parameter_groups_from_yaml_get_their_rates_and_decay():
+    cfg = compose("model=cifar_fast", "optimizer=sgd", "optimizer.lr=0.5", "optimizer.weight_decay=0.01",
+                  "optimizer.groups=[{select: norm, lr_scale: 64, weight_decay_scale: 0.25},"
+                  "{select: bias, weight_decay: 0}]")
+    model = build_blocks_model(cfg.model, (3, 32, 32), 10)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    rest, norms, biases = optimizer.param_groups
+    norm_params = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert {id(p) for p in norms["params"]} == norm_params  # their frozen scales are in no group
+    assert (norms["lr"], norms["weight_decay"]) == (32.0, 0.0025)
+    assert [id(p) for p in biases["params"]] == [id(model[0].bias)]  # the whitening bias; the norms' were taken
+    assert (biases["lr"], biases["weight_decay"]) == (0.5, 0)
+    assert (rest["lr"], rest["weight_decay"]) == (0.5, 0.01) and len(rest["params"]) == 7  # 6 convs and the linear
+    assert optimizer.defaults["nesterov"] is False and optimizer.param_groups[0]["momentum"] == 0.0
+
+
+@pytest.mark.parametrize("groups,message", [
+    ("[{select: lyer4, lr_scale: 2}]", "select: 'lyer4' names no parameter of the model"),
+    ("[{lr_scale: 2}]", "optimizer.groups[0]: set select"),
+    ("[{select: norm, lr: 2}]", "'lr' does not apply; it takes select, lr_scale"),
+    ("[{select: bias, weight_decay: 0, weight_decay_scale: 0}]", "not both")])
+def test_a_mistaken_parameter_group_is_one_line_naming_the_fix(groups, message):
+    cfg = compose("model=resnet_small", f"optimizer.groups={groups}")
+    with pytest.raises(TrainlabError, match=message.replace("[", r"\[")):
+        build_optimizer(cfg.optimizer, build_blocks_model(cfg.model, (3, 32, 32), 10))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optimizer.groups=[1]", "optimizer.groups=[1] cannot work: cannot assign int to Dict[str, Any]"),
+    ("optimizer.groups=abc", "optimizer.groups=abc cannot work: optimizer.groups takes a list, not 'abc'")])
+def test_a_parameter_group_of_the_wrong_type_is_one_line_at_compose_time(override, message):
+    from trainlab.config.mistakes import composition_error
+
+    with pytest.raises(Exception) as raised:
+        compose(override)
+    assert composition_error(raised.value) == message
+
+
+def test_the_piecewise_linear_schedule_warms_up_then_decays_per_step():
+    cfg = compose("scheduler=piecewise", "optimizer.lr=2.0")
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=2.0)
+    schedule = build_schedule(cfg.scheduler, optimizer, total_steps=100)
+    rates = []
+    for _ in range(101):
+        rates.append(schedule.lr)
+        optimizer.step()
+        schedule.after_step()
+    assert rates[0] == pytest.approx(0.4) and rates[23] == pytest.approx(2.0) and rates[100] == pytest.approx(0.14)
+    assert rates[11] == pytest.approx(0.4 + 1.6 * 11 / 23)  # straight between the points
+    assert all(a < b for a, b in zip(rates[:23], rates[1:24])) and all(a > b for a, b in zip(rates[23:], rates[24:]))
+
+
+def _averaged(kind, steps=10, total=10):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    average = build_average(model, kind, every=2, decay=0.5, ramp=0, total_steps=total)
+    seen = []
+    for _ in range(steps):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)  # a "step" that moves every weight by one
+        average.after_step()
+        seen.append(model[0].bias.detach().clone())
+    return model, average, seen
+
+
+def test_ema_is_what_is_scored_while_the_model_trains_on_and_its_checkpoint_resumes_exactly():
+    model, average, _ = _averaged("ema")
+    own = model[0].bias.detach().clone()
+    with average.applied():
+        scored = model[0].bias.detach().clone()
+        saved = {name: part.state_dict() for name, part in average.parts.items()}
+    assert torch.equal(model[0].bias, own)  # back to its own weights
+    # the weights rise by 2 between updates (every 2 steps), each update halves the gap: 1, 1.5, 1.75, 1.875, 1.9375
+    assert torch.allclose(own - scored, torch.full((3,), 1.9375))
+    assert torch.equal(saved["model"]["0.bias"], scored)  # the checkpoint's model: the scored weights
+    fresh, again, _ = _averaged("ema", steps=0)
+    for name, part in again.parts.items():
+        part.load_state_dict(saved[name])
+    assert torch.equal(fresh[0].bias, own) and again.steps == 10
+    with again.applied():
+        assert torch.equal(fresh[0].bias, scored)
+
+
+def test_lookahead_writes_the_average_back_and_lands_on_it_at_the_last_step():
+    model, average, seen = _averaged("lookahead", steps=4, total=4)
+    # step 2 moved the weights to start + 2, then halfway back to the average (start): where step 1 left them
+    assert torch.allclose(seen[1], seen[0]) and torch.allclose(seen[2], seen[0] + 1)
+    assert torch.equal(model[0].bias, average.average["0.bias"])
+    assert list(average.parts) == ["model", "average"] and average.parts["model"] is model
+
+
+def test_ema_ramp_follows_the_weights_early():
+    model = nn.Linear(1, 1)
+    average = build_average(model, "ema", every=1, decay=0.9, ramp=3, total_steps=100)
+    assert average.decay_at(10) == pytest.approx(0.9 * 0.001) and average.decay_at(100) == pytest.approx(0.9)
+
+
+class HalfSighted(nn.Module):
+    """Calls itself brighter-than-half from the left half of an image only; counts its forward passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.passes = 0
+
+    def forward(self, x):
+        self.passes += 1
+        left = x[..., : x.shape[-1] // 2].mean(dim=(1, 2, 3))
+        return torch.stack([0.5 - left, left - 0.5], dim=1)
+
+
+@pytest.mark.parametrize("tta,passes", [("none", 1), ("flip", 2), ("flip_translate", 6)])
+def test_tta_averages_its_views_and_never_lowers_accuracy_on_a_fixed_case(tta, passes):
+    g = torch.Generator().manual_seed(0)
+    halves = torch.rand(200, 2, generator=g)  # each image: its left half one grey, its right half another
+    images = halves.repeat_interleave(4, dim=1).view(200, 1, 1, 8).expand(200, 1, 8, 8)
+    labels = (halves.mean(dim=1) > 0.5).long()
+    plain, model = Evaluator(HalfSighted(), Numerics.choose(torch.device("cpu"), "fp32", False)), HalfSighted()
+    evaluator = Evaluator(model, Numerics.choose(torch.device("cpu"), "fp32", False), tta=tta)
+    right = (evaluator.logits(images).argmax(1) == labels).float().mean()
+    assert model.passes == passes
+    assert right >= (plain.logits(images).argmax(1) == labels).float().mean()
+    if tta != "none":
+        assert right == 1  # each view's mirror image shows it the other half
+
+
+def test_reflect_padded_crops_and_alternating_flips_on_the_device():
+    images = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(64, 1, 1, 1) + 1
+    crop = BatchedSteps([{"type": "random_crop", "size": 4, "padding": 2, "padding_mode": "reflect"}],
+                        torch.Generator().manual_seed(0))
+    assert (crop(images) > 0).all()  # no zero border: the edge is mirrored
+    flips = BatchedSteps([{"type": "random_horizontal_flip", "alternate": True}], torch.Generator(), seed=3)
+    index = torch.arange(1000)
+    pictures = torch.arange(4, dtype=torch.uint8).view(1, 1, 1, 4).repeat(1000, 1, 1, 1)
+    flipped = {epoch: flips(pictures, index, epoch)[:, 0, 0, 0] == 3 for epoch in (1, 2, 3)}
+    assert torch.equal(flipped[1], ~flipped[2]) and torch.equal(flipped[1], flipped[3])  # every other epoch
+    assert 400 < flipped[1].sum() < 600  # each image from its own start
+    other = BatchedSteps([{"type": "random_horizontal_flip", "alternate": True}], torch.Generator(), seed=4)
+    assert not torch.equal(other(pictures, index, 1)[:, 0, 0, 0] == 3, flipped[1])  # the seed chooses the starts
+    with pytest.raises(TrainlabError, match="alternate: true runs on the resident path only"):
+        build_pipeline([{"type": "random_horizontal_flip", "alternate": True}, {"type": "to_tensor"}], "transform.train")
+
+
+@pytest.fixture(scope="module")
+def cifar_slice(tmp_path_factory) -> Path:
+    """A slice of the CIFAR-10 JPEG copy: the first 60 training and 20 test images of each class."""
+    archive = needs_shared(SHARED / "data" / "cifar10-jpg.tar.gz")
+    root, taken = tmp_path_factory.mktemp("cifar"), {}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = Path(member.name).parts  # cifar10/<split>/<class>/NNNN.jpg
+            if not member.isfile() or len(parts) != 4:
+                continue
+            key = parts[1:3]
+            if taken.get(key, 0) < (60 if parts[1] == "train" else 20):
+                taken[key] = taken.get(key, 0) + 1
+                tar.extract(member, root, filter="data")
+    return root / "cifar10"
+
+
+@pytest.mark.slow
+def test_the_record_recipe_learns_on_a_slice_of_the_jpeg_copy(tmp_path, cifar_slice):
+    result = run_cli("experiment=cifar10_fast", "data=folder", f"data.root={cifar_slice}", "data.test_dir=test",
+                     "data.batch_size=100", "trainer.epochs=3", *QUICK, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "whitening: 1 block(s) fitted on the patches of 600 training images" in result.stdout
+    assert "resident on the device" in result.stdout  # every random step has its device twin
+    test = read_metrics(tmp_path)[-1]
+    assert test["epoch"] == "test" and test["test_acc"] > 0.2, test  # chance is 10%; 3 epochs of 600 images
