@@ -133,9 +133,10 @@ def print_table(results: dict) -> None:
             continue
         accs = [r["test_acc"] for r in done]
         spread = f" +- {statistics.stdev(accs):.2%}" if len(accs) > 1 else ""
-        train = [r["train_s"] for r in done if r.get("train_s") is not None]
-        print(f"| {label} | {statistics.mean(accs):.2%}{spread} | {len(done)} | "
-              f"{statistics.median(train) if train else float('nan'):.0f} | {statistics.median(r['wall_s'] for r in done):.0f} |")
+        timed = [r["train_s"] for r in done if r.get("train_s") is not None]
+        train = statistics.median(timed) if timed else float("nan")
+        wall = statistics.median(r["wall_s"] for r in done)
+        print(f"| {label} | {statistics.mean(accs):.2%}{spread} | {len(done)} | {train:.0f} | {wall:.0f} |")
     ratios = [t["wall_s"] / r["wall_s"] for r, t in zip(rounds["record"], rounds["trainlab"])
               if "failed" not in r and "failed" not in t]
     if ratios:

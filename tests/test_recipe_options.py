@@ -1,6 +1,7 @@
 """The options the record-class recipe (experiment=cifar10_fast) is built from, each on its own: whitening, parameter
 groups, the piecewise-linear schedule, weight averaging, test-time augmentation, the device twins of reflect-padded
-crops and alternating flips; then the recipe itself on a slice of the real data."""
+crops and alternating flips, fp16's gradient scaler; then the recipe itself on a slice of the real data."""
+import copy
 import tarfile
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from conftest import QUICK, SHARED, compose, needs_shared, run_cli
 from trainlab.runs.folder import read_metrics
-from trainlab.data.transforms import BatchedSteps, build_pipeline
+from trainlab.data.transforms import BatchedSteps, build_pipeline, check_transforms
 from trainlab.errors import TrainlabError
 from trainlab.models.blocks import build_blocks_model
 from trainlab.models.whitening import Whiten, begin_epoch, fit_whitening
@@ -20,6 +21,8 @@ from trainlab.training.evaluator import Evaluator
 from trainlab.training.numerics import Numerics
 from trainlab.training.optim import build_optimizer
 from trainlab.training.schedule import build_schedule
+from trainlab.training.clock import Clock
+from trainlab.training.step import TrainStep
 
 
 def correlated_images(n=256, seed=0):
@@ -200,8 +203,8 @@ def test_reflect_padded_crops_and_alternating_flips_on_the_device():
     assert 400 < flipped[1].sum() < 600  # each image from its own start
     other = BatchedSteps([{"type": "random_horizontal_flip", "alternate": True}], torch.Generator(), seed=4)
     assert not torch.equal(other(pictures, index, 1)[:, 0, 0, 0] == 3, flipped[1])  # the seed chooses the starts
-    with pytest.raises(TrainlabError, match="alternate: true runs on the resident path only"):
-        build_pipeline([{"type": "random_horizontal_flip", "alternate": True}, {"type": "to_tensor"}], "transform.train")
+    with pytest.raises(TrainlabError, match="transform.x step 0 .* alternate: true runs on the resident path only"):
+        build_pipeline([{"type": "random_horizontal_flip", "alternate": True}, {"type": "to_tensor"}], "transform.x")
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +233,103 @@ def test_the_record_recipe_learns_on_a_slice_of_the_jpeg_copy(tmp_path, cifar_sl
     assert "resident on the device" in result.stdout  # every random step has its device twin
     test = read_metrics(tmp_path)[-1]
     assert test["epoch"] == "test" and test["test_acc"] > 0.2, test  # chance is 10%; 3 epochs of 600 images
+
+
+def _fp16_step(model):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return TrainStep(model, nn.CrossEntropyLoss(), optimizer, Numerics.choose(torch.device("cpu"), "fp16", False))
+
+
+def test_the_fp16_scaler_skips_an_overflowing_step_and_resumes_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 3))
+    step = _fp16_step(model)
+    images, targets = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    assert list(step.parts) == ["optimizer", "scaler"]
+    step.scaler.load_state_dict({**step.scaler.state_dict(), "scale": 2.0 ** 60})  # the gradients overflow fp16
+    before = model[0].weight.detach().clone()
+    assert step(images, targets) == (None, None)  # skipped: counted as such by the epoch
+    assert torch.equal(model[0].weight, before) and step.scaler.get_scale() == 2.0 ** 59
+    step.scaler.load_state_dict({**step.scaler.state_dict(), "scale": 2.0 ** 8})
+    loss, right = step(images, targets)
+    assert loss is not None and not torch.equal(model[0].weight, before)  # applied
+    saved = copy.deepcopy({name: part.state_dict() for name, part in step.parts.items()})  # as if on disk
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    resumed_model = nn.Sequential(nn.Linear(8, 3))
+    resumed_model.load_state_dict(weights)
+    resumed = _fp16_step(resumed_model)
+    for name, part in resumed.parts.items():
+        part.load_state_dict(saved[name])
+    for one in (step, resumed):
+        one(images, targets)
+    assert torch.equal(model[0].weight, resumed_model[0].weight)
+    assert resumed.scaler.state_dict() == step.scaler.state_dict()
+
+
+@pytest.mark.parametrize("mixes", [["mixup"], ["cutmix"], ["mixup", "cutmix"]])
+def test_mixup_and_cutmix_targets_sum_to_one_and_follow_the_pixels_they_mixed(mixes):
+    images = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 1, 16, 16).contiguous()
+    targets = torch.arange(8) % 4
+    steps = BatchedSteps([{"type": m} for m in mixes], torch.Generator().manual_seed(0), classes=4)
+    for _ in range(5):
+        mixed, soft = steps.mix(images, targets)
+        assert soft.shape == (8, 4) and torch.allclose(soft.sum(1), torch.ones(8))
+        # each image is a blend (or patchwork) of itself and the one before it, in the share its target says
+        own = soft[torch.arange(8), targets]
+        expected = own * images[:, 0, 0, 0] + (1 - own) * images.roll(1, 0)[:, 0, 0, 0]
+        assert torch.allclose(mixed.mean(dim=(1, 2, 3))[1:], expected[1:], atol=1e-5)  # image 0 pairs with 7, class 3
+
+
+def test_mixing_is_refused_outside_the_end_of_the_training_pipeline_in_one_line():
+    cfg = compose("transform=augment", "transform.train=[{type: to_tensor}, {type: mixup}, {type: normalize, "
+                  "mean: [0.5], std: [0.5]}]")
+    with pytest.raises(TrainlabError, match="put mixup and cutmix last"):
+        check_transforms(cfg.transform)
+    cfg = compose("transform=augment", "transform.test=[{type: to_tensor}, {type: cutmix}]")
+    with pytest.raises(TrainlabError, match=r"transform.test step 1 \(cutmix\): mixing belongs in transform.train"):
+        check_transforms(cfg.transform)
+    with pytest.raises(TrainlabError, match="mixes whole batches: it runs on the resident path only"):
+        build_pipeline([{"type": "to_tensor"}, {"type": "mixup"}], "transform.train")
+
+
+@pytest.mark.parametrize("step", [{"type": "trivial_augment"}, {"type": "rand_augment", "num_ops": 2, "magnitude": 9}])
+def test_automatic_augmentation_policies_build_and_change_an_image(step):
+    from PIL import Image
+
+    torch.manual_seed(0)
+    image = Image.fromarray((torch.rand(32, 32, 3) * 255).to(torch.uint8).numpy())
+    pipeline = build_pipeline([step, {"type": "to_tensor"}], "transform.train")
+    plain = build_pipeline([{"type": "to_tensor"}], "transform.test")(image)
+    outs = [pipeline(image) for _ in range(8)]
+    assert all(out.shape == (3, 32, 32) for out in outs) and any(not torch.equal(out, plain) for out in outs)
+
+
+def test_accumulated_batches_make_the_update_one_batch_of_them_all_makes_to_rounding():
+    torch.manual_seed(0)
+    images, targets = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
+
+    def trained(accumulate):
+        torch.manual_seed(1)
+        # no batchnorm: its statistics over a quarter batch differ from the whole batch's, in any framework
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 4))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.01)
+        updates = []
+        step = TrainStep(model, nn.CrossEntropyLoss(), optimizer, Numerics.choose(torch.device("cpu"), "fp32", False),
+                         hooks=[lambda: updates.append(1)], accumulate=accumulate)
+        clock = Clock(epochs=1, batches=accumulate, accumulate=accumulate)
+        for _ in range(2):  # two updates
+            for i, (x, y) in enumerate(zip(images.chunk(accumulate), targets.chunk(accumulate)), 1):
+                step(x, y, *clock.window(i))
+        return model, len(updates)
+
+    (large, one_batch), (small, four_batches) = trained(1), trained(4)
+    assert one_batch == four_batches == 2  # the hooks (schedule, averaging) follow updates, not batches
+    for a, b in zip(large.parameters(), small.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+
+
+def test_the_clock_counts_updates_and_windows_under_accumulation():
+    clock = Clock(epochs=2, batches=10, accumulate=4)
+    assert clock.total_updates == 6  # 4 + 4 + 2 batches an epoch
+    assert [clock.window(i) for i in (1, 4, 5, 9, 10)] == [(0.25, False), (0.25, True), (0.25, False), (0.5, False),
+                                                           (0.5, True)]

@@ -44,6 +44,7 @@ def reference(tmp_path_factory):
 
 MID_EPOCH, EPOCH_END = PER_EPOCH + 6, 3 * PER_EPOCH  # 2 steps past a checkpoint; an epoch's last step, before
 # its end-of-epoch checkpoint
+MID_WINDOW = PER_EPOCH + 2  # the last checkpoint before it, at step 15, is epoch 2's first batch
 
 
 @pytest.mark.parametrize("extra,kill_at", [(("trainer.data_path=resident",), MID_EPOCH),
@@ -51,10 +52,13 @@ MID_EPOCH, EPOCH_END = PER_EPOCH + 6, 3 * PER_EPOCH  # 2 steps past a checkpoint
                                            (("trainer.data_path=loader", "data.num_workers=2"), MID_EPOCH),
                                            (("trainer.data_path=resident",), EPOCH_END),
                                            # killed mid warm-up (30 steps), in front of a per-step schedule
-                                           # and an average of the weights kept beside them (trainer.average=ema)
+                                           # an average of the weights kept beside them (trainer.average=ema),
+                                           # and updates from 4 batches each: killed mid-window, its checkpoint
+                                           # at epoch 2's first batch (MID_WINDOW)
                                            (("scheduler=onecycle", "scheduler.warmup_steps=30",
                                              "trainer.clip_grad_norm=0.5", "trainer.average=ema",
-                                             "trainer.average_every=4", "trainer.average_ramp=3"), MID_EPOCH)])
+                                             "trainer.average_every=4", "trainer.average_ramp=3",
+                                             "trainer.accumulate_grad_batches=4"), MID_WINDOW)])
 def test_killed_then_rerun_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path, reference, extra, kill_at):
     # The run kills itself there (conftest.SIGNAL_AT_STEP). Killed from this process instead, after seeing a
     # checkpoint, it could run to its end first on a loaded machine (1 suite in 8, in the 2-worker case).

@@ -188,10 +188,11 @@ class TrainerConfig:
     resume: str = setting(on_resume=True)  # auto, never, or a run folder or checkpoint file
     nonfinite: str = setting(one_of("stop", "skip"))
     clip_grad_norm: Optional[float] = setting(above(0, ", or null (off)"))  # before each update
+    accumulate_grad_batches: int = setting(at_least(1))  # batches whose gradients one optimizer update applies
     log_graph: bool = MISSING
     log_images: bool = MISSING
     data_path: str = setting(one_of("auto", "resident", "loader"))
-    precision: str = setting(one_of("fp32", "bf16", "auto"))
+    precision: str = setting(one_of("fp32", "bf16", "fp16", "auto"))
     channels_last: Optional[bool] = MISSING  # null: chosen by device and precision
     compile: bool = setting(on_resume=True)
     cuda_graphs: bool = setting(on_resume=True)

@@ -66,7 +66,7 @@ class ResidentLoader:
         order = self.plan.order(generator, self.split.targets.device)
         for batch, index in self.plan.batches_left(order):
             generator.manual_seed(stream_seed(self.seed, epoch, batch))
-            yield self.steps(self.split.images[index], index, epoch), self.split.targets[index]
+            yield self.steps.mix(self.steps(self.split.images[index], index, epoch), self.split.targets[index])
 
 
 def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progress: bool, shard=(0, 1)) -> tuple:
@@ -81,7 +81,8 @@ def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progr
     train, val, test = (_subset(decoded.get(name), data_cfg[key])
                         for name, key in (("train", "subset"), ("val", "val_subset"), ("test", "test_subset")))
     generator = torch.Generator(device=device).manual_seed(seed)
-    train_steps, test_steps = BatchedSteps(tail_train, generator, seed), BatchedSteps(tail_test, generator, seed)
+    train_steps = BatchedSteps(tail_train, generator, seed, len(classes))
+    test_steps = BatchedSteps(tail_test, generator, seed)
     image_shape = tuple(train_steps(train.images[:1]).shape[1:])
     train_loader = ResidentLoader(train, data_cfg.batch_size, data_cfg.shuffle, data_cfg.drop_last, train_steps, seed,
                                   shard)

@@ -6,6 +6,7 @@ the resident path never needs."""
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -43,8 +44,17 @@ STEPS = {
                              {"brightness": float, "contrast": float, "saturation": float, "hue": float}),
     "grayscale": StepKind("Grayscale", {"num_output_channels": int}),
     "pad": StepKind("Pad", {"padding": int}, required=1),
+    # automatic augmentation policies (torchvision's), on the DataLoader path: one random op a image at a random
+    # strength (TrivialAugment), or num_ops ops at one magnitude of 0-30 (RandAugment)
+    "trivial_augment": StepKind("TrivialAugmentWide", {"num_magnitude_bins": int}, takes=PIL),
+    "rand_augment": StepKind("RandAugment", {"num_ops": int, "magnitude": int}, takes=PIL),
     "random_erasing": StepKind("RandomErasing", {"p": float, "scale": list}, takes=TENSOR),
+    # batch steps, last in transform.train, the resident path only: each batch's images mixed in pairs with their
+    # labels (soft targets), the mixing ratio drawn from Beta(alpha, alpha); with both listed, each batch takes one
+    "mixup": StepKind("MixUp", {"alpha": float}, takes=TENSOR),  # a blend of the two images
+    "cutmix": StepKind("CutMix", {"alpha": float}, takes=TENSOR),  # a box of the other image pasted in
 }
+MIXES = {"mixup": 0.2, "cutmix": 1.0}  # the batch steps, and their alpha where a step sets none
 
 
 class Pipeline:
@@ -74,6 +84,9 @@ def check_pipeline(steps: Sequence, where: str) -> list:
             fix = "put it after to_tensor" if spec.takes == TENSOR else "put it before to_tensor, or remove it"
             raise TrainlabError(f"{label}: needs a {spec.takes} but gets a {kind}: {fix}")
         kind = spec.gives or kind
+        if checked and checked[-1]["type"] in MIXES and name not in MIXES:
+            raise TrainlabError(f"{label}: comes after {checked[-1]['type']}, which mixes whole batches: put mixup "
+                                "and cutmix last")
         checked.append({"type": name, **given})
     if kind != TENSOR:
         raise TrainlabError(f"{where} ends with a {kind}: add {{type: to_tensor}} so images can be batched")
@@ -87,9 +100,10 @@ def build_pipeline(steps: Sequence, where: str) -> Pipeline:
     built = []
     for i, step in enumerate(check_pipeline(steps, where)):
         kwargs = {k: v for k, v in step.items() if k != "type"}
-        if kwargs.pop("alternate", False):
-            raise TrainlabError(f"{where} step {i} ({step['type']}): alternate: true runs on the resident path only "
-                                "(data held on the device): set trainer.data_path=resident, or leave alternate out")
+        if kwargs.pop("alternate", False) or step["type"] in MIXES:
+            what = "mixes whole batches" if step["type"] in MIXES else "with alternate: true"
+            raise TrainlabError(f"{where} step {i} ({step['type']}) {what}: it runs on the resident path only (data "
+                                "held on the device): set trainer.data_path=resident, or leave it out")
         try:
             built.append(getattr(transforms, STEPS[step["type"]].make)(**kwargs))
         except (TypeError, ValueError) as e:
@@ -100,7 +114,12 @@ def build_pipeline(steps: Sequence, where: str) -> Pipeline:
 def check_transforms(cfg) -> dict:
     """cfg.transform -> {"train": steps, "test": steps}, plain and checked (`${data.mean}` filled in)."""
     steps = OmegaConf.to_container(cfg, resolve=True)
-    return {split: check_pipeline(steps[split], f"transform.{split}") for split in ("train", "test")}
+    checked = {split: check_pipeline(steps[split], f"transform.{split}") for split in ("train", "test")}
+    mixing = [i for i, step in enumerate(checked["test"]) if step["type"] in MIXES]
+    if mixing:
+        raise TrainlabError(f"transform.test step {mixing[0]} ({checked['test'][mixing[0]]['type']}): mixing belongs "
+                            "in transform.train; images are scored as they are")
+    return checked
 
 
 def build_transforms(steps: dict) -> tuple:
@@ -118,7 +137,8 @@ def normalization(steps: list):
 # tensor once, and runs the rest batched on the training device. These are the steps that can be baked ...
 BAKED = {"resize", "center_crop", "grayscale", "pad"}
 # ... and these have a batched twin below, drawing independent randomness for every image of the batch.
-TWINNED = {"to_tensor", "pil_to_tensor", "normalize", "random_crop", "random_horizontal_flip", "random_vertical_flip"}
+TWINNED = {"to_tensor", "pil_to_tensor", "normalize", "random_crop", "random_horizontal_flip", "random_vertical_flip",
+           *MIXES}
 
 
 def split_for_device(steps: list, where: str) -> tuple:
@@ -137,17 +157,43 @@ class BatchedSteps:
     """The device twin of a pipeline's tail: (B, C, H, W) uint8 in, what the per-image pipeline gives out. A call may
     say which images of the split these are and in which epoch (`index`, `epoch`): alternating flips need both."""
 
-    def __init__(self, steps: list, generator: torch.Generator, seed: int = 0):
-        self.generator, self.seed = generator, seed
+    def __init__(self, steps: list, generator: torch.Generator, seed: int = 0, classes: int = 0):
+        self.generator, self.seed, self.classes = generator, seed, classes
         self.index, self.epoch = None, None
         self.ops = [getattr(self, "_" + step["type"])(**{k: v for k, v in step.items() if k != "type"})
-                    for step in steps]
+                    for step in steps if step["type"] not in MIXES]
+        self.mixes = [(step["type"], step.get("alpha", MIXES[step["type"]])) for step in steps if step["type"] in MIXES]
 
     def __call__(self, images: torch.Tensor, index: torch.Tensor = None, epoch: int = None) -> torch.Tensor:
         self.index, self.epoch = index, epoch
         for op in self.ops:
             images = op(images)
         return images
+
+    def mix(self, images: torch.Tensor, targets: torch.Tensor) -> tuple:
+        """The batch steps, after the others: (images, labels) -> (mixed images, soft targets (B, classes)), each
+        image paired with the one before it in the batch (as torchvision's MixUp and CutMix pair them), one ratio a
+        batch. Every draw comes from the batch's generator, so a resumed epoch mixes its batches alike."""
+        if not self.mixes:
+            return images, targets
+        draw = torch.randint(2 ** 62, (1,), device=self.generator.device, generator=self.generator)
+        rng = np.random.default_rng(int(draw))
+        kind, alpha = self.mixes[int(rng.integers(len(self.mixes)))]
+        share = float(rng.beta(alpha, alpha))
+        other = images.roll(1, 0)
+        if kind == "mixup":
+            images = images * share + other * (1 - share)
+        else:  # a box of 1 - share of the area, centred anywhere, cut to the image, then the share it left
+            h, w = images.shape[-2:]
+            cut_h, cut_w = int(h * (1 - share) ** 0.5), int(w * (1 - share) ** 0.5)
+            y, x = int(rng.integers(h)), int(rng.integers(w))
+            top, bottom = max(y - cut_h // 2, 0), min(y + cut_h - cut_h // 2, h)
+            left, right = max(x - cut_w // 2, 0), min(x + cut_w - cut_w // 2, w)
+            images = images.clone()
+            images[..., top:bottom, left:right] = other[..., top:bottom, left:right]
+            share = 1 - (bottom - top) * (right - left) / (h * w)
+        soft = torch.nn.functional.one_hot(targets, self.classes).float()
+        return images, soft * share + soft.roll(1, 0) * (1 - share)
 
     def _to_tensor(self):
         return lambda x: x.float().div(255)  # ToTensor's own arithmetic, so both paths give the same floats

@@ -5,10 +5,12 @@ from dataclasses import dataclass, field
 @dataclass
 class Clock:
     """(epoch, batch) is the next batch to train: epoch 1-based, `batch` batches of it done. A step is one batch
-    trained, and each step is one optimizer update; the global step counts them from the run's start (TensorBoard's
-    x axis, trainer.checkpoint_every_n_steps)."""
+    trained; the global step counts them from the run's start (TensorBoard's x axis, trainer.checkpoint_every_n_steps).
+    An optimizer update follows every `accumulate` steps (trainer.accumulate_grad_batches) and an epoch's last: the
+    schedule and weight averaging count updates."""
     epochs: int  # trainer.epochs
     batches: int  # steps in an epoch
+    accumulate: int = 1  # steps whose gradients one update applies
     epoch: int = 1
     batch: int = 0
     first_epoch: int = field(default=1, init=False)  # the epoch this process began at: a resumed run's later one
@@ -23,9 +25,16 @@ class Clock:
         return (self.epoch - 1) * self.batches + batch
 
     @property
-    def total_steps(self) -> int:
-        """The steps of the whole run, trainer.epochs of them."""
-        return self.epochs * self.batches
+    def total_updates(self) -> int:
+        """The optimizer updates of the whole run: what a schedule laid out over the run spans."""
+        return self.epochs * -(-self.batches // self.accumulate)
+
+    def window(self, batch: int) -> tuple:
+        """Batch `batch` (1-based) of an epoch -> (its share of the update's gradient: 1 / the batches of its window,
+        whether the update follows it). The windows start afresh each epoch; the last may be shorter."""
+        start = (batch - 1) // self.accumulate * self.accumulate + 1
+        end = min(start + self.accumulate - 1, self.batches)
+        return 1 / (end - start + 1), batch == end
 
     @property
     def epochs_done(self) -> int:

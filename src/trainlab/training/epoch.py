@@ -85,7 +85,7 @@ class Epoch:
         try:
             for i, (images, targets) in enumerate(bar, clock.batch + 1):
                 images = images.to(self.device, non_blocking=True)
-                loss, right = self.step(images, targets.to(self.device, non_blocking=True))
+                loss, right = self.step(images, targets.to(self.device, non_blocking=True), *clock.window(i))
                 if loss is None:  # not applied: its loss or gradients were not finite (nonfinite=skip)
                     sums.skipped += 1
                 else:

@@ -43,7 +43,7 @@ from trainlab.training.evaluator import Evaluator
 from trainlab.training.optim import build_loss, build_optimizer
 from trainlab.training.schedule import build_schedule, check_resume, longer_hint
 from trainlab.training.numerics import Numerics
-from trainlab.training.step import OptimizerPart, make_train_step
+from trainlab.training.step import make_train_step
 from trainlab.training.stop import TIME, StopOnSignal, StopPolicy
 
 log = logging.getLogger("trainlab")
@@ -76,29 +76,28 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
 
     # optimizer, schedule, loss and the step; the evaluator, the chosen epoch and when to stop
     optimizer = build_optimizer(cfg.optimizer, model, cfg.model.get("head_lr_scale"))
-    clock = Clock(t.epochs, loaders.train.batches)
-    schedule = build_schedule(cfg.scheduler, optimizer, clock.total_steps)
-    average = build_average(model, t.average, t.average_every, t.average_decay, t.average_ramp, clock.total_steps)
+    clock = Clock(t.epochs, loaders.train.batches, t.accumulate_grad_batches)
+    schedule = build_schedule(cfg.scheduler, optimizer, clock.total_updates)
+    average = build_average(model, t.average, t.average_every, t.average_decay, t.average_ramp, clock.total_updates)
     loss_fn = build_loss(cfg.loss).to(device)
     step = make_train_step(net, loss_fn, optimizer, numerics, cuda_graphs=t.cuda_graphs,
-                           hooks=[schedule.after_step, *average.hooks], batch_shape=(cfg.data.batch_size // ranks.world, *data.image_shape),
+                           hooks=[schedule.after_step, *average.hooks],
+                           batch_shape=(cfg.data.batch_size // ranks.world, *data.image_shape),
                            skip_nonfinite=t.nonfinite == "skip", clip_grad_norm=t.clip_grad_norm,
-                           per_step_rates=schedule.per_step, distributed=ranks.world > 1)
+                           per_step_rates=schedule.per_step, distributed=ranks.world > 1,
+                           accumulate=t.accumulate_grad_batches)
     evaluator, best, progress = Evaluator(net, numerics, loss_fn, t.tta), Best(t.monitor), EpochProgress(device)
     stop = StopPolicy(t.max_minutes, t.early_stopping_patience, device, ranks.world)
 
     # where the run stands: a new run, or the checkpoint's (the generators restored last: all above may draw)
     parts = Checkpointer(run_dir / CHECKPOINTS, settings.about(data), t.checkpoint_every_n_steps,
-                         t.checkpoint and ranks.main, **average.parts, optimizer=OptimizerPart(optimizer),
-                         scheduler=schedule, position=clock, best=best, stopped=stop, totals=progress, rng=Generators())
+                         t.checkpoint and ranks.main, **average.parts, **step.parts, scheduler=schedule,
+                         position=clock, best=best, stopped=stop, totals=progress, rng=Generators())
     parts.restore(saved)
     to_train = clock.to_train and not best.out_of_patience(t.early_stopping_patience)
     if not to_train and nothing_to_do(settings, clock, best, data):
         return best.value
-    if saved is not None:
-        log.info(f"resuming {shown_path(run_dir)} at epoch {clock.epoch}, batch {clock.batch}{settings.changes}")
-    if to_train:  # training on: the test is scored again at the end
-        best.test = stop.reason = None
+    going_on(settings, clock, best, stop, to_train)
 
     # logging, metrics.csv and checkpoints, in a folder no other live run writes into (a second one is refused)
     metrics = Metrics.open(run_dir, ranks.main, clock.epochs_done, clock.step + 1 if saved is not None else None,
@@ -238,6 +237,15 @@ def nothing_to_do(settings: Settings, clock: Clock, best: Best, data) -> bool:
            "trainer.early_stopping_patience to train on")
     log.info(f"nothing to do: {shown_path(run_dir)} finished training ({how}); {result_text(best, data.val is not None)}")
     return True
+
+
+def going_on(settings: Settings, clock: Clock, best: Best, stop: StopPolicy, to_train: bool) -> None:
+    """A resumed run says where it goes on from; one that trains on scores the test again at the end."""
+    if settings.saved is not None:
+        log.info(f"resuming {shown_path(settings.run_dir)} at epoch {clock.epoch}, batch {clock.batch}"
+                 f"{settings.changes}")
+    if to_train:
+        best.test = stop.reason = None
 
 
 def between_steps(stop: StopPolicy, parts: Checkpointer, steps: Epoch, run_dir: Path, t) -> bool:

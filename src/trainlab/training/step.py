@@ -1,5 +1,5 @@
-"""The training step: forward, loss, backward, (clip,) update on one batch, then the hooks that follow every step
-(the schedule; later weight averaging).
+"""The training step: forward, loss, backward, (clip,) update on one batch (or on the gradients of an accumulation
+window), then the hooks that follow every update (the schedule, weight averaging).
 
 make_train_step chooses, once, between the plain step and the same step recorded as a CUDA graph."""
 from typing import Callable, Optional, Sequence
@@ -13,32 +13,49 @@ WARM_UP_STEPS = 3  # eager steps before a CUDA graph is recorded
 
 
 class TrainStep:
-    """One optimizer step on a batch: -> (loss, number correct), both left on the device, so the loop reads them
-    back only when it logs; then each of `hooks` (no arguments), in order.
+    """One batch of training: forward, loss, backward, then (at the end of its accumulation window) the update ->
+    (loss, number correct), both left on the device, so the loop reads them back only when it logs; after each
+    update, each of `hooks` (no arguments), in order.
 
-    Before the update: with `clip_grad_norm`, the gradients' total norm is clipped to it; with skip_nonfinite, a
-    step whose loss or gradients are not finite is not applied and gives (None, None) (that check reads back every
-    step, so only when asked). The hooks follow every step, applied or not."""
+    Under accumulation (`share` < 1) a batch's loss is weighed by its share of the window and its gradients are added
+    to the window's; `update=False` leaves them for the next batch. Before the update: with `clip_grad_norm`, the
+    gradients' total norm is clipped to it; with skip_nonfinite, an update whose loss or gradients are not finite is
+    not applied and gives (None, None) (that check reads back every step, so only when asked). The hooks follow every
+    update, applied or not. In fp16 the gradient scaler scales the loss and skips an update whose gradients
+    overflowed (lowering its scale). `parts`: the step's checkpointed parts."""
 
     def __init__(self, model, loss_fn, optimizer, numerics: Numerics, skip_nonfinite: bool = False,
-                 clip_grad_norm: Optional[float] = None, hooks: Sequence[Callable] = ()):
+                 clip_grad_norm: Optional[float] = None, hooks: Sequence[Callable] = (), accumulate: int = 1):
         self.model, self.loss_fn, self.optimizer, self.numerics = model, loss_fn, optimizer, numerics
         self.skip_nonfinite, self.clip_grad_norm, self.hooks = skip_nonfinite, clip_grad_norm, list(hooks)
         self.device = numerics.device
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.scaler = numerics.grad_scaler()
+        self.pending = False  # gradients of a window's earlier batches wait in .grad
+        # what the checkpoint holds of the step: the optimizer's state, fp16's scaler, a window's gradients so far
+        self.parts = {"optimizer": OptimizerPart(optimizer), **({"scaler": self.scaler} if self.scaler else {}),
+                      **({"accumulated": AccumulatedGradients(self)} if accumulate > 1 else {})}
 
-    def __call__(self, images, targets):
-        self.optimizer.zero_grad(set_to_none=True)
-        result = self.update(self.numerics.layout(images), targets)
-        self.after_step()
+    def __call__(self, images, targets, share: float = 1.0, update: bool = True):
+        if not self.pending:
+            self.optimizer.zero_grad(set_to_none=True)
+        result = self.update(self.numerics.layout(images), targets, share, update)
+        self.pending = not update
+        if update:
+            self.after_step()
         return result
 
-    def update(self, images, targets):
-        """Forward, loss, backward, clip, update: what a CUDA graph records."""
+    def update(self, images, targets, share: float = 1.0, apply: bool = True):
+        """Forward, loss, backward, clip, update: what a CUDA graph records (a whole batch, applied)."""
         with self.numerics.autocast():
             logits = self.model(images)
             loss = self.loss_fn(logits, targets)
-        loss.backward()
+        weighed = loss * share if share != 1 else loss
+        if self.scaler is not None:
+            return self._scaled_update(loss, weighed, logits, targets, apply)
+        weighed.backward()
+        if not apply:
+            return self._held(loss, logits, targets)
         if self.skip_nonfinite and not _all_finite(loss, self.params):
             self.optimizer.zero_grad(set_to_none=True)
             return None, None
@@ -47,9 +64,50 @@ class TrainStep:
         self.optimizer.step()
         return loss.detach(), correct(logits.detach(), targets)
 
+    def _held(self, loss, logits, targets):
+        """A window's batch before its last: its gradients wait; with skip_nonfinite, a non-finite loss is counted
+        skipped here (its gradients then make the window's update be skipped)."""
+        if self.skip_nonfinite and not bool(torch.isfinite(loss).item()):
+            return None, None
+        return loss.detach(), correct(logits.detach(), targets)
+
+    def _scaled_update(self, loss, weighed, logits, targets, apply: bool):
+        """fp16: backward from the scaled loss; the gradients unscaled before clipping; the scaler's step skips the
+        update where they overflowed (and its update lowers the scale), which counts as a skipped step."""
+        self.scaler.scale(weighed).backward()
+        if not apply:
+            return self._held(loss, logits, targets)
+        if self.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.get_scale() < scale:  # lowered: this step's gradients overflowed and it was not applied
+            return None, None
+        return loss.detach(), correct(logits.detach(), targets)
+
     def after_step(self) -> None:
         for hook in self.hooks:
             hook()
+
+
+class AccumulatedGradients:
+    """A checkpointed part: the gradients an accumulation window has gathered so far (none at a window's end), so a
+    run stopped mid-window resumes with them and makes the update an uninterrupted run makes."""
+
+    def __init__(self, step: TrainStep):
+        self.step = step
+
+    def state_dict(self) -> dict:
+        grads = [p.grad.detach().clone() if p.grad is not None else None for p in self.step.params]
+        return {"grads": grads if self.step.pending else None}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        self.step.pending = state["grads"] is not None
+        for param, grad in zip(self.step.params, state["grads"] or []):
+            param.grad = None if grad is None else grad.to(param.device).clone()
 
 
 class CudaGraphStep:
@@ -68,19 +126,21 @@ class CudaGraphStep:
     """
 
     def __init__(self, step: TrainStep, batch_shape: tuple):
-        self.step, self.model, self.device = step, step.model, step.device
+        self.step, self.model, self.device, self.parts = step, step.model, step.device, step.parts
         self.static_images = step.numerics.layout(torch.zeros(batch_shape, device=self.device))
         self.static_targets = torch.zeros(batch_shape[0], dtype=torch.long, device=self.device)
         self.static_out = None  # the graph's (loss, correct): made when it is recorded
         self.graph, self.graph_lr, self.graph_trains, self.eager_steps = None, None, None, 0
         self.rates_on_device = rates_on_device(step.optimizer, self.device)
 
-    def __call__(self, images, targets):
+    def __call__(self, images, targets, share: float = 1.0, update: bool = True):  # no accumulation under a graph
         if self.eager_steps < WARM_UP_STEPS:
             result = self._warm_up(self.step.numerics.layout(images), targets)
         elif images.shape != self.static_images.shape:
             return self.step(images, targets)
         else:
+            if targets.shape != self.static_targets.shape or targets.dtype != self.static_targets.dtype:
+                self.static_targets, self.graph = torch.zeros_like(targets), None  # soft targets (mixup): recorded anew
             lr = None if self.rates_on_device else self.step.optimizer.param_groups[0]["lr"]
             trains = tuple(p.requires_grad for p in self.step.params)  # a whitening bias stops training mid-run
             if self.graph is None or lr != self.graph_lr or trains != self.graph_trains:
@@ -145,13 +205,14 @@ class OptimizerPart:
 
 def make_train_step(model, loss_fn, optimizer, numerics: Numerics, *, cuda_graphs: bool, batch_shape: tuple,
                     skip_nonfinite: bool = False, clip_grad_norm: Optional[float] = None, hooks=(),
-                    per_step_rates: bool = False, distributed: bool = False):
+                    per_step_rates: bool = False, distributed: bool = False, accumulate: int = 1):
     """The run's step: a CUDA graph where it can hold the whole step (trainer.cuda_graphs on a GPU), else eager.
 
     A graph cannot skip a step it has recorded and would hide DistributedDataParallel's gradient hooks; where the
     rate changes every step (`per_step_rates`), only an optimizer that reads it from the device replays one graph."""
-    step = TrainStep(model, loss_fn, optimizer, numerics, skip_nonfinite, clip_grad_norm, hooks)
-    graphs = cuda_graphs and numerics.device.type == "cuda" and not (skip_nonfinite or distributed)
+    step = TrainStep(model, loss_fn, optimizer, numerics, skip_nonfinite, clip_grad_norm, hooks, accumulate)
+    graphs = (cuda_graphs and numerics.device.type == "cuda"
+              and not (skip_nonfinite or distributed or step.scaler or accumulate > 1))
     if graphs and per_step_rates and not all("capturable" in group for group in optimizer.param_groups):
         graphs = False  # a graph recorded again every step would be slower than none
     return CudaGraphStep(step, batch_shape) if graphs else step
