@@ -3,6 +3,7 @@
     python bench/record.py                    # 3 seeds each, in turns, on this machine's CPU (about 2 h on 2 cores)
     python bench/record.py --seeds 1          # one round
     python bench/record.py --device cuda      # on a GPU: ../shared/bench/airbench94.py unchanged, against the same
+    python bench/record.py --device cuda --seeds 1 --extra trainer.compile=true trainer.compile_mode=max-autotune
 
 In one run, on the CIFAR-10 JPEG copy (../shared/data, extracted to a temporary folder):
   record    airbench94 (../shared/bench/): on a CPU the copy ../shared/bench/airbench94_on_cpu.sh writes (bfloat16 where

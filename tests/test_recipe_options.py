@@ -333,3 +333,19 @@ def test_the_clock_counts_updates_and_windows_under_accumulation():
     assert clock.total_updates == 6  # 4 + 4 + 2 batches an epoch
     assert [clock.window(i) for i in (1, 4, 5, 9, 10)] == [(0.25, False), (0.25, True), (0.25, False), (0.5, False),
                                                            (0.5, True)]
+
+
+@pytest.mark.parametrize("compile_on,mode,expected", [(True, "reduce-overhead", "reduce-overhead"),
+                                                      (True, "default", "default"), (False, "max-autotune", None)])
+def test_trainer_compile_mode_reaches_torch_compile(monkeypatch, compile_on, mode, expected):
+    from trainlab.distributed import Ranks
+    from trainlab.training.recipe import placed
+
+    cfg = compose(f"trainer.compile={compile_on}", f"trainer.compile_mode={mode}")
+    asked = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode: asked.append(mode) or model)
+    t = cfg.trainer
+    model = nn.Linear(2, 2)
+    net = placed(model, Numerics.choose(torch.device("cpu"), "fp32", False), t.compile and t.compile_mode,
+                 Ranks(0, 1), torch.device("cpu"))
+    assert net is model and asked == ([expected] if expected else [])

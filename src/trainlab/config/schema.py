@@ -195,6 +195,7 @@ class TrainerConfig:
     precision: str = setting(one_of("fp32", "bf16", "fp16", "auto"))
     channels_last: Optional[bool] = MISSING  # null: chosen by device and precision
     compile: bool = setting(on_resume=True)
+    compile_mode: str = setting(one_of("default", "reduce-overhead", "max-autotune"), on_resume=True)  # torch.compile's
     cuda_graphs: bool = setting(on_resume=True)
     average: str = setting(one_of("none", "ema", "lookahead"))  # weight averaging (trainlab/training/averaging.py)
     average_every: int = setting(at_least(1))  # steps between updates of the average

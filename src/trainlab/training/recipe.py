@@ -71,7 +71,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     model = build_model(cfg.model, data.image_shape, len(data.classes), train=True, new=saved is None)
     log.info(model_lines(cfg.model, model, data.image_shape))
     numerics = Numerics.choose(device, t.precision, t.channels_last)
-    net = placed(model, numerics, t.compile, ranks, device)  # `model` keeps the plain state_dict keys for checkpoints
+    net = placed(model, numerics, t.compile and t.compile_mode, ranks, device)  # `model`: the plain state_dict keys
     log_line(saved is None and fit_whitening(model, loaders.train))  # a new run's whitening, from training images
 
     # optimizer, schedule, loss and the step; the evaluator, the chosen epoch and when to stop
@@ -217,11 +217,12 @@ def check_same_classes(saved: Optional[dict], classes) -> None:
                             f"{list(classes)[:5]}...: resume on the same data, or start a new run folder")
 
 
-def placed(model, numerics: Numerics, compile: bool, ranks, device):
-    """The model on the device, in the run's layout; compiled (trainer.compile) and, under torchrun, wrapped so
-    gradients are averaged over the processes in backward -> what the step and the evaluator call."""
+def placed(model, numerics: Numerics, compile_mode, ranks, device):
+    """The model on the device, in the run's layout; compiled in `compile_mode` (trainer.compile_mode where
+    trainer.compile is on; False: not compiled) and, under torchrun, wrapped so gradients are averaged over the
+    processes in backward -> what the step and the evaluator call."""
     model.to(device, memory_format=numerics.memory_format)
-    net = torch.compile(model) if compile else model
+    net = torch.compile(model, mode=compile_mode) if compile_mode else model
     if ranks.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     return net
