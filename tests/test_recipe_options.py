@@ -203,7 +203,7 @@ def test_reflect_padded_crops_and_alternating_flips_on_the_device():
     assert 400 < flipped[1].sum() < 600  # each image from its own start
     other = BatchedSteps([{"type": "random_horizontal_flip", "alternate": True}], torch.Generator(), seed=4)
     assert not torch.equal(other(pictures, index, 1)[:, 0, 0, 0] == 3, flipped[1])  # the seed chooses the starts
-    with pytest.raises(TrainlabError, match="transform.x step 0 .* alternate: true runs on the resident path only"):
+    with pytest.raises(TrainlabError, match="transform.x step 0 .* alternate: true: it runs on the resident path only"):
         build_pipeline([{"type": "random_horizontal_flip", "alternate": True}, {"type": "to_tensor"}], "transform.x")
 
 

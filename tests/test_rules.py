@@ -120,7 +120,7 @@ def test_an_epoch_resumed_part_way_times_only_the_batches_this_process_trained()
     class Step:  # what an Epoch asks of a step: a device, a model, and (loss, correct) for a batch
         device, model = torch.device("cpu"), torch.nn.Identity()
 
-        def __call__(self, images, targets):
+        def __call__(self, images, targets, share=1.0, update=True):
             return torch.tensor(1.0), torch.tensor(3)
 
     progress = EpochProgress(torch.device("cpu"))
