@@ -97,17 +97,19 @@ def entry_config(config: str, **values):
 
 
 # A refusal is answered before a run imports torch, in about 0.6 s; about half of it is the interpreter's start and
-# the imports of Hydra and trainlab. run_forked runs an entrypoint in a process forked from a server that has made
-# those imports once (multiprocessing's forkserver, single-threaded, so the fork is clean): the same script, argv,
-# working folder, environment, output streams and exit status as `python src/run.py ...`, for the refusal tests.
-# Third-party modules only: trainlab itself is imported in the child, from this checkout's src/ (the server's sys.path
-# is not the tests': an installed trainlab could be another copy).
+# the imports of Hydra and trainlab. A whole run spends about 2.3 s of its 3.3 s importing torch and torchvision (on 2
+# cores; a tiny run of the shapes). run_forked runs an entrypoint in a process forked from a server that has made those
+# imports once (multiprocessing's forkserver, single-threaded, so the fork is clean: torch starts its threads on first
+# use, in the child): the same script, argv, working folder, environment, output streams and exit status as
+# `python src/run.py ...`, in a third of the time. Third-party modules only: trainlab itself is imported in the child,
+# from this checkout's src/ (the server's sys.path is not the tests': an installed trainlab could be another copy).
 FORK_PRELOAD = ["hydra", "hydra.main", "hydra._internal.hydra", "hydra._internal.config_loader_impl",
-                "hydra._internal.utils", "hydra.core.plugins", "omegaconf", "yaml"]
+                "hydra._internal.utils", "hydra.core.plugins", "omegaconf", "yaml", "torch", "torchvision",
+                "torch.utils.tensorboard"]
 _forkserver = None
 
 
-def _forked_main(script, args, cwd, env, out, err):
+def _forked_main(script, argv0, args, cwd, env, out, err, signal_at=None):
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
@@ -115,15 +117,23 @@ def _forked_main(script, args, cwd, env, out, err):
     for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
-    sys.argv = [script, *args]
+    sys.argv = [argv0, *args]  # as typed: the script's path from the project root, or in full from elsewhere
     sys.path.insert(0, os.path.dirname(script))
-    import runpy
+    if signal_at:
+        signal_when_logged(*signal_at)
+    import types
 
-    runpy.run_path(script, run_name="__main__")
+    # runpy.run_path would set argv[0] to the full path; `python src/run.py` keeps it as typed (the resume line's)
+    main = sys.modules["__main__"] = types.ModuleType("__main__")
+    main.__file__ = script
+    with open(script) as f:
+        exec(compile(f.read(), script, "exec"), main.__dict__)
 
 
-def run_forked(*args, script="run.py", env=None, timeout=120, cwd=None) -> subprocess.CompletedProcess:
-    """run_cli's `python src/<script> ARGS` (from `cwd`), in a process forked from a warmed-up server."""
+def run_forked(*args, script="run.py", env=None, timeout=120, cwd=None,
+               signal_at=None) -> subprocess.CompletedProcess:
+    """run_cli's `python src/<script> ARGS` (from `cwd`), in a process forked from a warmed-up server; `signal_at`:
+    signal_when_logged's arguments, for run_signalled."""
     global _forkserver
     import multiprocessing
     import tempfile
@@ -134,19 +144,24 @@ def run_forked(*args, script="run.py", env=None, timeout=120, cwd=None) -> subpr
     with tempfile.TemporaryDirectory() as scratch:
         out, err = os.path.join(scratch, "out"), os.path.join(scratch, "err")
         process = _forkserver.Process(target=_forked_main, args=(
-            str(ROOT / "src" / script), list(args), str(cwd or ROOT), {**os.environ, **(env or {})}, out, err))
+            str(ROOT / "src" / script), f"src/{script}" if cwd is None else str(ROOT / "src" / script), list(args),
+            str(cwd or ROOT), {**os.environ, **(env or {})}, out, err, signal_at))
         process.start()
         process.join(timeout)
-        if process.exitcode is None:
+        if process.exitcode is None:  # as subprocess.run answers a run past its time
             process.kill()
             process.join()
+            raise subprocess.TimeoutExpired([script, *args], timeout)
         with open(out) as f_out, open(err) as f_err:
             return subprocess.CompletedProcess([script, *args], process.exitcode, f_out.read(), f_err.read())
 
 
-def run_cli(*args, env=None, timeout=240, cwd=None) -> subprocess.CompletedProcess:
+def run_cli(*args, env=None, timeout=240, cwd=None, fresh=False) -> subprocess.CompletedProcess:
     """`python src/run.py ARGS` from the project root, as a user types it; or from `cwd`, which then holds the
-    outputs/ folder (src/run.py named by its full path)."""
+    outputs/ folder (src/run.py named by its full path). Forked from the warmed-up server (run_forked), unless `fresh`:
+    a new interpreter, for what a fork cannot show (exit-time handlers, which a forked process skips); a sweep (-m) always is: joblib's workers hang under a forked parent."""
+    if not fresh and not {"-m", "--multirun"} & set(args):
+        return run_forked(*args, env=env, timeout=timeout, cwd=cwd)
     script = "src/run.py" if cwd is None else str(ROOT / "src" / "run.py")
     return subprocess.run([sys.executable, script, *args], cwd=cwd or ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
@@ -155,27 +170,39 @@ def run_cli(*args, env=None, timeout=240, cwd=None) -> subprocess.CompletedProce
 # `python src/run.py ARGS`, but the process sends itself `signal` once it has logged train/loss at global step `step`
 # or later: a kill or a stop at a known point of the run, whatever the load on the machine. (Watching the run from the
 # test and signalling it raced: on a loaded machine the run could end before the signal landed.)
-SIGNAL_AT_STEP = """
-import os, runpy, signal, sys
+def signal_when_logged(sig: int, step: int, times: int, tag: str) -> None:
+    """From now on, this process signals itself `times` times once its run logs `tag` at `step` or later."""
+    from trainlab.runs.tensorboard import RunWriter
+
+    scalars, sent = RunWriter.scalars, []
+
+    def scalars_then_signal(self, values, at):
+        scalars(self, values, at)
+        if tag in values and at >= step and not sent:
+            sent.append(at)
+            self.flush()  # the worst case: all that was logged is on disk
+            for _ in range(times):  # as from outside: SIGKILL ends it here, SIGTERM is handled after this step
+                os.kill(os.getpid(), sig)
+    RunWriter.scalars = scalars_then_signal
+
+
+SIGNAL_AT_STEP = f"""
+import os, runpy, sys
 sig, step, times, tag, sys.argv = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+sys.path.insert(0, {str(ROOT / "tests")!r})
+from conftest import signal_when_logged
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # src/, as `python src/run.py` has it
-from trainlab.runs.tensorboard import RunWriter
-scalars, sent = RunWriter.scalars, []
-def scalars_then_signal(self, values, at):
-    scalars(self, values, at)
-    if tag in values and at >= step and not sent:
-        sent.append(at)
-        self.flush()  # the worst case: all that was logged is on disk
-        for _ in range(times):  # as from outside: SIGKILL ends it here, SIGTERM is handled after this step
-            os.kill(os.getpid(), sig)
-RunWriter.scalars = scalars_then_signal
+signal_when_logged(sig, step, times, tag)
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
 def run_signalled(sig: int, step: int, *args, timeout=240, cwd=None, times=1,
                   tag="train/loss") -> subprocess.CompletedProcess:
-    """run_cli's run, signalled by itself `times` times once it logs `tag` at step `step` or later (SIGNAL_AT_STEP)."""
+    """run_cli's run, signalled by itself `times` times once it logs `tag` at step `step` or later; forked as run_cli
+    forks, a sweep in a new interpreter (SIGNAL_AT_STEP)."""
+    if not {"-m", "--multirun"} & set(args):
+        return run_forked(*args, env=None, timeout=timeout, cwd=cwd, signal_at=(int(sig), step, times, tag))
     script = "src/run.py" if cwd is None else str(ROOT / "src" / "run.py")
     return subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, str(int(sig)), str(step), str(times), tag, script,
                            *args],

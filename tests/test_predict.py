@@ -3,14 +3,13 @@ one clear line for what a user can get wrong."""
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import QUICK, ROOT, SHARED, compose, entry_config, needs_shared, scalars
+from conftest import QUICK, ROOT, SHARED, compose, entry_config, needs_shared, run_forked, scalars
 from trainlab.runs.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
 from trainlab.inference.score import evaluate_checkpoint
@@ -28,8 +27,7 @@ GREY = ["transform.train=[{type: grayscale, num_output_channels: 1}, {type: to_t
 
 def run_script(script, *args, cwd=ROOT) -> subprocess.CompletedProcess:
     """`python src/<script>.py ARGS`, as a user types it, from `cwd`."""
-    return subprocess.run([sys.executable, str(ROOT / "src" / f"{script}.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return run_forked(*args, script=f"{script}.py", cwd=cwd)
 
 
 def train(run_dir, *overrides):

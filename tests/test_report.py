@@ -6,12 +6,11 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 
 import pytest
 import yaml
 
-from conftest import QUICK, ROOT, job_dir, run_cli
+from conftest import QUICK, job_dir, run_cli, run_forked
 from trainlab.runs.folder import METRICS_CSV, TEST_ROW, MetricsFile, read_metrics
 
 pytestmark = pytest.mark.slow
@@ -49,8 +48,7 @@ def seeds(tmp_path_factory):
 
 def report_cli(*args) -> subprocess.CompletedProcess:
     """`python src/report.py ARGS` from the project root, as a user types it."""
-    return subprocess.run([sys.executable, "src/report.py", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return run_forked(*map(str, args), script="report.py")
 
 
 def table(stdout: str, settings: list) -> list:
