@@ -56,10 +56,10 @@ def table(stdout: str, settings: list) -> list:
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("job  "))
     columns = re.split(r" {2,}", lines[start])
-    assert columns == ["job", *settings, "status", *METRICS]
+    assert columns == ["job", *settings, "status", *METRICS, "commit"]
     rows = []
     for line in lines[start + 1:]:
-        if line.startswith(("job ", "jobs that differ", "wrote ")):  # what comes after the table
+        if line.startswith(("job ", "jobs that differ", "warning: ", "wrote ")):  # what comes after the table
             break
         cells = re.split(r" {2,}", line)
         assert len(cells) == len(columns), line
@@ -124,7 +124,7 @@ def test_the_report_lists_jobs_best_first_and_writes_csv_and_plot(sweep):
     assert f"wrote {sweep / 'report.csv'}, {sweep / 'val_acc.png'}" in out
 
     records = read_csv(sweep / "report.csv")
-    assert list(records[0]) == ["job", "optimizer", "data.batch_size", "status", *GROUPED_CSV]
+    assert list(records[0]) == ["job", "optimizer", "data.batch_size", "status", *GROUPED_CSV, "commit"]
     assert [record["job"] for record in records] == [row["job"] for row in rows]
     for record in records[:2]:
         values = written(job_dir(sweep, record["job"]))
@@ -239,7 +239,7 @@ def test_no_group_seeds_lists_each_job(seeds, tmp_path):
         ("0", "0", "sgd"), ("1", "0", "adam"), ("2", "1", "sgd"), ("3", "1", "adam"), ("4", "2", "sgd"),
         ("5", "2", "adam")]
     records = read_csv(folder / "report.csv")
-    assert list(records[0]) == ["job", "trainer.seed", "optimizer", "status", *METRICS]
+    assert list(records[0]) == ["job", "trainer.seed", "optimizer", "status", *METRICS, "commit"]
     for record in records:
         values = written(job_dir(folder, record["job"]))
         assert float(record["best_val_acc"]) == pytest.approx(values["best_val_acc"], abs=1e-6)

@@ -37,7 +37,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from trainlab.config.mistakes import check_known_keys, composition_error
+from trainlab.config.mistakes import check_known_keys, composition_error, unchosen_key
 from trainlab.errors import ConfigRefused, TrainlabError, one_line, printable
 from trainlab.config.hydra_policy import (ALLOW_KEYS_ENV, USER_KEYS, UnsafeConfig, check_hydra,  # noqa: F401
                                    hydra_choices, named_in_env, reference_config, trusted, unresolved)
@@ -215,11 +215,16 @@ class CheckedConfigLoader(ConfigLoaderImpl):
                     raise
                 raise UnsafeConfig(f"hydra.job.env_copy names {printable(e)}, which is not set; and a config may not "
                                    "copy the environment at all (README: Security)") from None
+            except AssertionError:  # OmegaConf's answer to a key set under a node that is null
+                raise TrainlabError(unchosen_key(overrides) or "the config cannot be composed") from None
             if validate_sweep_overrides:  # else: Hydra's composition to learn the run mode, which acts on nothing
                 self._check(cfg, list(overrides), run_mode)
         except (HydraException, OmegaConfBaseException, TrainlabError) as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
+            missing = getattr(e, "missing_cfg_file", None)
+            if missing and "/" in str(missing) and getattr(e, "options", None) is None:  # a list's choice: logger=[x]
+                e.options = self._options(str(missing).rsplit("/", 1)[0])
             message = one_line(composition_error(e, self._groups()))
             print(f"error: {message}", file=sys.stderr, flush=True)
             raise ConfigRefused(message) from None
@@ -256,6 +261,12 @@ class CheckedConfigLoader(ConfigLoaderImpl):
             raise
         finally:
             self._sweep_job = False
+
+    def _options(self, group: str) -> list:
+        try:
+            return self.repository.get_group_options(group, ObjectType.CONFIG)
+        except Exception:  # noqa: BLE001 (only for a suggestion)
+            return []
 
     def _groups(self) -> list:
         try:

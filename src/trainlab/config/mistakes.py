@@ -81,6 +81,18 @@ def composition_error(error: Exception, groups=()) -> str:
     return first
 
 
+def unchosen_key(overrides) -> str:
+    """The line for a key set under a part that is null: a tracker's setting (logger.mlflow.tracking_uri=...) where
+    logger does not choose that tracker."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith("logger.") and key.count(".") >= 2:
+            name = key.split(".")[1]
+            return (f"{key} is a setting of the {name} tracker, which logger does not choose: choose it too, "
+                    f"logger=[tensorboard,{name}]")
+    return ""
+
+
 def _did_you_mean(parent, key: str, candidates, prefix: str = "", rest: str = "") -> str:
     """': did you mean parent.closest?', or '' when nothing is close enough to be the one meant."""
     close = difflib.get_close_matches(str(key), [str(c) for c in candidates], n=1, cutoff=0.75)

@@ -1,5 +1,7 @@
 """What a resumed run goes on with: the config it was made with, and only the settings that say how it goes on
 (ON_RESUME) taken from the command; any other change is refused, naming the first setting that differs."""
+import re
+
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab.config.schema import on_resume_keys
@@ -8,6 +10,10 @@ from trainlab.errors import TrainlabError
 FORMAT_WITH_VALIDATION = 2  # checkpoints before it chose best.pt on the test split (trainlab/runs/checkpoint.py)
 # Settings that say how the run goes on, not what it is: a resume takes them from the command where it sets them.
 ON_RESUME = on_resume_keys()  # declared beside each field: setting(on_resume=True)
+
+# Parts that say where the figures go, not what the run is: a resume takes them whole from the command where it sets
+# them (logger=[tensorboard,mlflow] adds a tracker; the run's tracker runs go on, their ids in the checkpoint).
+ON_RESUME_PARTS = ("logger",)
 
 NEWER_KEYS = ("data", "trainer")  # parts whose schema holds every option's keys: a key added later is safe to fill
 
@@ -20,9 +26,12 @@ def continued_config(saved: dict, cfg: DictConfig, overrides) -> DictConfig:
     for part in NEWER_KEYS:  # a setting the run's trainlab did not have yet (data.max_pixels) takes the command's value
         news = {k: v for k, v in OmegaConf.to_container(cfg[part], resolve=True).items() if k not in saved[part]}
         continued[part] = OmegaConf.merge(continued[part], news)
+    for part in ON_RESUME_PARTS:  # a run made before the part existed takes the command's
+        if part not in saved or any(_part_of(o) == part for o in overrides):
+            continued[part] = cfg[part]
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key.startswith("hydra.") or key.startswith("hydra/"):
+        if key.startswith("hydra.") or key.startswith("hydra/") or _part_of(override) in ON_RESUME_PARTS:
             continue
         now = OmegaConf.select(cfg, key, default=None)
         if key in ON_RESUME:
@@ -34,6 +43,11 @@ def continued_config(saved: dict, cfg: DictConfig, overrides) -> DictConfig:
             raise TrainlabError(f"{override}: the run being resumed was made with {key}={_shown(before)}; a resume "
                                 f"goes on as the run was made, so drop {override} (or start a new run to change it)")
     return continued
+
+
+def _part_of(override: str) -> str:
+    """logger.mlflow.tracking_uri=x and logger=[mlflow] -> logger."""
+    return re.split(r"[./=]", override.lstrip("+~"), maxsplit=1)[0]
 
 
 def _plain(value):
@@ -56,6 +70,8 @@ def check_resumable(state: dict, current: dict) -> list:
     saved = state["config"]
     changed = []
     for key, before, now in _differences(saved, current):
+        if key.split(".")[0] in ON_RESUME_PARTS:
+            continue
         if key in ON_RESUME:
             if key != "trainer.resume":
                 changed.append(f"{key} {before} -> {now}")

@@ -5,6 +5,7 @@ misspelt key, an unknown option or a wrong type fails when Hydra composes the co
 `MISSING` marks a key the YAML must set; `None` marks a key that only some options use.
 """
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -209,6 +210,39 @@ class TrainerConfig:
 
 
 @dataclass
+class TensorBoardLoggerConfig:
+    pass
+
+
+@dataclass
+class MlflowLoggerConfig:
+    # a store (sqlite, a database) or a server; no scheme that would load a plugin by name
+    tracking_uri: str = setting(Rule(lambda v: re.match(r"(sqlite|postgresql|mysql|mssql|https?|file)(\+\w+)?:", v)
+                                     is not None, "a sqlite:///, postgresql://, mysql://, http(s):// or file: URI"))
+    experiment: Optional[str] = None
+    artifact_location: Optional[str] = None
+    log_checkpoint: str = setting(one_of("best", "last", "all", "none"))
+
+
+@dataclass
+class WandbLoggerConfig:
+    project: str = MISSING
+    entity: Optional[str] = None
+    mode: str = setting(one_of("offline", "online", "disabled"))
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    log_checkpoint: str = setting(one_of("best", "last", "all", "none"))
+
+
+@dataclass
+class LoggerConfig:
+    """The trackers chosen (logger=[tensorboard,mlflow]): each present key is one (trainlab/runs/trackers.py)."""
+    tensorboard: Optional[TensorBoardLoggerConfig] = None
+    mlflow: Optional[MlflowLoggerConfig] = None
+    wandb: Optional[WandbLoggerConfig] = None
+
+
+@dataclass
 class Config:
     data: DataConfig = MISSING
     transform: TransformConfig = MISSING
@@ -217,6 +251,7 @@ class Config:
     scheduler: Any = MISSING
     loss: Any = MISSING
     trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 SCHEMAS = {
@@ -327,6 +362,9 @@ def check_values(cfg: DictConfig) -> None:
         raise TrainlabError(f"{missing[0]} is not set: add {missing[0]}=... to the command")
     rules = [(f"{part}.{f.name}", cfg[part][f.name], f.metadata["rule"]) for part in cfg
              for f in _ruled_fields(cfg, part) if cfg[part].get(f.name) is not None]
+    rules += [(f"logger.{name}.{f.name}", tracker[f.name], f.metadata["rule"])  # each chosen tracker's own rules
+              for name, tracker in (cfg.get("logger") or {}).items() if isinstance(tracker, DictConfig)
+              for f in _ruled_fields(cfg.logger, name)]
     d = cfg.data
     image_size = Rule(lambda v: v >= 1 if v is not None else d.name == "folder",
                       "at least 1 (null, the images' own size, is for data=folder)")

@@ -99,6 +99,7 @@ def upgraded(record: dict) -> dict:
     """A record in the layout the parts read now: one written before the parts kept the epoch in progress, the
     latest validation and the test score themselves held them beside the parts."""
     record = dict(record)
+    record.setdefault("tracking", {})  # written before trackers: no tracker run to go on in
     if "latest" not in record["best"]:
         record["best"] = {**record["best"], "latest": record.get("val"), "test": record.get("test")}
     scheduler = record["scheduler"]

@@ -7,6 +7,9 @@ run's metrics back. What writes a run and what reads one (report, evaluate, benc
     <run>/events.out.tfevents.*                TensorBoard: the tags below
     <run>/checkpoints/last.pt, last.prev.pt, best.pt
     <run>/error.log                            a failed run's error and traceback (report.py: failed)
+    <run>/provenance.json, provenance.diff     which code, command, packages, machine and data made each attempt
+                                               (runs/provenance.py); provenance.2.diff: the first resume's, and so on
+    <run>/wandb/                               logger=wandb's run files, an offline-run-* folder per attempt
     <run>/evaluate/                            src/evaluate.py's events
     <run>/export/                              src/export.py's model file and preprocessing.json
     <run>/.lock                                flocked by the process writing into the run (its pid inside)
@@ -40,8 +43,11 @@ EXPORT = "export"
 RUN_LOCK = ".lock"
 RUN_LOG = "run.log"  # Hydra's job log, ${hydra.job.name}.log, for src/run.py
 HYDRA_DIR = ".hydra"
+PROVENANCE = "provenance.json"
+PROVENANCE_DIFF = re.compile(r"provenance(\.\d+)?\.diff")  # an attempt's uncommitted changes: provenance.diff, .2.diff
 # the names trainlab itself writes in a run folder
-OWN_NAMES = (HYDRA_DIR, RUN_LOCK, RUN_LOG, ERROR_LOG, METRICS_CSV, CHECKPOINTS, EVALUATE, EXPORT)
+WANDB = "wandb"  # logger=wandb's offline run files (runs/trackers.py)
+OWN_NAMES = (HYDRA_DIR, RUN_LOCK, RUN_LOG, ERROR_LOG, METRICS_CSV, CHECKPOINTS, EVALUATE, EXPORT, PROVENANCE, WANDB)
 EVENTS = "events.out.tfevents."
 LEFT_BY_A_KILL = re.compile(r".+\.\d+\.[0-9a-f]{8}\.tmp")  # temporary_name()'s, where a kill cut a write short
 # What a sweep folder holds beside its jobs' folders: Hydra's record of the sweep, the Optuna study, the report.
@@ -319,7 +325,7 @@ def check_sweep_folder(sweep_dir: Path, same_sweep) -> None:
 def _not_a_runs(names) -> list:
     """Of a folder's file names, those that are not trainlab's own in a run folder."""
     return [name for name in names if name not in OWN_NAMES and not name.startswith(EVENTS)
-            and not LEFT_BY_A_KILL.fullmatch(name)]
+            and not LEFT_BY_A_KILL.fullmatch(name) and not PROVENANCE_DIFF.fullmatch(name)]
 
 
 def _refuse_foreign(folder: Path, foreign: list, what: str) -> None:

@@ -93,6 +93,10 @@ class Sink:
     def close(self) -> None:
         pass
 
+    def missed(self) -> Optional[str]:
+        """Why the sink missed figures (a tracker that failed on the way), or None."""
+        return None
+
 
 class TerminalSink(Sink):
     """An epoch's line on the terminal and in run.log (a step's loss shows in the progress bar)."""
@@ -149,19 +153,25 @@ class Metrics:
 
     @classmethod
     def open(cls, run_dir: Path, main: bool, epochs_done: int, first_step: Optional[int],
-             rescoring: bool = False) -> "Metrics":
+             rescoring: bool = False, tracking=None) -> "Metrics":
         """The run's sinks in `run_dir`, after `epochs_done` epochs (a resumed run's checkpoint; `first_step`, its
-        first step to log, None for a new run; `rescoring`: it only scores the test again); a distributed run's
-        other processes (not `main`) get none. A damaged metrics.csv is refused before anything is written."""
+        first step to log, None for a new run; `rescoring`: it only scores the test again); the trackers `tracking`
+        chooses (runs/trackers.py; None: TensorBoard alone); a distributed run's other processes (not `main`) get
+        none. A damaged metrics.csv is refused before anything is written."""
         if not main:
             return cls([])
         csv = MetricsFile(run_dir)
         kept = csv.rows_covered(epochs_done)  # what the checkpoint covers
         lock = RunFolderLock(run_dir).acquire()
-        writer = RunWriter(run_dir, purge_step=first_step)
+        tensorboard = tracking is None or tracking.tensorboard
+        writer = RunWriter(run_dir, purge_step=first_step, enabled=tensorboard)
         csv.rewrite_with(kept)
-        return cls([TerminalSink(), CsvSink(csv), TensorBoardSink(writer, run_dir, rescoring)], lock,
-                   writer)
+        sinks = [TerminalSink(), CsvSink(csv)] + ([TensorBoardSink(writer, run_dir, rescoring)] if tensorboard else [])
+        try:
+            return cls(sinks + (tracking.sinks() if tracking is not None else []), lock, writer)
+        except BaseException:
+            lock.release()
+            raise
 
     def step(self, step: int, loss: float) -> None:
         """The mean training loss of the steps since the last call (every trainer.log_every_n_steps)."""
@@ -195,3 +205,7 @@ class Metrics:
         finally:
             if self.lock is not None:
                 self.lock.release()
+
+    def missed(self) -> str:
+        """What the run's last line adds when a tracker failed on the way: ' · logger.mlflow missed data (...)'."""
+        return "".join(f" · {text}" for text in (sink.missed() for sink in self.sinks) if text)

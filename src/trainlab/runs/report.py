@@ -10,6 +10,9 @@ Made to be run while a sweep is still going or after some of its jobs failed: ea
 epochs finished and it has no test split), running (not done and no error: a job stopped by a kill looks the same),
 failed (it left error.log), missing (the sweep plans it but it has no folder yet) or unreadable (its .hydra/ or
 metrics.csv cannot be read: named, and the rest of the report goes on).
+
+The last column is the code each job ran (provenance.json's last attempt: runs/provenance.py); a sweep whose jobs ran
+on different commits, or on different uncommitted changes, is named in a warning line.
 """
 import csv
 import itertools
@@ -24,6 +27,7 @@ import yaml
 
 from trainlab.errors import TrainlabError, one_line, printable
 from trainlab.runs.folder import ERROR_LOG, TEST_ROW, VAL_ACC, csv_text, higher_is_better, open_own, read_metrics
+from trainlab.runs.provenance import code_version, read_attempts, short_commit
 
 CSV_NAME = "report.csv"
 PLOT_NAME = "val_acc.png"
@@ -53,6 +57,9 @@ class Job:
     error: str = ""  # why a failed job failed (error.log's first line), or why an unreadable one cannot be read
     config: dict = field(default_factory=dict)  # the composed config, for the value of a setting not overridden
     choices: dict = field(default_factory=dict)  # {group: option} as Hydra composed them
+    commit: str | None = None  # the code it ran, as the table shows it: 12 hex digits, +dirty; None: unknown
+    code: tuple | None = None  # what tells its code from another job's: commit, dirty, the diff's digest
+    sweep: Path | None = None  # the sweep folder it is a job of
 
     def setting(self, key: str) -> str:
         """The value of `key` in this job, as an override would write it; "" when unknown (a missing job)."""
@@ -115,6 +122,8 @@ def report(folder, sort: str = DEFAULT_SORT, plot: bool = True, group_seeds: boo
     for job in jobs:
         if job.error:
             print(f"job {printable(job.name)} {job.status}: {printable(job.error)}")
+    for line in code_warnings(jobs):
+        print(line)
     for name in (CSV_NAME, PLOT_NAME):  # both checked before either is written
         if (root / name).is_symlink():
             raise TrainlabError(f"{printable(root / name)} is a symbolic link: the report writes {name} only as a plain "
@@ -163,6 +172,10 @@ def read_run(folder: Path, name: str) -> Job:
     except (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError, UnicodeDecodeError) as e:
         # one damaged job (an edited config, a cut metrics.csv) is shown as such; the rest of the report stands
         return Job(name, {}, status="unreadable", error=f"cannot be read ({one_line(e, 120)})")
+    attempts = read_attempts(folder)
+    if attempts:
+        job.commit, job.code = short_commit(attempts[-1]), code_version(folder, attempts[-1])
+    job.sweep = folder.parent if (folder.parent / "multirun.yaml").exists() else None
     job.history = [row for row in rows if row["epoch"] != TEST_ROW]
     job.test = next((row for row in rows if row["epoch"] == TEST_ROW), None)
     error_log = folder / ERROR_LOG
@@ -231,7 +244,7 @@ def make_row(jobs: list, keys: list, grouped: bool) -> Row:
     head = {"job": " ".join(job.name for job in jobs), **{key: jobs[0].setting(key) for key in keys},
             "status": group_status(jobs)}
     if not grouped:
-        return Row(jobs, {**head, **jobs[0].values()})
+        return Row(jobs, {**head, **jobs[0].values(), "commit": commit_cell(jobs)})
     # The statistics are over the done jobs; while none is, over those with a value so far, so that a group in
     # flight (or a lone running job) still shows how far it got. The status says which it is.
     done = [job for job in jobs if job.status == "done"]
@@ -250,7 +263,34 @@ def make_row(jobs: list, keys: list, grouped: bool) -> Row:
         else:
             record[column] = statistics.fmean(numbers) if numbers else None  # final_train_loss: the mean
     record["n"] = len(counted)
+    record["commit"] = commit_cell(jobs)
     return Row(jobs, record)
+
+
+def commit_cell(jobs: list) -> str | None:
+    """The code of a row's jobs: their commit where they share one, else how many they ran; None where unknown."""
+    commits = sorted({job.commit for job in jobs if job.commit is not None})
+    return commits[0] if len(commits) == 1 else f"{len(commits)} commits" if commits else None
+
+
+def code_warnings(jobs: list) -> list:
+    """A `warning:` line for each sweep whose jobs ran on different code: other commits, or the same commit with
+    other uncommitted changes (their provenance.diff differs); jobs whose code is unknown are left out."""
+    sweeps = {}
+    for job in jobs:
+        if job.sweep is not None and job.code is not None:
+            sweeps.setdefault(job.sweep, {}).setdefault(job.code, []).append(job.name)
+    lines = []
+    for sweep, versions in sweeps.items():
+        if len(versions) > 1:
+            shown = "; ".join(f"{commit[:12]}{'+dirty' if dirty else ''}{f' (diff {diff})' if diff else ''}: "
+                              f"job{'s' if len(names) > 1 else ''} {' '.join(names)}"
+                              for (commit, dirty, diff), names in versions.items())
+            commits = len({commit for commit, _, _ in versions})
+            lines.append(printable(f"warning: the jobs of {sweep} ran on {len(versions)} versions of the code "
+                                   f"({commits} commit{'s' if commits > 1 else ''}): {shown}; each job's "
+                                   "provenance.json says which"))
+    return lines
 
 
 def group_status(jobs: list) -> str:

@@ -1,4 +1,4 @@
-"""The run's TensorBoard writer: scalars, the first batch as an image grid, the model graph and the hparams."""
+"""The run's TensorBoard writer: scalars, the first batch as an image grid, the model graph, the hparams and text."""
 import logging
 import time
 import warnings
@@ -39,6 +39,10 @@ class RunWriter:
     def image(self, tag: str, picture: torch.Tensor, step: int) -> None:
         """A (3, H, W) picture with values in [0, 1]."""
         self.writer.add_image(tag, picture, step)
+
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """Markdown in the TEXT tab (TensorBoard stores it under `<tag>/text_summary`)."""
+        self.writer.add_text(tag, markdown, step)
 
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         try:

@@ -23,7 +23,7 @@ from trainlab.data.resident import files_fingerprint
 from trainlab.data.splits import sizes_text
 from trainlab.data.transforms import check_transforms, normalization
 from trainlab.errors import Interrupted, TrainlabError, printable, shape_text
-from trainlab.launch import Launch, seconds_since_launch
+from trainlab.launch import Launch, first_process, seconds_since_launch
 from trainlab.models.blocks import summary_table
 from trainlab.models.build import build_model, check_model
 from trainlab.runs.checkpoint import Checkpointer, Generators
@@ -31,7 +31,9 @@ from trainlab.runs.folder import (CHECKPOINTS, ERROR_LOG, TEST_ACC, TRAIN_LOSS, 
                                   best_metric, higher_is_better, shown_path)
 from trainlab.runs.logs import RunLogging
 from trainlab.runs.metrics import EpochReport, Metrics, show_progress
+from trainlab.runs.provenance import record_attempt, short_commit
 from trainlab.runs.tensorboard import hparams_values
+from trainlab.runs.trackers import Tracking, check_trackers
 from trainlab.runs.resume import check_same_files, resume_command, resume_state
 from trainlab.models.whitening import begin_epoch, fit_whitening
 from trainlab.training.averaging import build_average
@@ -90,9 +92,10 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     stop = StopPolicy(t.max_minutes, t.early_stopping_patience, device, ranks.world)
 
     # where the run stands: a new run, or the checkpoint's (the generators restored last: all above may draw)
+    tracking = Tracking(cfg.logger, settings.config, run_dir, launch)  # the logger group; its tracker runs' ids
     parts = Checkpointer(run_dir / CHECKPOINTS, settings.about(data), t.checkpoint_every_n_steps,
-                         t.checkpoint and ranks.main, **average.parts, **step.parts, scheduler=schedule,
-                         position=clock, best=best, stopped=stop, totals=progress, rng=Generators())
+                         t.checkpoint and ranks.main, **average.parts, **step.parts, scheduler=schedule, position=clock,
+                         best=best, stopped=stop, totals=progress, tracking=tracking, rng=Generators())
     parts.restore(saved)
     to_train = clock.to_train and not best.out_of_patience(t.early_stopping_patience)
     if not to_train and nothing_to_do(settings, clock, best, data):
@@ -101,7 +104,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
 
     # logging, metrics.csv and checkpoints, in a folder no other live run writes into (a second one is refused)
     metrics = Metrics.open(run_dir, ranks.main, clock.epochs_done, clock.step + 1 if saved is not None else None,
-                           rescoring=saved is not None and not to_train)
+                           rescoring=saved is not None and not to_train, tracking=tracking)
     parts.before_save = metrics.flush  # what was logged reaches the disk before the checkpoint that covers it
     log_start(metrics, settings, launch, loaders.train, model, device)  # start-up's time; a new run's extras
     try:
@@ -137,7 +140,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     finally:
         metrics.close()
         distributed.teardown()
-    log.info(f"{result_text(best, data.val is not None)} · {trained_text(clock, stop)} · {shown_path(run_dir)}")
+    log.info(last_line(best, data.val is not None, clock, stop, run_dir, metrics))
     return best.value
 
 
@@ -151,6 +154,7 @@ class Settings:
         self.resizing = settle_image_size(cfg)  # data=folder's image_size=null: the images' own size if they share one
         self.transforms = check_transforms(cfg.transform)  # order and keys checked; torchvision not needed yet
         check_model(cfg.model)  # a misspelt block key or arch fails now, not after the data has loaded
+        check_trackers(cfg.logger)  # a chosen tracker's library is installed
         self.config = OmegaConf.to_container(cfg, resolve=True)  # plain: what checkpoints carry and resuming compares
         changed = check_resumable(saved, self.config) if saved is not None else []
         if saved is not None:
@@ -314,6 +318,11 @@ def nonfinite_error(e: NonFiniteLoss, clock: Clock) -> TrainlabError:
         "no checkpoint holds those weights: lower optimizer.lr, or set trainer.nonfinite=skip to skip such steps")
 
 
+def last_line(best: Best, validated: bool, clock: Clock, stop: StopPolicy, run_dir: Path, metrics: Metrics) -> str:
+    """The run's last line: its result, what it trained, its folder, and what a tracker missed."""
+    return f"{result_text(best, validated)} · {trained_text(clock, stop)} · {shown_path(run_dir)}{metrics.missed()}"
+
+
 def result_text(best: Best, validated: bool) -> str:
     """The run's result in words: its best validation value and epoch, and its test score with those weights."""
     if not validated:
@@ -339,18 +348,24 @@ def trained_text(clock: Clock, stop: StopPolicy) -> str:
 
 
 def log_start(metrics: Metrics, settings: Settings, launch: Launch, train_loader, model, device) -> None:
-    """Start-up's time (log_startup); and a new run's TensorBoard extras: its HPARAMS row, the first batch as the
-    model sees it, the model's graph. The batch is drawn only for what logs it: on the DataLoader path it decodes a
-    batch (and starts the workers)."""
+    """This attempt's provenance (the first process's: runs/provenance.py), start-up's time (log_startup); and a new
+    run's TensorBoard extras: its HPARAMS row, the first batch as the model sees it, the model's graph. The batch is
+    drawn only for what logs it: on the DataLoader path it decodes a batch (and starts the workers)."""
+    record = record_attempt(settings.run_dir, launch.overrides, settings.cfg.data, settings.files, device,
+                            metrics.writer) if first_process() else None
     if settings.saved is None:
-        _log_extras(metrics.writer, settings.cfg, launch, train_loader, model, settings.transforms, device)
+        _log_extras(metrics.writer, settings.cfg, launch, train_loader, model, settings.transforms, device,
+                    short_commit(record))
     log_startup(metrics)
 
 
-def _log_extras(writer, cfg: DictConfig, launch: Launch, train_loader, model, transforms: dict, device) -> None:
+def _log_extras(writer, cfg: DictConfig, launch: Launch, train_loader, model, transforms: dict, device,
+                commit: Optional[str]) -> None:
     t = cfg.trainer
-    writer.hparams(hparams_values(cfg, launch),
-                   [best_metric(t.monitor), TEST_ACC, VAL_ACC, VAL_LOSS, TRAIN_LOSS, TEST_LOSS], launch.swept)
+    values = hparams_values(cfg, launch)
+    if commit is not None:
+        values["code.commit"] = commit  # the code beside the settings: 12 hex digits, +dirty
+    writer.hparams(values, [best_metric(t.monitor), TEST_ACC, VAL_ACC, VAL_LOSS, TRAIN_LOSS, TEST_LOSS], launch.swept)
     first_batch = next(iter(train_loader))[0] if t.log_images or t.log_graph else None
     if t.log_images:
         writer.image_grid(first_batch, normalization(transforms["train"]))
