@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from conftest import QUICK, ROOT, run_cli
+from conftest import QUICK, ROOT, needs_extra, run_cli
 from trainlab.runs.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -16,11 +16,17 @@ RECIPE = ["data=shapes", "data.num_train=512", "data.num_test=128", "data.batch_
 
 @pytest.mark.parametrize("path", ["resident"])  # the DataLoader path's sharding: test_the_sampler_shards_each_batch
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # and only rank 0 talks to a tracker
     both = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "src/run.py",
-                           *RECIPE, f"trainer.data_path={path}", f"hydra.run.dir={tmp_path / 'ddp'}"],
+                           *RECIPE, f"trainer.data_path={path}", f"hydra.run.dir={tmp_path / 'ddp'}",
+                           "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={store}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert both.returncode == 0, both.stdout + both.stderr
     assert both.stdout.count("best val acc") == 1  # only rank 0 speaks
+    client = needs_extra("mlflow.tracking", "mlflow").MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("trainlab").experiment_id])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
+    assert run.info.status == "FINISHED" and sorted(steps) == [8, 16]  # 2 epochs of 8 global batches, once each
     one = run_cli(*RECIPE, f"trainer.data_path={path}", f"hydra.run.dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stdout + one.stderr
     a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("ddp", "one"))

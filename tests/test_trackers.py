@@ -278,3 +278,14 @@ def test_a_run_killed_and_resumed_goes_on_under_the_same_wandb_run_id_with_no_st
     before = {step for step, _ in wandb_history(killed_attempt).get("train/loss", [])}
     assert [step for step, _ in wandb_history(resumed)["train/loss"]] == [5, 6] and not before & {5, 6}
     assert [s for s, _ in scalars(tmp_path)["train/loss"]] == list(range(1, STEPS + 1))
+
+
+def test_an_optuna_searchs_trials_carry_their_number_and_state_in_mlflow(tmp_path, store):
+    logger, client = store
+    search = ["-m", "hparams_search=tudui_optuna", *TINY, "trainer.epochs=1", "hydra.sweeper.n_trials=2", *logger,
+              f"hydra.sweep.dir={tmp_path / 'search'}"]
+    result = run_cli(*search)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = client.search_runs([client.get_experiment_by_name("trainlab/search").experiment_id])
+    assert sorted((r.data.tags["optuna.trial"], r.data.tags["trainlab.job"], r.data.tags["optuna.state"])
+                  for r in runs) == [("0", "0", "COMPLETE"), ("1", "1", "COMPLETE")]

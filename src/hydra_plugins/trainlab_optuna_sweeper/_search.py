@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainlab.errors import USER_ERROR_EXIT, ConfigRefused, TrainlabError, one_line
 from trainlab.runs.folder import BEST, CHECKPOINTS, ERROR_LOG, open_own
+from trainlab.runs.trackers import tag_trial
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,8 @@ class Search:
 
     def _tell(self, study, trial, ret: JobReturn) -> None:
         value, error, details = _objective(ret)
+        tag_trial(_job_folder(ret, trial), ret.cfg.get("logger") if ret.cfg is not None else None, trial.number,
+                  "COMPLETE" if error is None else "FAIL")  # on the job's tracker run, where it has one
         if error is None:
             _tell_study(study, trial.number, values=value)
             best = study.best_trial

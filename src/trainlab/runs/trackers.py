@@ -272,6 +272,29 @@ class WandbSink(TrackerSink):
         self.guarded("to end its run", self.run.finish, exit_code=code)
 
 
+def tag_trial(folder: Path, logger_cfg, number: int, state: str) -> None:
+    """An Optuna trial's number and state on its job's MLflow run: the search learns the state once the job has
+    ended (COMPLETE, FAIL). A job that made no run, or a tracker out of reach, is passed over with a warning."""
+    if logger_cfg is None or logger_cfg.get("mlflow") is None:
+        return
+    from trainlab.runs.checkpoint import load_checkpoint
+
+    try:
+        run_id = load_checkpoint(folder / CHECKPOINTS / LAST).get("tracking", {}).get("mlflow")
+    except Exception:  # noqa: BLE001 (a job that failed before its first checkpoint: no run to tag)
+        return
+    if run_id is None:
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=logger_cfg.mlflow.tracking_uri)
+        client.set_tag(run_id, "optuna.trial", str(number))
+        client.set_tag(run_id, "optuna.state", state)
+    except Exception as e:  # noqa: BLE001 (the search goes on)
+        log.warning(f"warning: logger.mlflow: trial #{number}'s state was not tagged ({one_line(e, 200)})")
+
+
 def copy_into(path: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, target)
