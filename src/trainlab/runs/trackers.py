@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from trainlab.errors import Interrupted, TrainlabError, one_line
+from trainlab.launch import script
 from trainlab.runs.folder import BEST, CHECKPOINTS, LAST, METRICS_CSV
 from trainlab.runs.metrics import Sink
 from trainlab.runs.provenance import read_attempts
@@ -64,7 +65,7 @@ class RunAbout:
 
     def tags(self) -> dict:
         tags = {"trainlab.run_dir": str(self.run_dir.resolve()), "trainlab.overrides": " ".join(self.launch.overrides),
-                "trainlab.command": " ".join(sys.argv)}
+                "trainlab.command": " ".join(sys.argv), "mlflow.source.name": script(), "mlflow.source.type": "LOCAL"}
         if self.launch.sweep:
             tags.update({"trainlab.sweep": str(self.run_dir.parent.resolve()), "trainlab.job": str(self.launch.job)})
         return tags
@@ -153,8 +154,9 @@ class MlflowSink(TrackerSink):
         if location is None and self.cfg.tracking_uri.startswith("sqlite:///"):
             store = Path(self.cfg.tracking_uri[len("sqlite:///"):]).expanduser().resolve()
             location = (store.parent / "mlartifacts").as_uri()
-        try:
-            return self.client.create_experiment(name, artifact_location=location)
+        try:  # the kind: MLflow's UI opens it on its table of training runs, not on GenAI traces
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={"mlflow.experimentKind": "custom_model_development"})
         except Exception:
             found = self.client.get_experiment_by_name(name)
             if found is None:
