@@ -152,3 +152,30 @@ def test_a_trial_whose_config_cannot_be_composed_stops_the_search_and_is_not_run
                                                       (TrialState.COMPLETE, {"optimizer.lr": 0.01})]
     assert again.returncode == 1 and ("#0 : error: the job did not start: data.batch_size=abc cannot work"
                                       in again.stdout), again.stdout + again.stderr
+
+
+def test_two_searches_started_together_on_one_journal_run_the_asked_trials_between_them(tmp_path):
+    # As on two machines sharing a file system: the same command twice, one study in a journal file in the shared
+    # sweep folder. Neither takes the other's running trial for a stopped one, and n_trials counts them all.
+    import json
+    import subprocess
+    import sys
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = tmp_path / "optuna.journal"
+    search = [sys.executable, "src/run.py", "-m", "hparams_search=tudui_optuna", *TINY, "hydra.sweeper.n_trials=4",
+              f"hydra.sweeper.storage=journal:{journal}", f"hydra.sweep.dir={tmp_path}"]
+    workers = [subprocess.Popen(search, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    outputs = [worker.communicate(timeout=240)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], "\n".join(outputs)
+    study = optuna.load_study(study_name="tudui", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert [(t.number, t.state) for t in study.trials] == [(n, TrialState.COMPLETE) for n in range(4)]
+    # no two trials alike: a seeded sampler moves on past the trials another search asked
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
+    for number in range(4):  # each trial run once, to its end, in its own folder
+        folder = tmp_path / str(number)
+        assert len(json.loads((folder / "provenance.json").read_text())["attempts"]) == 1
+        assert load_checkpoint(folder / "checkpoints" / "best.pt")["test"] is not None

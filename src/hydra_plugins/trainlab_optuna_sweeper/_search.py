@@ -6,10 +6,12 @@ returns NaN) is recorded as failed and the search goes on. Every failed trial's 
 job writes it; this module does when the job could not), which trainlab.cli.SweepReport lists at the end of the
 sweep before exiting 1.
 """
+import contextlib
 import functools
 import logging
 import math
 import os
+import socket
 import sys
 import traceback
 from pathlib import Path
@@ -23,6 +25,7 @@ from hydra.errors import OverrideParseException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
 from trainlab.errors import USER_ERROR_EXIT, ConfigRefused, TrainlabError, one_line
@@ -32,6 +35,9 @@ from trainlab.runs.trackers import tag_trial
 log = logging.getLogger(__name__)
 
 FOLDER = "folder"  # each trial's user attribute: its job folder, recorded when the trial is asked
+WORKER = "worker"  # and the search running it, host:pid: a RUNNING trial whose search is gone was stopped
+TURN_LOCK = ".search"  # <sweep folder>/.search.lock, while a search claims or asks trials (_turn)
+JOURNAL = "journal:"  # hydra.sweeper.storage=journal:PATH: Optuna's journal in a file, for a shared file system
 RESULTS = "optimization_results.yaml"  # the best trial, in the sweep folder (the name Hydra's Optuna sweeper used)
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
@@ -77,7 +83,8 @@ class Search:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
         try:
-            study = optuna.create_study(study_name=self.study_name, storage=self.storage, direction=self.direction,
+            study = optuna.create_study(study_name=self.study_name, storage=_storage(self.storage),
+                                        direction=self.direction,
                                         sampler=optuna.samplers.RandomSampler(), load_if_exists=True)  # replaced below
         except ImportError as e:  # the database's driver (SQLAlchemy imports it when it first connects)
             if not any(self.sweep_dir.iterdir()):
@@ -89,23 +96,42 @@ class Search:
                                 f"hydra.sweeper.direction={study.direction.name.lower()}, or start another study "
                                 f"(another hydra.sweep.dir or hydra.sweeper.study_name)")
         _check_same_space(study, space)
-        study.sampler = sampler = self._sampler(space, len(study.trials))
+        self.trials_known = len(study.trials)  # the study's trials as this search last left it
+        study.sampler = sampler = self._sampler(space, self.trials_known)
 
         done = study.get_trials(deepcopy=False, states=FINISHED)
-        to_run = max(0, n_trials - len(done))
         here = self.sweep_dir.resolve()
-        stopped = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if Path(t.user_attrs.get(FOLDER, "/")).parent == here][:to_run]
-        self._log_start(study, sampler, n_trials, done, to_run, stopped)
+        live = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _running_elsewhere(t)]
+        to_run = max(0, n_trials - len(done) - len(live))
+        self._log_start(study, sampler, n_trials, done, to_run, _stopped(study, here)[:to_run], live)
 
-        for trial in stopped:
-            self._launch(study, [trial], fixed)
-        for start in range(len(stopped), to_run, self.n_jobs):  # n_jobs trials asked at once, then their results
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, to_run - start))]
-            for trial in trials:
-                trial.set_user_attr(FOLDER, str(here / str(trial.number)))
+        while True:  # several searches on one study (on several machines) take turns to claim or ask trials
+            with _turn(self.sweep_dir):
+                trials = self._next(study, space, n_trials, here)
+            if not trials:
+                break
             self._launch(study, trials, fixed)
         self._report(study)
+
+    def _next(self, study, space: dict, n_trials: int, here: Path) -> list:
+        """The trials this search runs next, claimed in its turn: one that a stopped search left running in this
+        folder, else up to n_jobs new ones while the study holds fewer than n_trials finished or running (here or
+        in another live search); [] when there are enough."""
+        stopped = _stopped(study, here)
+        if stopped:
+            study._storage.set_trial_user_attr(stopped[0]._trial_id, WORKER, _worker())
+            return stopped[:1]
+        trials = study.get_trials(deepcopy=False)
+        counted = sum(t.state in FINISHED or (t.state == TrialState.RUNNING and _running_elsewhere(t))
+                      for t in trials)
+        if len(trials) != self.trials_known:  # another search asked meanwhile: a seeded sampler moves on past its
+            study.sampler = self._sampler(space, len(trials))  # trials, or both would draw the same random ones
+        asked = [study.ask(space) for _ in range(max(0, min(self.n_jobs, n_trials - counted)))]
+        self.trials_known = len(trials) + len(asked)
+        for trial in asked:
+            trial.set_user_attr(FOLDER, str(here / str(trial.number)))
+            trial.set_user_attr(WORKER, _worker())
+        return asked
 
     def _sampler(self, space: dict, trials_before: int):
         """The hydra/sweeper/optuna_sampler option, built (`_partial_: true`): the grid sampler with the grid; a seeded
@@ -119,13 +145,14 @@ class Search:
             kwargs["seed"] = seed + trials_before
         return self.sampler(**kwargs)
 
-    def _log_start(self, study, sampler, n_trials: int, done: list, to_run: int, stopped: list) -> None:
+    def _log_start(self, study, sampler, n_trials: int, done: list, to_run: int, stopped: list, live: list) -> None:
         where = f"Optuna study '{study.study_name}' in {self.storage or 'memory'}"
-        if not done and not stopped:
+        if not done and not stopped and not live:
             log.info(f"{where}, new: {_trials(to_run)}, {self.direction}, {type(sampler).__name__}")
             return
         failed = sum(t.state == TrialState.FAIL for t in done)
-        line = (f"{where}: {_trials(len(done))} already done ({failed} failed); {to_run} to run, up to "
+        running = f"; {len(live)} running in another search" if live else ""
+        line = (f"{where}: {_trials(len(done))} already done ({failed} failed){running}; {to_run} to run, up to "
                 f"n_trials={n_trials}")
         if stopped:
             line += (f"; trial {', '.join(f'#{t.number}' for t in stopped)}, stopped before it finished, runs again "
@@ -335,6 +362,56 @@ def _tell_study(study, number: int, **outcome) -> None:
     except RuntimeError as e:  # the grid sampler stops the study once each point is taken; no loop to stop here
         if "Study.stop" not in str(e):
             raise
+
+
+def _storage(url):
+    """hydra.sweeper.storage as Optuna takes it: a database URL as it is; journal:PATH, Optuna's JournalStorage on a
+    file (appended to under a lock that a network file system honours: the study of searches on several machines)."""
+    if url is None or not url.startswith(JOURNAL):
+        return url
+    path = Path(url[len(JOURNAL):]).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _worker() -> str:
+    """This search process, as a trial records who runs it: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _running_elsewhere(trial: FrozenTrial) -> bool:
+    """Whether a RUNNING trial is being run by another live search: one on this machine whose process is alive, or
+    one on another machine (its own to finish: a search started there again takes it up)."""
+    host, _, pid = trial.user_attrs.get(WORKER, "").rpartition(":")
+    if not host or trial.user_attrs.get(WORKER) == _worker():
+        return False  # a study's trial from before workers were recorded, or this search's own
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+def _stopped(study, here: Path) -> list:
+    """This folder's trials that a search stopped before they finished: RUNNING, and no live search runs them."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if Path(t.user_attrs.get(FOLDER, "/")).parent == here and not _running_elsewhere(t)]
+
+
+@contextlib.contextmanager
+def _turn(sweep_dir: Path):
+    """One search at a time counts, claims and asks trials: a lock file in the sweep folder, taken as Optuna's
+    journal takes its own (creating it exclusively, which a network file system honours), stale after 30 s."""
+    lock = JournalFileOpenLock(str(sweep_dir / TURN_LOCK))
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _job_folder(ret: JobReturn, trial: FrozenTrial) -> Path:

@@ -80,8 +80,8 @@ def _search_path(v) -> bool:  # pkg:// imports the module it names to look insid
     return isinstance(v, list) and all(_folder(p) and (p.startswith("file://") or "://" not in p) for p in v)
 
 
-def _storage(v) -> bool:  # Optuna's Redis storage unpickles what the server sends; the databases keep JSON
-    return v is None or (_text()(v) and re.match(r"(sqlite|postgresql|mysql)(\+\w+)?://", v) is not None)
+def _storage(v) -> bool:  # Optuna's Redis storage unpickles what the server sends; databases, journals keep JSON
+    return v is None or (_text()(v) and re.match(r"(sqlite|postgresql|mysql)(\+\w+)?://|journal:.", v) is not None)
 
 
 TEXT, SLURM = "text without control characters", "text without control characters (a SLURM value)"
@@ -122,7 +122,7 @@ USER_KEYS = {
                                                                                                   "minimize")),
     "hydra.sweeper.study_name": Key("a name (letters, digits, _ . -)", lambda v: isinstance(v, str) and re.fullmatch(
         r"[\w.-]{1,200}", v) is not None),
-    "hydra.sweeper.storage": Key("null, or a sqlite, postgresql or mysql database URL", _storage),
+    "hydra.sweeper.storage": Key("null, a sqlite, postgresql or mysql database URL, or journal:PATH", _storage),
     "hydra.sweeper.n_trials": Key("an integer, at least 1", _int(1)),
     "hydra.sweeper.n_jobs": Key("an integer, at least 1", _int(1)),
     "hydra.sweeper.sampler.*": Key("a number, text or a list of them (the sampler's own arguments)", _scalars),
