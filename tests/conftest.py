@@ -156,11 +156,17 @@ def run_forked(*args, script="run.py", env=None, timeout=120, cwd=None,
             return subprocess.CompletedProcess([script, *args], process.exitcode, f_out.read(), f_err.read())
 
 
+def launches_processes(args) -> bool:
+    """Whether a command's sweep runs its jobs in processes of a launcher (parallel, submitit), not in its own."""
+    return bool({"-m", "--multirun"} & set(args)) and any(a.startswith("hydra/launcher=") for a in args)
+
+
 def run_cli(*args, env=None, timeout=240, cwd=None, fresh=False) -> subprocess.CompletedProcess:
     """`python src/run.py ARGS` from the project root, as a user types it; or from `cwd`, which then holds the
     outputs/ folder (src/run.py named by its full path). Forked from the warmed-up server (run_forked), unless `fresh`:
-    a new interpreter, for what a fork cannot show (exit-time handlers, which a forked process skips); a sweep (-m) always is: joblib's workers hang under a forked parent."""
-    if not fresh and not {"-m", "--multirun"} & set(args):
+    a new interpreter, for what a fork cannot show (exit-time handlers, which a forked process skips); a sweep on
+    another launcher than Hydra's basic one always is (joblib's workers hang under a forked parent)."""
+    if not fresh and not launches_processes(args):
         return run_forked(*args, env=env, timeout=timeout, cwd=cwd)
     script = "src/run.py" if cwd is None else str(ROOT / "src" / "run.py")
     return subprocess.run([sys.executable, script, *args], cwd=cwd or ROOT, capture_output=True, text=True,
@@ -200,8 +206,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def run_signalled(sig: int, step: int, *args, timeout=240, cwd=None, times=1,
                   tag="train/loss") -> subprocess.CompletedProcess:
     """run_cli's run, signalled by itself `times` times once it logs `tag` at step `step` or later; forked as run_cli
-    forks, a sweep in a new interpreter (SIGNAL_AT_STEP)."""
-    if not {"-m", "--multirun"} & set(args):
+    forks, or in a new interpreter (SIGNAL_AT_STEP)."""
+    if not launches_processes(args):
         return run_forked(*args, env=None, timeout=timeout, cwd=cwd, signal_at=(int(sig), step, times, tag))
     script = "src/run.py" if cwd is None else str(ROOT / "src" / "run.py")
     return subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, str(int(sig)), str(step), str(times), tag, script,

@@ -20,8 +20,8 @@ from trainlab.runs.checkpoint import load_checkpoint
 from trainlab.errors import TrainlabError
 
 TINY = ["data=shapes", "data.num_train=200", "data.num_test=50", "trainer.epochs=1", *QUICK]
-SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler",
-            "nsgaii": "NSGAIISampler"}  # the hydra/sweeper/optuna_sampler options
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "nsgaii": "NSGAIISampler",
+            "cmaes": "CmaEsSampler", "gp": "GPSampler", "qmc": "QMCSampler"}  # hydra/sweeper/optuna_sampler's options
 
 
 def load_study(sweep, name):
@@ -179,3 +179,15 @@ def test_two_searches_started_together_on_one_journal_run_the_asked_trials_betwe
         folder = tmp_path / str(number)
         assert len(json.loads((folder / "provenance.json").read_text())["attempts"]) == 1
         assert load_checkpoint(folder / "checkpoints" / "best.pt")["test"] is not None
+
+
+@pytest.mark.slow
+def test_a_search_stops_once_more_than_max_failure_rate_of_its_trials_failed(tmp_path):
+    search = ["-m", "hydra/sweeper=trainlab_optuna", "trainer.seed=choice(0, 1)", *TINY, "optimizer.lr=1e37",
+              "hydra.sweeper.n_trials=4", "hydra.sweeper.max_failure_rate=0.5", f"hydra.sweep.dir={tmp_path}"]
+    result = run_cli(*search)  # every trial's loss becomes NaN: the first failure is more than half
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "the search stops: 1 of its 1 trial failed, more than hydra.sweeper.max_failure_rate=0.5" in output
+    assert [t.state for t in load_study(tmp_path, "search").trials] == [TrialState.FAIL]
+    assert (tmp_path / "0" / "error.log").exists() and not (tmp_path / "1").exists()

@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import optuna
@@ -51,9 +52,11 @@ class Search:
     folder, where trainlab resumes it from its last checkpoint.
     """
 
-    def __init__(self, sampler, direction: str, study_name: str, storage, n_trials: int, n_jobs: int, params: dict):
+    def __init__(self, sampler, direction: str, study_name: str, storage, n_trials: int, n_jobs: int, params: dict,
+                 max_failure_rate: float = 1.0):
         self.sampler, self.direction, self.study_name, self.storage = sampler, direction, study_name, storage
         self.n_trials, self.n_jobs, self.params = n_trials, max(1, n_jobs), params
+        self.max_failure_rate = max_failure_rate
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -111,7 +114,20 @@ class Search:
             if not trials:
                 break
             self._launch(study, trials, fixed)
+            self._check_failures(study)
         self._report(study)
+
+    def _check_failures(self, study) -> None:
+        """hydra.sweeper.max_failure_rate: once more than that share of the study's finished trials has failed, the
+        search stops, with its report, and exits 1."""
+        finished = study.get_trials(deepcopy=False, states=FINISHED)
+        failed = sum(t.state == TrialState.FAIL for t in finished)
+        if finished and failed / len(finished) > self.max_failure_rate:
+            self._report(study)
+            log.error(f"the search stops: {failed} of its {_trials(len(finished))} failed, more than "
+                      f"hydra.sweeper.max_failure_rate={self.max_failure_rate:g} of them; the failed trials' folders "
+                      "hold an error.log each")
+            sys.exit(1)
 
     def _next(self, study, space: dict, n_trials: int, here: Path) -> list:
         """The trials this search runs next, claimed in its turn: one that a stopped search left running in this
@@ -143,7 +159,14 @@ class Search:
         seed = self.sampler.keywords.get("seed")
         if seed is not None and trials_before:
             kwargs["seed"] = seed + trials_before
-        return self.sampler(**kwargs)
+        try:
+            with warnings.catch_warnings():  # GPSampler and QMCSampler are "experimental": their choice, not a fault
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return self.sampler(**kwargs)
+        except TypeError as e:  # hydra.sweeper.sampler.KEY=... that this sampler does not take
+            name = getattr(self.sampler.func, "__name__", "the sampler")
+            raise TrainlabError(f"hydra.sweeper.sampler: {name} cannot be built ({one_line(e, 200)}): drop the "
+                                "setting, or choose a sampler that takes it") from None
 
     def _log_start(self, study, sampler, n_trials: int, done: list, to_run: int, stopped: list, live: list) -> None:
         where = f"Optuna study '{study.study_name}' in {self.storage or 'memory'}"

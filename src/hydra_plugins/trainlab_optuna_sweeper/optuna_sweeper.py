@@ -29,6 +29,7 @@ class OptunaSweeperConf:
     storage: Optional[str] = MISSING
     n_trials: int = MISSING
     n_jobs: int = MISSING
+    max_failure_rate: float = MISSING
     params: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -40,11 +41,11 @@ class OptunaSweeper(Sweeper):
     """One Optuna trial a job: see _search.Search."""
 
     def __init__(self, sampler: Any, direction: Any, study_name: str, storage: Optional[str], n_trials: int,
-                 n_jobs: int, params: Optional[DictConfig] = None) -> None:
+                 n_jobs: int, max_failure_rate: float = 1.0, params: Optional[DictConfig] = None) -> None:
         from hydra_plugins.trainlab_optuna_sweeper._search import Search  # imports Optuna: only for a search
 
         self.search = Search(sampler, getattr(direction, "name", direction), study_name, storage, n_trials, n_jobs,
-                             dict(params or {}))
+                             dict(params or {}), max_failure_rate)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.search.setup(hydra_context=hydra_context, task_function=task_function, config=config)

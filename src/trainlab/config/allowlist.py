@@ -79,7 +79,8 @@ EXACT_TARGETS = {
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
     # the Optuna sweeper's samplers (its hydra/sweeper/sampler options)
     "optuna.samplers.TPESampler", "optuna.samplers.RandomSampler", "optuna.samplers.CmaEsSampler",
-    "optuna.samplers.NSGAIISampler", "optuna.samplers.GridSampler",
+    "optuna.samplers.NSGAIISampler", "optuna.samplers.GridSampler", "optuna.samplers.GPSampler",
+    "optuna.samplers.QMCSampler",
 }
 TARGET_KEYS = ("_target_", "()")  # what Hydra's instantiate and Python's logging.config build a callable from
 

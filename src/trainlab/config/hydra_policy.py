@@ -125,6 +125,8 @@ USER_KEYS = {
     "hydra.sweeper.storage": Key("null, a sqlite, postgresql or mysql database URL, or journal:PATH", _storage),
     "hydra.sweeper.n_trials": Key("an integer, at least 1", _int(1)),
     "hydra.sweeper.n_jobs": Key("an integer, at least 1", _int(1)),
+    "hydra.sweeper.max_failure_rate": Key("a number from 0 to 1", lambda v: isinstance(v, (int, float))
+                                          and not isinstance(v, bool) and 0 <= v <= 1),
     "hydra.sweeper.sampler.*": Key("a number, text or a list of them (the sampler's own arguments)", _scalars),
 }
 NOT_USER_KEYS = {"hydra.sweeper.sampler._target_", "hydra.sweeper.sampler._partial_"}  # the option chooses those
@@ -134,7 +136,7 @@ NOT_USER_KEYS = {"hydra.sweeper.sampler._target_", "hydra.sweeper.sampler._parti
 CHOICES = {
     "hydra/launcher": ("basic", "parallel", "slurm", "submitit_local", "submitit_slurm", "joblib"),
     "hydra/sweeper": ("basic", "trainlab_optuna"),
-    "hydra/sweeper/optuna_sampler": ("tpe", "random", "grid", "nsgaii"),
+    "hydra/sweeper/optuna_sampler": ("tpe", "random", "grid", "nsgaii", "cmaes", "gp", "qmc"),
     "hydra/job_logging": ("trainlab", "stdout", "disabled"),  # Hydra's default follows a symlink to run.log
     "hydra/hydra_logging": ("default", "disabled"),
     "hydra/help": ("default",), "hydra/hydra_help": ("default",), "hydra/output": ("default",),
