@@ -191,3 +191,12 @@ def test_a_search_stops_once_more_than_max_failure_rate_of_its_trials_failed(tmp
     assert "the search stops: 1 of its 1 trial failed, more than hydra.sweeper.max_failure_rate=0.5" in output
     assert [t.state for t in load_study(tmp_path, "search").trials] == [TrialState.FAIL]
     assert (tmp_path / "0" / "error.log").exists() and not (tmp_path / "1").exists()
+
+
+def test_a_journal_that_names_a_folder_is_one_line_and_leaves_no_sweep_folder(tmp_path):
+    result = run_cli("-m", "hparams_search=tudui_optuna", *TINY, f"hydra.sweeper.storage=journal:{tmp_path}",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    assert (f"error: hydra.sweeper.storage=journal:{tmp_path} names a folder: give the journal's file, e.g. "
+            f"journal:{tmp_path / 'optuna.journal'}") in result.stderr
+    assert not (tmp_path / "sweep").exists()

@@ -89,10 +89,10 @@ class Search:
             study = optuna.create_study(study_name=self.study_name, storage=_storage(self.storage),
                                         direction=self.direction,
                                         sampler=optuna.samplers.RandomSampler(), load_if_exists=True)  # replaced below
-        except ImportError as e:  # the database's driver (SQLAlchemy imports it when it first connects)
-            if not any(self.sweep_dir.iterdir()):
+        except (ImportError, TrainlabError) as e:  # the database's driver (SQLAlchemy imports it when it first
+            if not any(self.sweep_dir.iterdir()):  # connects); a journal that names a folder
                 self.sweep_dir.rmdir()  # made just above: a search that never started leaves nothing
-            raise TrainlabError(missing_driver(self.storage, e)) from None
+            raise TrainlabError(missing_driver(self.storage, e) if isinstance(e, ImportError) else str(e)) from None
         if study.direction.name.lower() != self.direction:
             raise TrainlabError(f"study '{self.study_name}' in {self.storage} was started to "
                                 f"{study.direction.name.lower()}, not {self.direction}: rerun with "
@@ -135,6 +135,7 @@ class Search:
         in another live search); [] when there are enough."""
         stopped = _stopped(study, here)
         if stopped:
+            # a FrozenTrial has no setter: the storage's own, which Trial.set_user_attr calls
             study._storage.set_trial_user_attr(stopped[0]._trial_id, WORKER, _worker())
             return stopped[:1]
         trials = study.get_trials(deepcopy=False)
@@ -393,6 +394,9 @@ def _storage(url):
     if url is None or not url.startswith(JOURNAL):
         return url
     path = Path(url[len(JOURNAL):]).expanduser()
+    if path.is_dir():
+        raise TrainlabError(f"hydra.sweeper.storage={url} names a folder: give the journal's file, e.g. "
+                            f"journal:{path / 'optuna.journal'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 

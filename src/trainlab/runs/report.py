@@ -26,7 +26,8 @@ from pathlib import Path
 import yaml
 
 from trainlab.errors import TrainlabError, one_line, printable
-from trainlab.runs.folder import ERROR_LOG, TEST_ROW, VAL_ACC, csv_text, higher_is_better, open_own, read_metrics
+from trainlab.runs.folder import (ERROR_LOG, MULTIRUN_YAML, TEST_ROW, VAL_ACC, csv_text, higher_is_better, open_own,
+                                  read_metrics)
 from trainlab.runs.provenance import code_version, read_attempts, short_commit
 
 CSV_NAME = "report.csv"
@@ -175,7 +176,7 @@ def read_run(folder: Path, name: str) -> Job:
     attempts = read_attempts(folder)
     if attempts:
         job.commit, job.code = short_commit(attempts[-1]), code_version(folder, attempts[-1])
-    job.sweep = folder.parent if (folder.parent / "multirun.yaml").exists() else None
+    job.sweep = folder.parent if (folder.parent / MULTIRUN_YAML).exists() else None
     job.history = [row for row in rows if row["epoch"] != TEST_ROW]
     job.test = next((row for row in rows if row["epoch"] == TEST_ROW), None)
     error_log = folder / ERROR_LOG

@@ -15,14 +15,14 @@ from typing import Optional
 
 from trainlab.errors import Interrupted, TrainlabError, one_line
 from trainlab.launch import script
-from trainlab.runs.folder import BEST, CHECKPOINTS, LAST, METRICS_CSV
+from trainlab.runs.folder import BEST, CHECKPOINTS, LAST, METRICS_CSV, PROVENANCE, PROVENANCE_DIFF
 from trainlab.runs.metrics import Sink
-from trainlab.runs.provenance import read_attempts
+from trainlab.runs.provenance import command_line, read_attempts
 
 log = logging.getLogger("trainlab")
 
 EXTRAS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}  # logger option: (its module, its extra)
-PROVENANCE_FILES = ("provenance.json", "provenance.diff")  # uploaded beside metrics.csv where the run folder has them
+CHECKPOINTS_SENT = {"best": [BEST], "last": [LAST], "all": [BEST, LAST], "none": []}  # a tracker's log_checkpoint
 
 
 def check_trackers(logger_cfg) -> None:
@@ -65,7 +65,7 @@ class RunAbout:
 
     def tags(self) -> dict:
         tags = {"trainlab.run_dir": str(self.run_dir.resolve()), "trainlab.overrides": " ".join(self.launch.overrides),
-                "trainlab.command": " ".join(sys.argv), "mlflow.source.name": script(), "mlflow.source.type": "LOCAL"}
+                "trainlab.command": command_line(), "mlflow.source.name": script(), "mlflow.source.type": "LOCAL"}
         if self.launch.sweep:
             tags.update({"trainlab.sweep": str(self.run_dir.parent.resolve()), "trainlab.job": str(self.launch.job)})
         return tags
@@ -114,15 +114,19 @@ class MlflowSink(TrackerSink):
         from mlflow.tracking import MlflowClient
 
         self.cfg, self.about, self.ids = cfg, about, ids  # ids: Tracking's, checkpointed
-        self.pending, self.held = [], {}  # metrics not sent yet; a resumed run's last step held per key
+        self.pending, self.held = [], None  # metrics not sent yet; a resumed run's last step held per key
         self.client = MlflowClient(tracking_uri=self._uri())
         self.run_id = self.guarded("to start its run", self._start)
 
     def _uri(self) -> str:
+        if self._store() is not None:  # the store's folder must exist (outputs/ on a first run)
+            self._store().parent.mkdir(parents=True, exist_ok=True)
+        return self.cfg.tracking_uri
+
+    def _store(self) -> Optional[Path]:
+        """A sqlite:/// store's file; None for a server or a database."""
         uri = self.cfg.tracking_uri
-        if uri.startswith("sqlite:///"):  # the store's folder must exist (outputs/ on a first run)
-            Path(uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        return uri
+        return Path(uri[len("sqlite:///"):]).expanduser().resolve() if uri.startswith("sqlite:///") else None
 
     def _start(self) -> str:
         resumed = self.ids.get(self.name)
@@ -130,7 +134,7 @@ class MlflowSink(TrackerSink):
             self.client.update_run(resumed, status="RUNNING")
             logged = self.client.get_run(resumed).data.params
             self._log_params({k: v for k, v in flat_params(self.about.config).items() if k not in logged}, resumed)
-            self.held = None  # fetched per key, on its first value
+            self.held = {}  # filled per key, on its first value
             return resumed
         run = self.client.create_run(self._experiment(), run_name=self.about.run_dir.name, tags=self.about.tags())
         self.ids[self.name] = run.info.run_id
@@ -151,9 +155,8 @@ class MlflowSink(TrackerSink):
         if found is not None:
             return found.experiment_id
         location = self.cfg.artifact_location
-        if location is None and self.cfg.tracking_uri.startswith("sqlite:///"):
-            store = Path(self.cfg.tracking_uri[len("sqlite:///"):]).expanduser().resolve()
-            location = (store.parent / "mlartifacts").as_uri()
+        if location is None and self._store() is not None:
+            location = (self._store().parent / "mlartifacts").as_uri()
         try:  # the kind: MLflow's UI opens it on its table of training runs, not on GenAI traces
             return self.client.create_experiment(name, artifact_location=location,
                                                  tags={"mlflow.experimentKind": "custom_model_development"})
@@ -181,9 +184,9 @@ class MlflowSink(TrackerSink):
                 self.pending.append(Metric(key, float(value), now, step))
 
     def _held(self, key: str) -> int:
-        """The last step of `key` the tracker run holds from an earlier attempt (-1 for none)."""
+        """The last step of `key` the tracker run holds from an earlier attempt (-1 for none, and for a new run)."""
         if self.held is None:
-            self.held = {}
+            return -1
         if key not in self.held:
             history = self.guarded("to read its run", self.client.get_metric_history, self.run_id, key) or []
             self.held[key] = max((m.step for m in history), default=-1)
@@ -206,19 +209,10 @@ class MlflowSink(TrackerSink):
                          git["commit"])
             self.guarded("to tag its run", self.client.set_tag, self.run_id, "trainlab.git_dirty",
                          str(git["dirty"]).lower())
-        for name in (METRICS_CSV, *PROVENANCE_FILES):
-            if (folder / name).is_file():
-                self.guarded("to upload artifacts", self.client.log_artifact, self.run_id, str(folder / name))
-        if ending is None:
-            chosen = {"best": [BEST], "last": [LAST], "all": [BEST, LAST], "none": []}[self.cfg.log_checkpoint]
-            for name in chosen:
-                path = folder / CHECKPOINTS / name
-                if path.is_file():
-                    self.guarded("to upload checkpoints", self.client.log_artifact, self.run_id, str(path),
-                                 CHECKPOINTS)
-        status = ("FINISHED" if ending is None else
-                  "KILLED" if isinstance(ending, (Interrupted, KeyboardInterrupt)) else "FAILED")
-        self.guarded("to end its run", self.client.set_terminated, self.run_id, status)
+        for path in files_at_end(folder, self.cfg.log_checkpoint, ending):  # checkpoints under checkpoints/
+            within = str(path.parent.relative_to(folder)) if path.parent != folder else None
+            self.guarded("to upload artifacts", self.client.log_artifact, self.run_id, str(path), within)
+        self.guarded("to end its run", self.client.set_terminated, self.run_id, ended_as(ending))
 
 
 class WandbSink(TrackerSink):
@@ -264,14 +258,26 @@ class WandbSink(TrackerSink):
         ending = sys.exc_info()[1]
         self.flush()
         folder = self.about.run_dir
-        saved = [folder / name for name in (METRICS_CSV, *PROVENANCE_FILES)]
-        if ending is None:
-            chosen = {"best": [BEST], "last": [LAST], "all": [BEST, LAST], "none": []}[self.cfg.log_checkpoint]
-            saved += [folder / CHECKPOINTS / name for name in chosen]
-        for path in (p for p in saved if p.is_file()):  # a file in the run's files/ goes up with it (wandb.save
-            self.guarded("to save files", copy_into, path, Path(self.run.dir) / path.relative_to(folder))  # links)
-        code = 0 if ending is None else 130 if isinstance(ending, (Interrupted, KeyboardInterrupt)) else 1
+        for path in files_at_end(folder, self.cfg.log_checkpoint, ending):  # a file in the run's files/ goes up
+            self.guarded("to save files", copy_into, path, Path(self.run.dir) / path.relative_to(folder))  # with it
+        code = {"FINISHED": 0, "KILLED": 130, "FAILED": 1}[ended_as(ending)]
         self.guarded("to end its run", self.run.finish, exit_code=code)
+
+
+def files_at_end(folder: Path, log_checkpoint: str, ending) -> list:
+    """What a tracker keeps of the run folder at its end: metrics.csv, the provenance files and, after a clean end
+    (`ending` None), the checkpoints log_checkpoint names; those that exist."""
+    diffs = sorted(p.name for p in folder.glob("provenance*.diff") if PROVENANCE_DIFF.fullmatch(p.name))
+    names = [METRICS_CSV, PROVENANCE, *diffs]
+    paths = [folder / name for name in names]
+    paths += [folder / CHECKPOINTS / name for name in CHECKPOINTS_SENT[log_checkpoint]] if ending is None else []
+    return [path for path in paths if path.is_file()]
+
+
+def ended_as(ending) -> str:
+    """A run's end in MLflow's words, from the exception ending it (None: a clean end)."""
+    return ("FINISHED" if ending is None else
+            "KILLED" if isinstance(ending, (Interrupted, KeyboardInterrupt)) else "FAILED")
 
 
 def tag_trial(folder: Path, logger_cfg, number: int, state: str) -> None:
