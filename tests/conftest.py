@@ -215,6 +215,54 @@ def run_signalled(sig: int, step: int, *args, timeout=240, cwd=None, times=1,
                           cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+# A submitit job's tasks are new interpreters (python -m submitit.core._submit) that no patch made by the test or the
+# sweep's process reaches. Each imports sitecustomize.py from the first folder of PYTHONPATH as it starts: there, task
+# 0 (the one that logs) preempts the whole job once it has logged train/loss at `step` or later, as SLURM does:
+# SIGUSR2 to every task of the job (the children of submitit's controller), once (the marker file: the requeued tasks
+# run on undisturbed). At a known step, whatever the load on the machine.
+PREEMPT_JOB_SITE = """
+import os
+if os.environ.get("SUBMITIT_LOCAL_GLOBALID") == "0" and not os.path.exists({marker!r}):
+    import signal
+    from pathlib import Path
+    from trainlab.runs.tensorboard import RunWriter
+
+    scalars = RunWriter.scalars
+
+    def scalars_then_preempt(self, values, at):
+        scalars(self, values, at)
+        if "train/loss" in values and at >= {step} and not os.path.exists({marker!r}):
+            Path({marker!r}).touch()
+            self.flush()
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if parent == os.getppid():
+                    os.kill(int(stat.parent.name), signal.SIGUSR2)
+    RunWriter.scalars = scalars_then_preempt
+"""
+
+
+def preempting_env(folder: Path, step: int) -> dict:
+    """The environment for a sweep on hydra/launcher=submitit_local whose job is preempted once, when its run logs
+    train/loss at `step` (PREEMPT_JOB_SITE, written into `folder`); its processes import trainlab from src/."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(PREEMPT_JOB_SITE.format(marker=str(folder / "preempted"), step=step))
+    return {"PYTHONPATH": os.pathsep.join([str(folder), str(ROOT / "src")])}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, the kernel's choice: for a rendezvous of a test's processes, so that tests
+    running at once never meet on one."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def job_dir(sweep: Path, number: int) -> Path:
     """The folder of job `number` of a sweep: <number>_<what the sweep gave it> (conf/config.yaml), or <number>."""
     [folder] = [p for p in Path(sweep).iterdir() if p.is_dir() and p.name.partition("_")[0] == str(number)]

@@ -1,39 +1,125 @@
-"""torchrun: two CPU processes on the gloo backend follow the same path as one process on the same global batch."""
+"""Data-parallel runs: two CPU processes on the gloo backend, as torchrun starts them on two nodes or as two tasks of
+one submitit job, follow the same path as one process on the same global batch, and write one run folder."""
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import QUICK, ROOT, needs_extra, run_cli
+from conftest import QUICK, ROOT, free_port, needs_extra, preempting_env, run_cli, scalars
 from trainlab.runs.checkpoint import load_checkpoint
+from trainlab.runs.folder import read_metrics
 
 pytestmark = pytest.mark.slow
 
 RECIPE = ["data=shapes", "data.num_train=512", "data.num_test=128", "data.batch_size=64", "trainer.epochs=2",
-          "optimizer=sgd", "optimizer.momentum=0.9", "trainer.device=cpu", *QUICK]  # Adam magnifies rounding
+          "optimizer=sgd", "optimizer.momentum=0.9", "trainer.device=cpu", "trainer.data_path=resident",
+          *QUICK]  # Adam magnifies rounding; the DataLoader path's sharding: test_the_sampler_shards_each_batch
 
 
-@pytest.mark.parametrize("path", ["resident"])  # the DataLoader path's sharding: test_the_sampler_shards_each_batch
-def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, path):
+def assert_same_path(checkpoint: dict, reference: dict) -> None:
+    for key in reference["model"]:  # the same steps; only the order of floating-point sums differs
+        assert torch.allclose(checkpoint["model"][key], reference["model"][key], atol=1e-5), key
+    assert checkpoint["best"]["val"]["acc"] == pytest.approx(reference["best"]["val"]["acc"], abs=1 / 50)  # 50 images
+    assert checkpoint["test"]["acc"] == pytest.approx(reference["test"]["acc"], abs=1 / 128)
+
+
+def test_torchrun_on_two_nodes_and_a_preempted_submitit_job_of_two_tasks_each_follow_one_process(tmp_path):
+    # two torchrun agents, as two nodes would start them, meeting through c10d on a free port
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # and only rank 0 talks to a tracker
-    both = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "src/run.py",
-                           *RECIPE, f"trainer.data_path={path}", f"hydra.run.dir={tmp_path / 'ddp'}",
-                           "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={store}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert both.returncode == 0, both.stdout + both.stderr
-    assert both.stdout.count("best val acc") == 1  # only rank 0 speaks
+    rendezvous = ["--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+                  "--rdzv-id=two-nodes"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", *rendezvous, "src/run.py", *RECIPE,
+                f"hydra.run.dir={tmp_path / 'ddp'}", "logger=[tensorboard,mlflow]",
+                f"logger.mlflow.tracking_uri={store}"]
+    # meanwhile, a job of two tasks on submitit's local executor, preempted at step 10 (epoch 2 of 2, batch 2 of 8)
+    sweep = tmp_path / "sweep"
+    threads = {**os.environ, "OMP_NUM_THREADS": "1"}  # as many in each process: the same sums, the same bits
+    env = {**threads, **preempting_env(tmp_path / "site", step=10), "MASTER_PORT": str(free_port())}  # kept
+    submitit = [sys.executable, "src/run.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                "hydra.launcher.timeout_min=5", *RECIPE, "trainer.log_every_n_steps=2", f"hydra.sweep.dir={sweep}"]
+    logs = [tmp_path / name for name in ("node0.out", "node1.out", "submitit.out")]  # files: no pipe fills up
+    processes = []
+    for command, log, environment in zip([torchrun, torchrun, submitit], logs, [threads, threads, env]):
+        with log.open("w") as out:
+            processes.append(subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=environment))
+    try:
+        one = run_cli(*RECIPE, f"hydra.run.dir={tmp_path / 'one'}")  # and one process, the reference
+        codes = [process.wait(timeout=240) for process in processes]
+    finally:  # none left running after a failure
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    assert one.returncode == 0, one.stdout + one.stderr
+    outputs = [log.read_text() for log in logs]
+    assert codes == [0, 0, 0], "\n".join(outputs)
+    reference = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")
+
+    assert "".join(outputs[:2]).count("best val acc") == 1  # only rank 0 speaks
     client = needs_extra("mlflow.tracking", "mlflow").MlflowClient(store)
     [run] = client.search_runs([client.get_experiment_by_name("trainlab").experiment_id])
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
     assert run.info.status == "FINISHED" and sorted(steps) == [8, 16]  # 2 epochs of 8 global batches, once each
-    one = run_cli(*RECIPE, f"trainer.data_path={path}", f"hydra.run.dir={tmp_path / 'one'}")
-    assert one.returncode == 0, one.stdout + one.stderr
-    a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("ddp", "one"))
-    for key in a["model"]:  # the same steps; only the order of floating-point sums differs
-        assert torch.allclose(a["model"][key], b["model"][key], atol=1e-5), key
-    assert a["best"]["val"]["acc"] == pytest.approx(b["best"]["val"]["acc"], abs=1 / 50)  # 50 validation images
-    assert a["test"]["acc"] == pytest.approx(b["test"]["acc"], abs=1 / 128)
+    two_nodes = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert_same_path(two_nodes, reference)
+
+    [job] = [p for p in sweep.iterdir() if p.is_dir() and p.name != ".submitit"]  # one run for the sweep point
+    text = (job / "run.log").read_text()
+    assert text.count("Requeued job") == 1 and text.count("best val acc") == 1, text
+    assert f"resuming {job} at epoch 2, batch 2" in text  # step 10: its checkpoint, written once the signal came
+    tasks = sorted(sweep.glob(".submitit/*/*_log.out"))
+    assert len(tasks) == 2 and "Requeued job" not in tasks[1].read_text()  # requeued by task 0
+    assert "epoch 1/2" not in tasks[1].read_text()  # task 1 logs nothing of the run
+    assert len(list(job.glob("events.out.tfevents.*"))) == 2  # one writer an attempt: task 0's
+    assert [row["epoch"] for row in read_metrics(job)] == [1, 2, "test"]
+    steps = [step for step, _ in scalars(job)["train/loss"]]
+    assert steps == sorted(set(steps)) and 10 in steps  # none twice: logged after the checkpoint, dropped on resume
+    preempted = load_checkpoint(job / "checkpoints" / "last.pt")
+    assert_same_path(preempted, reference)
+    # the same shards and sums as the uninterrupted two processes: the preempted run resumed exactly
+    assert all(torch.equal(preempted["model"][key], two_nodes["model"][key]) for key in two_nodes["model"])
+
+
+def test_a_launchers_signal_is_handed_on_after_the_checkpoint_and_no_other_is():
+    from trainlab.training.stop import LAUNCHER_SIGNAL, SIGNAL, StopPolicy
+
+    handed = []
+    launchers = signal.signal(signal.SIGUSR2, lambda number, frame: handed.append(number))  # as submitit's handler
+    try:
+        with StopPolicy() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert stop.after_step() == LAUNCHER_SIGNAL and handed == []  # the loop checkpoints first
+            stop.pass_to_launcher(LAUNCHER_SIGNAL)
+        with StopPolicy() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.after_step() == SIGNAL
+            stop.pass_to_launcher(SIGNAL)
+    finally:
+        signal.signal(signal.SIGUSR2, launchers)
+    assert handed == [signal.SIGUSR2]
+
+
+def test_processes_in_different_run_folders_or_checkpoints_are_refused_in_one_line(monkeypatch):
+    from trainlab import distributed
+    from trainlab.errors import TrainlabError
+
+    def gathered(*seen):  # what every process of a run of len(seen) says, as all_gather_object collects it
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: len(seen))
+        monkeypatch.setattr(torch.distributed, "all_gather_object",
+                            lambda out, mine: out.__setitem__(slice(None), seen))
+
+    gathered(("outputs/runs/a", None), ("outputs/runs/a", None))
+    distributed.check_one_run(Path("outputs/runs/a"), None)  # one folder, one start: nothing to say
+    gathered(("outputs/runs/10-00-00", None), ("outputs/runs/10-00-01", None))  # two nodes' start times
+    with pytest.raises(TrainlabError, match=r"named 2 run folders .*: hydra\.run\.dir=<shared path>$"):
+        distributed.check_one_run(Path("outputs/runs/10-00-00"), None)
+    gathered(("/shared/run", {"epoch": 2, "batch": 3}), ("/shared/run", None))  # a node that does not see the folder
+    with pytest.raises(TrainlabError, match=r"\(rank 0: epoch 2, batch 3, rank 1: none\): every node must see"):
+        distributed.check_one_run(Path("/shared/run"), {"epoch": 2, "batch": 3})
 
 
 def test_the_sampler_shards_each_batch_between_the_processes():

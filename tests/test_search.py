@@ -1,6 +1,8 @@
 """Optuna searches (trainlab's sweeper, src/hydra_plugins/trainlab_optuna_sweeper): the search space from Hydra's
 grammar, each sampler option, and real searches whose trials fail, that are continued, or whose trial was stopped."""
+import json
 import os
+import re
 import signal
 
 import optuna
@@ -17,6 +19,7 @@ from conftest import QUICK, ROOT, run_cli, run_signalled
 from hydra_plugins.trainlab_optuna_sweeper._search import grid_values, search_space, read_test_score
 from trainlab.config.allowlist import check_config
 from trainlab.runs.checkpoint import load_checkpoint
+from trainlab.runs.folder import read_metrics
 from trainlab.errors import TrainlabError
 
 TINY = ["data=shapes", "data.num_train=200", "data.num_test=50", "trainer.epochs=1", *QUICK]
@@ -200,3 +203,122 @@ def test_a_journal_that_names_a_folder_is_one_line_and_leaves_no_sweep_folder(tm
     assert (f"error: hydra.sweeper.storage=journal:{tmp_path} names a folder: give the journal's file, e.g. "
             f"journal:{tmp_path / 'optuna.journal'}") in result.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+LEARNS = ["data=shapes", "data.num_train=600", "data.num_test=50", "data.batch_size=32", "optimizer=sgd", *QUICK]
+
+
+@pytest.mark.slow
+def test_a_pruner_stops_the_hopeless_trial_after_its_first_epoch_in_a_job_of_another_process(tmp_path):
+    # joblib's workers are other processes: the trial's study and number reach the job through its config
+    search = ["-m", "hydra/sweeper=trainlab_optuna", "hydra/launcher=parallel", "hydra.launcher.n_jobs=1", *LEARNS,
+              "trainer.epochs=2", "optimizer.lr=choice(0.05, 0.0000001)", "hydra.sweeper.n_trials=3",
+              "hydra.sweeper.sampler.seed=6", "hydra.sweeper.pruner=median",
+              "hydra.sweeper.pruner_settings.n_startup_trials=1", f"hydra.sweep.dir={tmp_path}"]
+    result = run_cli(*search)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    trials = load_study(tmp_path, "search").trials  # read back through Optuna's API
+    assert trials[0].params["optimizer.lr"] == 0.05 and trials[0].state == TrialState.COMPLETE  # the one compared to
+    hopeless = [t for t in trials if t.params["optimizer.lr"] < 0.001]
+    assert hopeless, [t.params for t in trials]
+    for trial in trials:
+        expected = TrialState.PRUNED if trial in hopeless else TrialState.COMPLETE
+        assert trial.state == expected, (trial.number, trial.params, trial.intermediate_values)
+        rows = [row for row in read_metrics(tmp_path / str(trial.number)) if row["epoch"] != "test"]
+        assert len(rows) == (1 if trial in hopeless else 2)  # pruned after epoch 1; its metrics.csv is kept
+        assert sorted(trial.intermediate_values) == [row["epoch"] for row in rows]
+    pruned = hopeless[0].number
+    assert (tmp_path / str(pruned) / "checkpoints" / "last.pt").exists()
+    assert "pruned by the search after epoch 1 (hydra.sweeper.pruner=median)" in \
+        (tmp_path / str(pruned) / "run.log").read_text()
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert results["pruned"] == [t.number for t in hopeless] and results["best_params"]["optimizer.lr"] == 0.05
+    table = run_cli_report(tmp_path)
+    assert f"{len(hopeless)} pruned" in table.splitlines()[0], table
+
+
+def run_cli_report(folder):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "src/report.py", str(folder)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+MYSPACE = '''
+def space(cfg, trial):
+    """momentum, only for the optimizer that has it"""
+    if trial.params["optimizer"] == "sgd":
+        trial.suggest_float("optimizer.momentum", 0.5, 0.99)
+'''
+
+
+@pytest.mark.slow
+def test_a_search_of_two_objectives_keeps_its_pareto_front_and_a_custom_space_conditions_a_parameter(tmp_path,
+                                                                                                   monkeypatch):
+    (tmp_path / "myspace.py").write_text(MYSPACE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("TRAINLAB_ALLOW_TARGETS", "myspace.space")
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "hydra/sweeper=trainlab_optuna", *TINY, "model=choice(tudui, lenet)",
+                     "optimizer=choice(sgd, adam)", "hydra.sweeper.custom_search_space=myspace.space",
+                     "hydra.sweeper.direction=[maximize,minimize]", "hydra.sweeper.objectives=[val/acc,params]",
+                     "hydra.sweeper.n_trials=5", "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={sweep}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    study = load_study(sweep, "search")
+    assert len(study.trials) == 5 and {t.params["optimizer"] for t in study.trials} == {"sgd", "adam"}
+    for trial in study.trials:  # momentum is sampled only when its condition holds, and reaches the job's config
+        assert ("optimizer.momentum" in trial.params) == (trial.params["optimizer"] == "sgd"), trial.params
+        config = yaml.safe_load((sweep / str(trial.number) / ".hydra" / "config.yaml").read_text())
+        if "optimizer.momentum" in trial.params:
+            assert config["optimizer"]["momentum"] == pytest.approx(trial.params["optimizer.momentum"])
+        parameters = json.loads((sweep / str(trial.number) / "provenance.json").read_text())["attempts"][0]
+        assert trial.values[1] == parameters["model"]["parameters"]  # the second objective: the model's size
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    front = sorted(t.number for t in study.best_trials)
+    assert [t["trial"] for t in results["pareto_front"]] == front and front
+    assert [list(t["values"].values()) for t in results["pareto_front"]] == [study.trials[n].values for n in front]
+    assert "Pareto front of" in run_cli_report(sweep)
+
+
+def test_a_custom_space_outside_the_allow_list_is_refused_before_any_trial(tmp_path):
+    result = run_cli("-m", "hydra/sweeper=trainlab_optuna", *TINY, "hydra.sweeper.custom_search_space=os.system",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    assert ("error: hydra.sweeper.custom_search_space=os.system is not allowed: a config names no code to run; to "
+            "trust your own function, say so in the environment: TRAINLAB_ALLOW_TARGETS=os.system") in result.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("settings, error", [
+    ({"directions": ["maximize", "minimize"]}, "hydra.sweeper.direction gives 2 direction(s) and "
+                                               "hydra.sweeper.objectives names no objective(s)"),
+    ({"directions": ["maximize"], "objectives": ["val/acc", "params"]}, "gives 1 direction(s) and"),
+    ({"directions": ["maximize", "minimize"], "objectives": ["val/acc", "params"], "pruner": "median"},
+     "Optuna prunes a search of one objective only"),
+    ({"directions": ["maximize"], "storage": None, "pruner": "median"}, "needs the study in a storage its trials"),
+    ({"directions": ["maximize"], "pruner": "hyperband", "pruner_settings": {"percentile": 25.0}},
+     "HyperbandPruner cannot be built"),
+])
+def test_a_search_whose_own_settings_do_not_fit_is_one_line_before_any_trial(settings, error):
+    from hydra_plugins.trainlab_optuna_sweeper._search import Search
+
+    search = Search(None, **{"study_name": "s", "storage": "sqlite:///x.db", "n_trials": 1, "n_jobs": 1,
+                             "params": {}, **settings})
+    with pytest.raises(TrainlabError, match=re.escape(error)):
+        search._checked()
+
+
+def test_a_trial_whose_study_cannot_be_reached_warns_once_and_is_never_pruned(tmp_path, caplog):
+    from trainlab.runs.trial import Pruning, SearchTrial
+
+    gone = SearchTrial(f"sqlite:///{tmp_path / 'no' / 'such' / 'optuna.db'}", "search", 0, "median")
+    pruning = Pruning(gone)
+    assert [pruning.should_stop(0.1, epoch) for epoch in (1, 2, 3)] == [False, False, False]
+    warned = [r.getMessage() for r in caplog.records if "pruning is off" in r.getMessage()]
+    assert len(warned) == 1 and "its study could not be reached" in warned[0]
+    assert not Pruning(gone, main=False).should_stop(0.1, 1)  # a distributed run's other processes never ask

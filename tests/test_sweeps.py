@@ -1,17 +1,11 @@
 """Search and scale: named experiments, the Optuna search, and Hydra's parallel and submitit launchers."""
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import QUICK, ROOT, compose, job_dir, run_cli
+from conftest import QUICK, ROOT, assert_one_clear_line, compose, job_dir, run_cli
 from trainlab.runs.checkpoint import load_checkpoint
-from trainlab.training.recipe import run
 
 pytestmark = pytest.mark.slow
 
@@ -47,35 +41,8 @@ def test_submitit_local_executor_runs_the_sweep(tmp_path):
         assert torch.is_tensor(load_checkpoint(tmp_path / job / "checkpoints" / "last.pt")["model"]["0.weight"])
 
 
-def test_a_preempted_submitit_job_checkpoints_is_requeued_and_resumes_exactly(tmp_path):
-    recipe = ["data=shapes", "data.num_train=1600", "data.num_test=64", "model=mlp", "transform=augment",
-              "trainer.epochs=5", "trainer.checkpoint_every_n_steps=0", *QUICK]
-    sweep = tmp_path / "sweep"
-    process = subprocess.Popen(
-        [sys.executable, "src/run.py", "-m", "hydra/launcher=submitit_local", *recipe, "hydra.launcher.timeout_min=5",
-         f"hydra.sweep.dir={sweep}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    log, deadline = sweep / "0" / "run.log", time.time() + 120
-    while not (log.exists() and "epoch 1/5" in log.read_text()) and time.time() < deadline:
-        time.sleep(0.05)
-    jobs = [pid for pid, line in _processes() if "submitit.core._submit" in line and str(sweep) in line]
-    assert jobs, "the submitit job process was not found"
-    for pid in jobs:
-        os.kill(pid, signal.SIGUSR2)  # what SLURM sends (through submitit) before preempting a job
-    output = process.communicate(timeout=240)[0]
-    assert process.returncode == 0, output
-    text = log.read_text()
-    assert "Requeued job" in text and "resuming" in text and "epoch 5/5" in text
-    run(compose(*recipe), tmp_path / "reference")
-    expected = load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pt")["model"]
-    got = load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")["model"]
-    assert all(torch.equal(expected[k], got[k]) for k in expected)
-
-
-def _processes():
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                yield int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
+def test_a_batch_that_does_not_split_over_a_jobs_tasks_is_refused_before_any_job_is_queued(tmp_path):
+    result = run_cli("-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", *TINY,
+                     "data.batch_size=64,63", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert_one_clear_line(result, "data.batch_size=63", "tasks_per_node=2", "use a multiple of 2")
+    assert not (tmp_path / "sweep").exists()

@@ -2,6 +2,7 @@
 A run that failed before it wrote anything leaves no folder; any other failed run or sweep job keeps its error in
 error.log in its folder (report.py shows it failed), and SweepReport lists a sweep's failed jobs at the end.
 """
+import contextlib
 import functools
 import logging
 import os
@@ -14,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.errors import (INTERRUPTED_EXIT, KEYBOARD_EXIT, USER_ERROR_EXIT, Interrupted, TrainlabError, one_line,
                              os_error_line, refused_by_file_system)
-from trainlab.launch import Launch, script
+from trainlab.launch import Launch, first_process, script, submitit_tasks
 from trainlab.runs.folder import (CHECKPOINTS, ERROR_LOG, LAST, RunFolderBusy, RunFolderLock, discard_failed_start,
                                  open_own)
 
@@ -29,12 +30,17 @@ def report_errors(main):
         try:
             return main(*args, **kwargs)
         except Interrupted as e:
-            log.warning("%s", e)
+            if first_process():  # one line for the run, not one a process
+                log.warning("%s", e)
+            elif submitit_tasks() is not None:  # submitit collects every task's result; the first's tells the job's end
+                return float("nan")
             sys.exit(INTERRUPTED_EXIT)
         except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop's handler is set
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             run_dir = Launch.from_hydra().run_dir
+            if not first_process():  # the first process of a data-parallel run says it and tidies up
+                sys.exit(KEYBOARD_EXIT)
             if (run_dir / CHECKPOINTS / LAST).exists():
                 from trainlab.runs.resume import resume_command  # imports torch: only here
 
@@ -61,18 +67,30 @@ def report_errors(main):
             if not launch.sweep:
                 if user_error:
                     log.error("error: %s", message)
-                # a start that failed leaves nothing; a run folder with the run's files in it is marked failed, but
-                # only where the run is this process's: a command refused in another run's folder writes nothing there
-                if not discard_failed_start(launch.run_dir) and RunFolderLock.is_claimed(launch.run_dir):
-                    _write_error_log(error_log, message)  # report.py: failed
+                _leave_failed_start(launch.run_dir, message)
                 if not user_error:
                     raise  # a bug: Hydra shows where
                 sys.exit(USER_ERROR_EXIT)
+            if not first_process():  # a data-parallel run's first process alone writes into its folder
+                log.error("error: %s", message)
+                return float("nan")
             log.error("error: %s (traceback in %s)", message, error_log)
             _write_error_log(error_log, message)
             return float("nan")  # the sweep goes on; a sweeper reads NaN as a failed trial
 
     return wrapper
+
+
+def _leave_failed_start(run_dir: Path, message: str) -> None:
+    """A start that failed leaves nothing; a run folder with the run's files in it is marked failed, but only where
+    the run is this process's: a command refused in another run's folder writes nothing there. In a data-parallel
+    run the folder is the first process's: another removes at most an empty one that Hydra made for it alone (a
+    folder its node named, not the first's)."""
+    if not first_process():
+        with contextlib.suppress(OSError):  # not empty: the first process's
+            run_dir.rmdir()
+    elif not discard_failed_start(run_dir) and RunFolderLock.is_claimed(run_dir):
+        _write_error_log(run_dir / ERROR_LOG, message)  # report.py: failed
 
 
 def _write_error_log(path: Path, message: str) -> None:

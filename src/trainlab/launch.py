@@ -21,6 +21,7 @@ class Launch:
     sweep: bool = False  # one job of a multirun: an error goes to its folder and the sweep goes on
     swept: Optional[tuple] = None  # the keys the sweep varies (optimizer, optimizer.lr); None: not known
     choices: Mapping = field(default_factory=dict)  # each config group's option (optimizer: adam), as Hydra chose
+    trial: Optional[object] = None  # a pruning search's trial (runs/trial.py SearchTrial): the job reports to it
 
     @classmethod
     def of(cls, given=None) -> "Launch":
@@ -45,14 +46,37 @@ class Launch:
         if hydra.mode != RunMode.MULTIRUN:
             return cls(run_dir, overrides, choices=choices)
         n_jobs = hydra.launcher.get("n_jobs", 1) or 1  # the parallel launcher's; -1: one per core
+        from trainlab.runs.trial import SearchTrial
+
         return cls(run_dir, overrides, hydra.job.num, (os.cpu_count() or 1) if n_jobs < 0 else n_jobs, sweep=True,
-                   swept=swept_keys(hydra.sweep.dir), choices=choices)
+                   swept=swept_keys(hydra.sweep.dir), choices=choices, trial=SearchTrial.from_hydra(hydra))
 
 
 def first_process() -> bool:
-    """Whether this is the first process of a torchrun launch (RANK 0), or the only one: the one that checks, locks
-    and writes the run folder."""
-    return os.environ.get("RANK", "0") == "0"
+    """Whether this is the first process of a data-parallel run (torchrun's RANK 0, task 0 of a submitit job of
+    several tasks), or the only one: the one that checks, locks and writes the run folder."""
+    tasks = submitit_tasks()  # before distributed.setup exports RANK from it
+    return tasks.global_rank == 0 if tasks is not None else os.environ.get("RANK", "0") == "0"
+
+
+def submitit_tasks():
+    """submitit's JobEnvironment (global and local rank, tasks, nodes) where this process is one task of a submitit
+    job of several (Hydra's submitit launcher with hydra.launcher.tasks_per_node or nodes above 1): the job's tasks
+    train one sweep point together (distributed.setup). None for any other process."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):  # set by submitit in its jobs alone (slurm, local)
+        return None
+    import submitit
+
+    tasks = submitit.JobEnvironment()
+    return tasks if tasks.num_tasks > 1 else None
+
+
+def job_processes(launcher) -> int:
+    """The processes each job of `launcher` (hydra.launcher) trains with as one data-parallel run: Hydra's submitit
+    launcher starts hydra.launcher.nodes x tasks_per_node; any other launcher, one."""
+    if "hydra_submitit_launcher" not in str(launcher.get("_target_", "")):
+        return 1
+    return int(launcher.get("nodes") or 1) * int(launcher.get("tasks_per_node") or 1)
 
 
 def script(name: str = "run.py") -> str:
@@ -144,8 +168,9 @@ def _key(override) -> str:
 
 
 def launch_stamp() -> str:
-    """The run folder's time stamp: under torchrun, the launcher's start time, the same in every process (so all
-    write into one folder); else now."""
+    """The run folder's time stamp: under torchrun, the launcher's start time, the same in every process of a node
+    (so all write into one folder; nodes each have their own launcher: distributed.check_one_run asks for
+    hydra.run.dir); else now."""
     started = time.time()
     if "LOCAL_RANK" in os.environ:
         try:  # boot time (whole seconds) + the launcher's start in clock ticks since boot: exact in every process

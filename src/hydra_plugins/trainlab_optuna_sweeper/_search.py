@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import socket
+import statistics
 import sys
 import traceback
 import warnings
@@ -26,20 +27,21 @@ from hydra.errors import OverrideParseException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.storages.journal import JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
 from trainlab.errors import USER_ERROR_EXIT, ConfigRefused, TrainlabError, one_line
-from trainlab.runs.folder import BEST, CHECKPOINTS, ERROR_LOG, open_own
+from trainlab.runs.folder import (BEST, CHECKPOINTS, ERROR_LOG, SEARCH_RESULTS as RESULTS, TEST_ROW, VAL_ACC, VAL_LOSS,
+                                  higher_is_better, open_own, read_metrics)
+from trainlab.runs.provenance import read_attempts
 from trainlab.runs.trackers import tag_trial
+from trainlab.runs.trial import EPOCH_SECONDS, OBJECTIVES, PRUNED_AT, build_pruner, study_storage
 
 log = logging.getLogger(__name__)
 
 FOLDER = "folder"  # each trial's user attribute: its job folder, recorded when the trial is asked
 WORKER = "worker"  # and the search running it, host:pid: a RUNNING trial whose search is gone was stopped
 TURN_LOCK = ".search"  # <sweep folder>/.search.lock, while a search claims or asks trials (_turn)
-JOURNAL = "journal:"  # hydra.sweeper.storage=journal:PATH: Optuna's journal in a file, for a shared file system
-RESULTS = "optimization_results.yaml"  # the best trial, in the sweep folder (the name Hydra's Optuna sweeper used)
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
 
@@ -52,11 +54,13 @@ class Search:
     folder, where trainlab resumes it from its last checkpoint.
     """
 
-    def __init__(self, sampler, direction: str, study_name: str, storage, n_trials: int, n_jobs: int, params: dict,
-                 max_failure_rate: float = 1.0):
-        self.sampler, self.direction, self.study_name, self.storage = sampler, direction, study_name, storage
+    def __init__(self, sampler, directions: list, study_name: str, storage, n_trials: int, n_jobs: int, params: dict,
+                 max_failure_rate: float = 1.0, objectives: list = (), pruner: str = "none",
+                 pruner_settings: dict = None, custom_search_space: str = None):
+        self.sampler, self.directions, self.study_name, self.storage = sampler, directions, study_name, storage
         self.n_trials, self.n_jobs, self.params = n_trials, max(1, n_jobs), params
-        self.max_failure_rate = max_failure_rate
+        self.max_failure_rate, self.objectives = max_failure_rate, list(objectives)
+        self.pruner, self.pruner_settings, self.custom_name = pruner, dict(pruner_settings or {}), custom_search_space
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -64,6 +68,7 @@ class Search:
                                                                 task_function=task_function)
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.monitor = OmegaConf.select(config, "trainer.monitor", default=None) or "value"  # what a job returns
+        self.names = self.objectives or [self.monitor]  # what each of the study's values is
 
     def run(self, arguments: list) -> None:
         try:
@@ -77,6 +82,7 @@ class Search:
     def _run(self, arguments: list) -> None:
         # hydra.sweeper.params first, then the command line's: a later value of a key replaces an earlier one
         space, fixed = search_space([f"{key}={value}" for key, value in self.params.items()] + list(arguments))
+        pruner, self.custom = self._checked()
         n_trials = self.n_trials
         if _builds(self.sampler, optuna.samplers.GridSampler):  # cut to the number of points on the grid
             n_trials = min(n_trials, math.prod(len(v) for v in grid_values(space).values()))
@@ -86,18 +92,19 @@ class Search:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
         try:
-            study = optuna.create_study(study_name=self.study_name, storage=_storage(self.storage),
-                                        direction=self.direction,
+            study = optuna.create_study(study_name=self.study_name, storage=study_storage(self.storage),
+                                        directions=self.directions, pruner=pruner,
                                         sampler=optuna.samplers.RandomSampler(), load_if_exists=True)  # replaced below
         except (ImportError, TrainlabError) as e:  # the database's driver (SQLAlchemy imports it when it first
             if not any(self.sweep_dir.iterdir()):  # connects); a journal that names a folder
                 self.sweep_dir.rmdir()  # made just above: a search that never started leaves nothing
             raise TrainlabError(missing_driver(self.storage, e) if isinstance(e, ImportError) else str(e)) from None
-        if study.direction.name.lower() != self.direction:
-            raise TrainlabError(f"study '{self.study_name}' in {self.storage} was started to "
-                                f"{study.direction.name.lower()}, not {self.direction}: rerun with "
-                                f"hydra.sweeper.direction={study.direction.name.lower()}, or start another study "
-                                f"(another hydra.sweep.dir or hydra.sweeper.study_name)")
+        started = [d.name.lower() for d in study.directions]
+        if started != self.directions:
+            shown = started[0] if len(started) == 1 else f"[{','.join(started)}]"
+            raise TrainlabError(f"study '{self.study_name}' in {self.storage} was started to {shown}, not "
+                                f"{','.join(self.directions)}: rerun with hydra.sweeper.direction={shown}, or start "
+                                f"another study (another hydra.sweep.dir or hydra.sweeper.study_name)")
         _check_same_space(study, space)
         self.trials_known = len(study.trials)  # the study's trials as this search last left it
         study.sampler = sampler = self._sampler(space, self.trials_known)
@@ -116,6 +123,23 @@ class Search:
             self._launch(study, trials, fixed)
             self._check_failures(study)
         self._report(study)
+
+    def _checked(self) -> tuple:
+        """The search's own settings, checked before any trial -> (the pruner, the custom search space or None)."""
+        several = len(self.directions) > 1
+        if (several or self.objectives) and len(self.objectives) != len(self.directions):
+            raise TrainlabError(f"hydra.sweeper.direction gives {len(self.directions)} direction(s) and "
+                                f"hydra.sweeper.objectives names {len(self.objectives) or 'no'} objective(s): name one "
+                                f"objective a direction, e.g. objectives=[val/acc,params] with "
+                                f"direction=[maximize,minimize] (objectives: {', '.join(OBJECTIVES)})")
+        if self.pruner != "none" and several:
+            raise TrainlabError(f"hydra.sweeper.pruner={self.pruner}: Optuna prunes a search of one objective only; "
+                                "set hydra.sweeper.pruner=none, or give one direction")
+        if self.pruner != "none" and self.storage is None:
+            raise TrainlabError(f"hydra.sweeper.pruner={self.pruner} needs the study in a storage its trials reach "
+                                "(each reports its epochs there): give hydra.sweeper.storage a sqlite URL or "
+                                "journal:PATH, not null")
+        return build_pruner(self.pruner, self.pruner_settings), custom_space(self.custom_name)
 
     def _check_failures(self, study) -> None:
         """hydra.sweeper.max_failure_rate: once more than that share of the study's finished trials has failed, the
@@ -148,7 +172,19 @@ class Search:
         for trial in asked:
             trial.set_user_attr(FOLDER, str(here / str(trial.number)))
             trial.set_user_attr(WORKER, _worker())
+            self._extend(study, trial)
         return asked
+
+    def _extend(self, study, trial) -> None:
+        """hydra.sweeper.custom_search_space(cfg, trial): the parameters it suggests join the trial's overrides."""
+        if self.custom is None:
+            return
+        try:
+            self.custom(self.config, trial)
+        except Exception as e:  # noqa: BLE001 (the user's function): the trial fails, the search stops here
+            _tell_study(study, trial.number, state=TrialState.FAIL)
+            raise TrainlabError(f"hydra.sweeper.custom_search_space={self.custom_name} failed on trial "
+                                f"#{trial.number} ({_one_line(e)}): fix the function") from None
 
     def _sampler(self, space: dict, trials_before: int):
         """The hydra/sweeper/optuna_sampler option, built (`_partial_: true`): the grid sampler with the grid; a seeded
@@ -172,7 +208,9 @@ class Search:
     def _log_start(self, study, sampler, n_trials: int, done: list, to_run: int, stopped: list, live: list) -> None:
         where = f"Optuna study '{study.study_name}' in {self.storage or 'memory'}"
         if not done and not stopped and not live:
-            log.info(f"{where}, new: {_trials(to_run)}, {self.direction}, {type(sampler).__name__}")
+            aims = ", ".join(f"{d} {n}" for d, n in zip(self.directions, self.names))
+            pruner = f", pruner {self.pruner}" if self.pruner != "none" else ""
+            log.info(f"{where}, new: {_trials(to_run)}, {aims}, {type(sampler).__name__}{pruner}")
             return
         failed = sum(t.state == TrialState.FAIL for t in done)
         running = f"; {len(live)} running in another search" if live else ""
@@ -205,53 +243,129 @@ class Search:
 
     def _tell(self, study, trial, ret: JobReturn) -> None:
         value, error, details = _objective(ret)
-        tag_trial(_job_folder(ret, trial), ret.cfg.get("logger") if ret.cfg is not None else None, trial.number,
-                  "COMPLETE" if error is None else "FAIL")  # on the job's tracker run, where it has one
-        if error is None:
+        folder = _job_folder(ret, trial)
+        pruned = error is None and study._storage.get_trial(trial._trial_id).user_attrs.get(PRUNED_AT)
+        if error is None and self.objectives and not pruned:
+            try:
+                value = objective_values(folder, self.objectives, value, self.monitor)
+            except Exception as e:  # noqa: BLE001 (a folder without its figures: an older run, a damaged file)
+                value, error = None, f"its objectives could not be read from {folder} ({_one_line(e)})"
+        state = "PRUNED" if pruned else "COMPLETE" if error is None else "FAIL"
+        tag_trial(folder, ret.cfg.get("logger") if ret.cfg is not None else None, trial.number,
+                  state)  # on the job's tracker run, where it has one
+        if pruned:
+            _tell_study(study, trial.number, state=TrialState.PRUNED)  # its value: the last one it reported
+            log.info(f"trial #{trial.number}: pruned after epoch {pruned} ({self._shown(value)} by then)")
+        elif error is None:
             _tell_study(study, trial.number, values=value)
-            best = study.best_trial
-            log.info(f"trial #{trial.number}: {self._shown(value)} (the best so far: #{best.number}, "
-                     f"{self._shown(best.value)})")
-            return
-        _tell_study(study, trial.number, state=TrialState.FAIL)
-        error_log = _job_folder(ret, trial) / ERROR_LOG
-        if error_log.exists():  # the job's own account of it (trainlab.cli.report_errors), shown above
-            error = f"see {error_log}"
+            log.info(f"trial #{trial.number}: {self._shown(value)} ({self._leading(study)})")
         else:
-            error_log.parent.mkdir(parents=True, exist_ok=True)
-            with open_own(error_log, "w") as f:
-                f.write(f"error: {error}\n\n{details}")
-        log.warning(f"trial #{trial.number} failed ({error}); recorded as failed, the search goes on")
+            _tell_study(study, trial.number, state=TrialState.FAIL)
+            error_log = folder / ERROR_LOG
+            if error_log.exists():  # the job's own account of it (trainlab.cli.report_errors), shown above
+                error = f"see {error_log}"
+            else:
+                error_log.parent.mkdir(parents=True, exist_ok=True)
+                with open_own(error_log, "w") as f:
+                    f.write(f"error: {error}\n\n{details}")
+            log.warning(f"trial #{trial.number} failed ({error}); recorded as failed, the search goes on")
+        self._write_results(study)  # as the search goes: report.py shows pruned trials and the front while it runs
+
+    def _leading(self, study) -> str:
+        """The best trial so far, or the Pareto front of a search of several objectives."""
+        if len(self.directions) == 1:
+            best = study.best_trial
+            return f"the best so far: #{best.number}, {self._shown(best.value)}"
+        return "the Pareto front so far: " + ", ".join(f"#{t.number}" for t in _front(study))
 
     def _report(self, study) -> None:
-        """Log the study's tally and its best trial with its test score; write the best to optimization_results.yaml."""
+        """Log the study's tally and its best trial (the Pareto front's, for several objectives) with its test
+        score; write them to optimization_results.yaml."""
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         failed = [t.number for t in trials if t.state == TrialState.FAIL]
+        pruned = [t.number for t in trials if t.state == TrialState.PRUNED]
         tally = f"Optuna study '{study.study_name}': {_trials(len(trials))}, {len(complete)} complete"
+        tally += f", {len(pruned)} pruned" if pruned else ""
         log.info(tally + (f", {len(failed)} failed ({', '.join(f'#{n}' for n in failed)})" if failed else ""))
         if not complete:
             log.error("no trial completed: no best parameters")
             return
-        best = study.best_trial
-        log.info(f"Best trial #{best.number}: {self._shown(best.value)} with "
-                 + " ".join(f"{key}={value}" for key, value in best.params.items()))
-        checkpoint = Path(best.user_attrs.get(FOLDER, self.sweep_dir / str(best.number))) / CHECKPOINTS / BEST
-        test = read_test_score(checkpoint)
-        if test:
-            log.info(f"  test acc {test['acc']:.2%} (loss {test['loss']:.4f}), scored once with its best weights "
-                     f"({checkpoint})")
-        else:
-            log.info(f"  test score not recorded ({checkpoint})")
-        results = {"name": "optuna", "study": study.study_name, "best_trial": best.number,
-                   "best_params": dict(best.params), "best_value": best.value, "monitor": self.monitor, "test": test,
-                   "trials": len(trials), "failed": failed}
+        for best in _front(study) if len(self.directions) > 1 else [study.best_trial]:
+            title = "Pareto trial" if len(self.directions) > 1 else "Best trial"
+            log.info(f"{title} #{best.number}: {self._shown(best.values)} with "
+                     + " ".join(f"{key}={value}" for key, value in best.params.items()))
+            test = self._test_score(best)
+            log.info(f"  test acc {test['acc']:.2%} (loss {test['loss']:.4f}), scored once with its best weights"
+                     if test else "  test score not recorded")
+        self._write_results(study)
+        log.info(f"{'Best parameters' if len(self.directions) == 1 else 'The Pareto front'} written to "
+                 f"{self.sweep_dir / RESULTS}")
+
+    def _test_score(self, trial):
+        return read_test_score(Path(trial.user_attrs.get(FOLDER, self.sweep_dir / str(trial.number))) / CHECKPOINTS
+                               / BEST)
+
+    def _write_results(self, study) -> None:
+        """optimization_results.yaml: the best trial (each trial of the Pareto front, for several objectives) with
+        its parameters, values and test score; the pruned and failed trials."""
+        trials = study.get_trials(deepcopy=False)
+        results = {"name": "optuna", "study": study.study_name, "objectives": self.names,
+                   "directions": self.directions, "monitor": self.monitor, "trials": len(trials),
+                   "pruned": [t.number for t in trials if t.state == TrialState.PRUNED],
+                   "failed": [t.number for t in trials if t.state == TrialState.FAIL]}
+        if any(t.state == TrialState.COMPLETE for t in trials):
+            if len(self.directions) == 1:
+                best = study.best_trial
+                results.update(best_trial=best.number, best_params=dict(best.params), best_value=best.value,
+                               test=self._test_score(best))
+            else:
+                results["pareto_front"] = [{"trial": t.number, "params": dict(t.params),
+                                            "values": dict(zip(self.names, t.values)), "test": self._test_score(t)}
+                                           for t in _front(study)]
         with open_own(self.sweep_dir / RESULTS, "w") as f:  # the sweep folder's own file: never through a link
             OmegaConf.save(OmegaConf.create(results), f)
-        log.info(f"Best parameters written to {self.sweep_dir / RESULTS}")
 
-    def _shown(self, value: float) -> str:
-        return f"{self.monitor} {value:.2%}" if self.monitor.endswith("acc") else f"{self.monitor} {value:.6g}"
+    def _shown(self, values) -> str:
+        """A trial's value(s) by name: "val/acc 91.20%", "val/acc 91.20%, params 94,000"."""
+        values = values if isinstance(values, (list, tuple)) else [values]
+        return ", ".join(_shown_value(name, value) for name, value in zip(self.names, values))
+
+
+def _shown_value(name: str, value) -> str:
+    if value is None:
+        return f"{name} -"
+    if name.endswith("acc"):
+        return f"{name} {value:.2%}"
+    return f"{name} {value:,.0f}" if name == "params" else f"{name} {value:.6g}"
+
+
+def _front(study) -> list:
+    """The study's Pareto front (the trials no other beats on every objective), by trial number."""
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def custom_space(name):
+    """hydra.sweeper.custom_search_space: the function it names, where the allow-list admits it (a user's own,
+    named in TRAINLAB_ALLOW_TARGETS); refused before any trial otherwise. None where there is none."""
+    if name is None:
+        return None
+    import importlib
+
+    from trainlab.config.allowlist import ALLOW_TARGETS_ENV, target_allowed
+
+    if not target_allowed(name):
+        raise TrainlabError(f"hydra.sweeper.custom_search_space={name} is not allowed: a config names no code to "
+                            f"run; to trust your own function, say so in the environment: {ALLOW_TARGETS_ENV}={name}")
+    module, _, attribute = name.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as e:
+        raise TrainlabError(f"hydra.sweeper.custom_search_space={name} cannot be found ({_one_line(e)}): put its "
+                            "module on the path (PYTHONPATH=. or pip install -e your package)") from None
+    if not callable(function):
+        raise TrainlabError(f"hydra.sweeper.custom_search_space={name} is not a function of (cfg, trial)")
+    return function
 
 
 # Database drivers SQLAlchemy imports, by module -> the package that installs it
@@ -331,6 +445,27 @@ def grid_values(space: dict) -> dict:
     return values
 
 
+def objective_values(folder: Path, names: list, returned: float, monitor: str) -> list:
+    """A finished trial's figures for `names` (OBJECTIVES), from its run folder: the monitored value as the job
+    returned it; the other validation figure at the epoch the monitor chose; the model's parameters (provenance.json);
+    the median seconds of its epochs (metrics.csv)."""
+    rows = [row for row in read_metrics(folder) if row["epoch"] != TEST_ROW]
+    values = []
+    for name in names:
+        if name == monitor:
+            values.append(returned)
+        elif name in (VAL_ACC, VAL_LOSS):
+            column = "val_acc" if higher_is_better(monitor) else "val_loss"
+            scored = [row for row in rows if row.get(column) is not None]
+            chosen = (max if higher_is_better(monitor) else min)(scored, key=lambda row: row[column])
+            values.append(chosen[name.replace("/", "_")])
+        elif name == EPOCH_SECONDS:
+            values.append(statistics.median(row["seconds"] for row in rows))
+        else:  # PARAMS
+            values.append(float(read_attempts(folder)[-1]["model"]["parameters"]))
+    return values
+
+
 def read_test_score(checkpoint: Path):
     """{"loss", "acc"} on the test split, as the run recorded it in best.pt; None when it did not."""
     from trainlab.runs.checkpoint import load_checkpoint  # torch: imported by the task already
@@ -386,19 +521,6 @@ def _tell_study(study, number: int, **outcome) -> None:
     except RuntimeError as e:  # the grid sampler stops the study once each point is taken; no loop to stop here
         if "Study.stop" not in str(e):
             raise
-
-
-def _storage(url):
-    """hydra.sweeper.storage as Optuna takes it: a database URL as it is; journal:PATH, Optuna's JournalStorage on a
-    file (appended to under a lock that a network file system honours: the study of searches on several machines)."""
-    if url is None or not url.startswith(JOURNAL):
-        return url
-    path = Path(url[len(JOURNAL):]).expanduser()
-    if path.is_dir():
-        raise TrainlabError(f"hydra.sweeper.storage={url} names a folder: give the journal's file, e.g. "
-                            f"journal:{path / 'optuna.journal'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
 def _worker() -> str:

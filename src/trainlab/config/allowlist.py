@@ -41,7 +41,7 @@ from trainlab.config.mistakes import check_known_keys, composition_error, unchos
 from trainlab.errors import ConfigRefused, TrainlabError, one_line, printable
 from trainlab.config.hydra_policy import (ALLOW_KEYS_ENV, USER_KEYS, UnsafeConfig, check_hydra,  # noqa: F401
                                    hydra_choices, named_in_env, reference_config, trusted, unresolved)
-from trainlab.launch import first_process
+from trainlab.launch import first_process, job_processes
 from trainlab.runs.folder import (MADE_FOR_THE_RUN, RunFolderLock, check_run_folder, check_sweep_folder,
                                  missing_folders)
 
@@ -240,6 +240,8 @@ class CheckedConfigLoader(ConfigLoaderImpl):
             folder = os.path.join(folder, _resolved_folder(probe_of(cfg, folder), "hydra.sweep.subdir"))
         check_composed(cfg, overrides, self.entry, folder)
         check_known_keys(cfg)
+        if self.checks_folders and sweep and not self._sweep_job:
+            _check_job_processes(cfg, overrides)
         if self.checks_folders and not self._sweep_job and first_process():  # torchrun: the first speaks for all
             if sweep:
                 check_sweep_folder(folder, lambda record: _same_sweep(record, overrides))
@@ -285,6 +287,28 @@ def _check_search_path(overrides: list) -> None:
             value = override.value()
             if not USER_KEYS[key].ok(value):
                 raise UnsafeConfig(f"{key}={printable(value)} cannot be used: {key} takes {USER_KEYS[key].takes}")
+
+
+def _check_job_processes(cfg: DictConfig, overrides: list) -> None:
+    """Each job of Hydra's submitit launcher trains on hydra.launcher.nodes x tasks_per_node processes
+    (trainlab/distributed.py): checked before any job is queued, submitit's local executor is given one node, and
+    each batch size the command gives splits over the processes (one a search draws: by its job, as it starts)."""
+    launcher = cfg.hydra.launcher
+    if str(launcher.get("_target_", "")).endswith(".LocalLauncher") and (launcher.get("nodes") or 1) > 1:
+        raise TrainlabError(f"hydra.launcher.nodes={launcher.nodes}: hydra/launcher=submitit_local runs on this "
+                            "machine alone; use hydra.launcher.nodes=1, or hydra/launcher=slurm for several machines")
+    processes = job_processes(launcher)
+    if processes == 1 or "data.batch_size" in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}):
+        return
+    sizes = [OmegaConf.select(cfg, "data.batch_size")]
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.get_key_element().lstrip("+~") == "data.batch_size" and override.is_sweep_override():
+            sizes = list(override.sweep_iterator()) if override.is_discrete_sweep() else []
+    for size in sizes:
+        if isinstance(size, int) and size % processes:
+            raise TrainlabError(f"data.batch_size={size} does not split over the {processes} processes of each job "
+                                f"(hydra.launcher.nodes={launcher.get('nodes') or 1} x tasks_per_node="
+                                f"{launcher.get('tasks_per_node') or 1}): use a multiple of {processes}")
 
 
 def _resolved_folder(cfg: DictConfig, key: str) -> str:

@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trainlab.errors import EnvRefused, TrainlabError, printable
+from trainlab.runs.trial import OBJECTIVES, PRUNERS
 
 ALLOW_KEYS_ENV = "TRAINLAB_ALLOW_KEYS"
 # The folder trainlab's own configs live in (the entrypoints' config_path, ../conf beside src/).
@@ -118,8 +119,18 @@ USER_KEYS = {
     "hydra.sweeper.params": Key("a mapping of keys to values to sweep", lambda v: v is None or v == {}),
     "hydra.sweeper.params.*": Key("a value to sweep (each job's config is checked as it is composed)", _scalar),
     "hydra.sweeper.max_batch_size": Key("an integer, or null", _int(1, none=True)),
-    "hydra.sweeper.direction": Key("maximize or minimize", lambda v: str(v).rsplit(".", 1)[-1] in ("maximize",
-                                                                                                  "minimize")),
+    "hydra.sweeper.direction": Key("maximize or minimize, or a list of them", lambda v: isinstance(v, list) and v
+                                   or str(v).rsplit(".", 1)[-1] in ("maximize", "minimize")),
+    "hydra.sweeper.direction.*": Key("maximize or minimize", _one_of("maximize", "minimize")),
+    "hydra.sweeper.objectives": Key(f"null or a list of {', '.join(OBJECTIVES)}", lambda v: v is None or v == []),
+    "hydra.sweeper.objectives.*": Key(f"one of {', '.join(OBJECTIVES)}", _one_of(*OBJECTIVES)),
+    "hydra.sweeper.pruner": Key(f"none, {', '.join(PRUNERS)}", lambda v: str(v).rsplit(".", 1)[-1] in ("none",
+                                                                                                       *PRUNERS)),
+    "hydra.sweeper.pruner_settings.*": Key("a number, auto or null (the pruner's own arguments)",
+                                           lambda v: v in (None, "auto") or _number(v) or v == 0),
+    "hydra.sweeper.custom_search_space": Key("null or module.function (allowed by TRAINLAB_ALLOW_TARGETS)",
+                                             lambda v: v is None or (isinstance(v, str) and re.fullmatch(
+                                                 r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", v) is not None)),
     "hydra.sweeper.study_name": Key("a name (letters, digits, _ . -)", lambda v: isinstance(v, str) and re.fullmatch(
         r"[\w.-]{1,200}", v) is not None),
     "hydra.sweeper.storage": Key("null, a sqlite, postgresql or mysql database URL, or journal:PATH", _storage),

@@ -305,8 +305,8 @@ def _env(key: str, default=_NO_DEFAULT):
 
 def _run_dir(resume: str, *, _root_) -> str:
     """hydra.run.dir: the folder of the run trainer.resume continues, else outputs/runs/<start time>_<what the
-    command set> (run_folder_name; under torchrun the same in every process). Where the resume finds nothing, the run
-    says so, from a new folder that it leaves."""
+    command set> (run_folder_name; under torchrun the same in every process of a node). Where the resume finds
+    nothing, the run says so, from a new folder that it leaves."""
     from trainlab.launch import launch_stamp, run_folder_name
     from trainlab.runs.resume import resume_folder
 
@@ -325,11 +325,15 @@ _stamp = None  # the time this process first named a new run folder
 def _config_subdir(output_dir: str):
     """hydra.output_subdir: .hydra for a new run's folder only: a run folder's own .hydra/ keeps the config it was made
     with, one made in a notebook gets none from the command that continues it, and a command refused there (another
-    run's folder) leaves it as it was."""
+    run's folder) leaves it as it was. Written by the first process of a data-parallel run alone (Hydra runs the task
+    in every process of torchrun and of a submitit job)."""
+    from trainlab.launch import first_process
     from trainlab.runs.resume import run_traces
 
     folder = Path(output_dir)
-    return None if (folder / ".hydra").exists() or (folder / ".hydra").is_symlink() or run_traces(folder) else ".hydra"
+    if not first_process() or (folder / ".hydra").exists() or (folder / ".hydra").is_symlink() or run_traces(folder):
+        return None
+    return ".hydra"
 
 
 def _settings_help(*, _root_) -> str:

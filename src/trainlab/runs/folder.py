@@ -52,7 +52,8 @@ EVENTS = "events.out.tfevents."
 LEFT_BY_A_KILL = re.compile(r".+\.\d+\.[0-9a-f]{8}\.tmp")  # temporary_name()'s, where a kill cut a write short
 # What a sweep folder holds beside its jobs' folders: Hydra's record of the sweep, the Optuna study, the report.
 MULTIRUN_YAML, OPTUNA_DB = "multirun.yaml", "optuna.db"
-SWEEP_NAMES = (MULTIRUN_YAML, OPTUNA_DB, "optimization_results.yaml", "report.csv", "val_acc.png", ".submitit",
+SEARCH_RESULTS = "optimization_results.yaml"  # an Optuna search's best trial (or Pareto front), pruned and failed ones
+SWEEP_NAMES = (MULTIRUN_YAML, OPTUNA_DB, SEARCH_RESULTS, "report.csv", "val_acc.png", ".submitit",
                "optuna.journal", ".search.lock")  # a journal study (journal:PATH); the lock of searches' turns
 
 # TensorBoard tags. TensorBoard lists groups (the part before the slash) alphabetically and opens the first few:

@@ -40,17 +40,19 @@ def code_root() -> Path:
     return Path(trainlab.__file__).resolve().parents[2]
 
 
-def record_attempt(run_dir: Path, overrides, data_cfg, files: Optional[str], device, writer) -> dict:
+def record_attempt(run_dir: Path, overrides, data_cfg, files: Optional[str], device, writer,
+                   parameters: Optional[int] = None) -> dict:
     """This attempt's record appended to <run_dir>/provenance.json (rewritten whole, atomically), its diff written
     beside it, and shown in TensorBoard's TEXT tab by `writer` (a RunWriter) -> the record. `files`: the data's
-    fingerprint (resident.files_fingerprint), as the run computed it."""
+    fingerprint (resident.files_fingerprint), as the run computed it; `parameters`: the model's, as built (a search
+    of several objectives reads them)."""
     root = data_cfg.get("root")  # none, or "", for generated data (data=shapes)
     run_dir, root = Path(run_dir), str(Path(root).expanduser().resolve()) if root else None
     attempts = read_attempts(run_dir, warn=True)
     record = {"time": datetime.now().astimezone().isoformat(timespec="seconds"), "command": command_line(),
               "overrides": list(overrides), "cwd": os.getcwd(), **git_record(code_root(), run_dir, len(attempts) + 1),
               "versions": versions(), "device": device_record(device), "host": socket.gethostname(),
-              "data": {"name": data_cfg.name, "root": root, "files": files}}
+              "data": {"name": data_cfg.name, "root": root, "files": files}, "model": {"parameters": parameters}}
     attempts.append(record)
     _write(run_dir / PROVENANCE, json.dumps({"attempts": attempts}, indent=2).encode() + b"\n")
     writer.text(TAG, markdown(record), len(attempts) - 1)
@@ -164,6 +166,8 @@ def markdown(record: dict) -> str:
             ("versions", ", ".join(f"{name} {version or '-'}" for name, version in record["versions"].items())),
             ("device", " · ".join(str(part) for part in on if part)), ("host", record["host"]),
             ("data", " · ".join([data["name"], data["root"] or "generated", f"files {data['files'] or '-'}"]))]
+    parameters = (record.get("model") or {}).get("parameters")
+    rows += [("model", f"{parameters:,} parameters")] if parameters is not None else []
     cells = [f"| {name} | {str(value).replace('|', chr(92) + '|')} |" for name, value in rows]  # a bare | ends a cell
     return "\n".join(["| | |", "| --- | --- |", *cells])
 

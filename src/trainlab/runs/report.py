@@ -26,8 +26,8 @@ from pathlib import Path
 import yaml
 
 from trainlab.errors import TrainlabError, one_line, printable
-from trainlab.runs.folder import (ERROR_LOG, MULTIRUN_YAML, TEST_ROW, VAL_ACC, csv_text, higher_is_better, open_own,
-                                  read_metrics)
+from trainlab.runs.folder import (ERROR_LOG, MULTIRUN_YAML, SEARCH_RESULTS, TEST_ROW, VAL_ACC, csv_text,
+                                  higher_is_better, open_own, read_metrics)
 from trainlab.runs.provenance import code_version, read_attempts, short_commit
 
 CSV_NAME = "report.csv"
@@ -39,7 +39,7 @@ METRICS = ["epochs_done", "epochs", "best_val_acc", "best_epoch", "test_acc", "f
 GROUP_STATS = {"best_val_acc": ["best_val_acc_mean", "best_val_acc_std"], "test_acc": ["test_acc_mean", "test_acc_std"]}
 DEFAULT_SORT = "best_val_acc"  # the choice is made on validation; test is scored once and never chosen on
 DESCENDING = {"best_val_acc", "best_val_acc_mean", "test_acc", "test_acc_mean", "epochs_done", "n"}  # higher first
-STATUSES = ["done", "running", "failed", "missing", "unreadable"]
+STATUSES = ["done", "pruned", "running", "failed", "missing", "unreadable"]
 MONITOR_DEFAULT = VAL_ACC  # trainer.monitor, for a config that predates it
 JOB_FOLDERS = ("${sweep_job_folder:}", "${hydra.job.num}")  # hydra.sweep.subdir: <number>_<its values>, <number>
 
@@ -110,6 +110,7 @@ def report(folder, sort: str = DEFAULT_SORT, plot: bool = True, group_seeds: boo
     `group_seeds`: a row per setting, over the jobs that differ only in trainer.seed; else a row per job."""
     root = Path(folder)
     jobs = sorted(find_jobs(root), key=lambda job: _order(job.name))
+    fronts = search_outcomes(jobs)
     keys = varied_settings(jobs)
     groups = group_jobs(jobs, keys) if group_seeds else [[job] for job in jobs]
     shown = [key for key in keys if key != SEED] if group_seeds else keys
@@ -123,7 +124,7 @@ def report(folder, sort: str = DEFAULT_SORT, plot: bool = True, group_seeds: boo
     for job in jobs:
         if job.error:
             print(f"job {printable(job.name)} {job.status}: {printable(job.error)}")
-    for line in code_warnings(jobs):
+    for line in fronts + code_warnings(jobs):
         print(line)
     for name in (CSV_NAME, PLOT_NAME):  # both checked before either is written
         if (root / name).is_symlink():
@@ -176,7 +177,8 @@ def read_run(folder: Path, name: str) -> Job:
     attempts = read_attempts(folder)
     if attempts:
         job.commit, job.code = short_commit(attempts[-1]), code_version(folder, attempts[-1])
-    job.sweep = folder.parent if (folder.parent / MULTIRUN_YAML).exists() else None
+    job.sweep = folder.parent if any((folder.parent / name).exists() for name in (MULTIRUN_YAML, SEARCH_RESULTS)) \
+        else None
     job.history = [row for row in rows if row["epoch"] != TEST_ROW]
     job.test = next((row for row in rows if row["epoch"] == TEST_ROW), None)
     error_log = folder / ERROR_LOG
@@ -221,6 +223,41 @@ def planned_jobs(sweep: Path) -> list:
         return []  # glob(...) needs the config groups to expand
     # The basic sweeper's expansion: the product, the last key varying fastest, so job numbers match its folders.
     return [[f"{key}={value}" for key, value in zip(values, chosen)] for chosen in itertools.product(*values.values())]
+
+
+def search_outcomes(jobs: list) -> list:
+    """An Optuna search's word on its trials (its sweep folder's optimization_results.yaml, written as it goes): the
+    trials its pruner stopped take the status pruned (their figures stop short: a group's statistics leave them
+    out) -> a line for each search of several objectives naming its Pareto front."""
+    lines = []
+    for sweep in sorted({job.sweep for job in jobs if job.sweep is not None}):
+        try:
+            results = _read_yaml(sweep / SEARCH_RESULTS) or {}
+            pruned = {int(number) for number in results.get("pruned") or []}
+            front = [(int(t["trial"]), dict(t["values"])) for t in results.get("pareto_front") or []]
+        except (OSError, yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError):
+            continue  # not a search's, or damaged: the jobs keep the statuses their folders show
+        for job in jobs:
+            if job.sweep == sweep and job.status == "done" and _trial_number(job) in pruned:
+                job.status = "pruned"
+        if front:
+            shown = "; ".join(f"#{number} " + ", ".join(f"{name} {_objective_cell(name, value)}"
+                                                        for name, value in values.items())
+                              for number, values in front)
+            lines.append(printable(f"Pareto front of {sweep} (no trial beats one of these on every objective): "
+                                   f"{shown}"))
+    return lines
+
+
+def _trial_number(job: Job):
+    number = Path(job.name).name.partition("_")[0]
+    return int(number) if number.isdigit() else None
+
+
+def _objective_cell(name: str, value) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.2%}" if name.endswith("acc") else f"{value:,.0f}" if name == "params" else f"{value:.4g}"
 
 
 def varied_settings(jobs: list) -> list:

@@ -34,6 +34,7 @@ from trainlab.runs.metrics import EpochReport, Metrics, show_progress
 from trainlab.runs.provenance import record_attempt, short_commit
 from trainlab.runs.tensorboard import hparams_values
 from trainlab.runs.trackers import Tracking, check_trackers
+from trainlab.runs.trial import Pruning
 from trainlab.runs.resume import check_same_files, resume_command, resume_state
 from trainlab.models.whitening import begin_epoch, fit_whitening
 from trainlab.training.averaging import build_average
@@ -46,7 +47,7 @@ from trainlab.training.optim import build_loss, build_optimizer
 from trainlab.training.schedule import build_schedule, check_resume, longer_hint
 from trainlab.training.numerics import Numerics
 from trainlab.training.step import make_train_step
-from trainlab.training.stop import TIME, StopOnSignal, StopPolicy
+from trainlab.training.stop import PRUNED, TIME, StopOnSignal, StopPolicy
 
 log = logging.getLogger("trainlab")
 
@@ -60,7 +61,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     launch = Launch.of(launch)
     settings = Settings.of(cfg, launch)  # every value checked; a run resumed by name goes on with its own config
     cfg, saved, run_dir, t = settings.cfg, settings.saved, settings.run_dir, settings.cfg.trainer
-    ranks, device = processes(t.device, launch)
+    ranks, device = processes(settings, launch)
 
     # data: train, validation and test splits (trainlab/data/splits.py)
     data, loaders, path = build_run_data(cfg.data, settings.transforms, device, ranks, t.data_path, t.seed,
@@ -89,7 +90,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                            per_step_rates=schedule.per_step, distributed=ranks.world > 1,
                            accumulate=t.accumulate_grad_batches)
     evaluator, best, progress = Evaluator(net, numerics, loss_fn, t.tta), Best(t.monitor), EpochProgress(device)
-    stop = StopPolicy(t.max_minutes, t.early_stopping_patience, device, ranks.world)
+    stop = StopPolicy(t.max_minutes, t.early_stopping_patience, device, ranks.world, Pruning(launch.trial, ranks.main))
 
     # where the run stands: a new run, or the checkpoint's (the generators restored last: all above may draw)
     tracking = Tracking(cfg.logger, settings.config, run_dir, launch)  # the logger group; its tracker runs' ids
@@ -127,14 +128,14 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                                                        t.test_every_epoch)
                 metrics.epoch(EpochReport(epoch, t.epochs, clock.step, progress.lr, train, val, epoch_test, t.monitor,
                                           best.value))
-                ended = stop.after_epoch(best, last=epoch == t.epochs)
+                ended = stop.after_epoch(best, epoch, last=epoch == t.epochs)
                 clock.end_epoch()
                 progress.end()
                 parts.save(best=is_best)
                 if ended:
                     log.info(ended_line(ended, epoch, best, t, run_dir))
                     break
-        finish(evaluator, model, loaders.test, best, clock, parts, metrics, average, run_dir if ranks.main else None)
+        finish(evaluator, model, stop.to_test(loaders), best, clock, parts, metrics, average, ranks.main)
     except NonFiniteLoss as e:
         raise nonfinite_error(e, clock) from None
     finally:
@@ -182,11 +183,14 @@ class Settings:
                 "data_files": self.files, "trainlab_version": __version__}
 
 
-def processes(device_name: str, launch: Launch) -> tuple:
-    """-> (this process's Ranks, its device): under torchrun, its rank's; one process speaks for all."""
+def processes(settings: Settings, launch: Launch) -> tuple:
+    """-> (this process's Ranks, its device): under torchrun or in a submitit job of several tasks, its rank's, all
+    in one run folder and from one checkpoint; one process speaks for all."""
+    device_name = settings.cfg.trainer.device
     ranks, device = distributed.setup(device_name)
     if not ranks.main:
         log.setLevel(logging.WARNING)
+    distributed.check_one_run(settings.run_dir, settings.saved and settings.saved["position"])
     return ranks, device or resolve_device(device_name, launch.job, launch.jobs_at_once)
 
 
@@ -223,8 +227,8 @@ def check_same_classes(saved: Optional[dict], classes) -> None:
 
 def placed(model, numerics: Numerics, compile_mode, ranks, device):
     """The model on the device, in the run's layout; compiled in `compile_mode` (trainer.compile_mode where
-    trainer.compile is on; False: not compiled) and, under torchrun, wrapped so gradients are averaged over the
-    processes in backward -> what the step and the evaluator call."""
+    trainer.compile is on; False: not compiled) and, in a data-parallel run, wrapped so gradients are averaged over
+    the processes in backward -> what the step and the evaluator call."""
     model.to(device, memory_format=numerics.memory_format)
     net = torch.compile(model, mode=compile_mode) if compile_mode else model
     if ranks.world > 1:
@@ -266,7 +270,7 @@ def between_steps(stop: StopPolicy, parts: Checkpointer, steps: Epoch, run_dir: 
                  f"{clock.batch}; checkpointed; to go on: {resume_command(run_dir)}")
         return True
     if why is not None:
-        stop.signals.pass_to_launcher()
+        stop.pass_to_launcher(why)  # the launcher's (submitit's) signal: it requeues the job, every task
         how = (f"checkpoint written; to resume: {resume_command(run_dir)}" if t.checkpoint
                else "trainer.checkpoint=false: nothing was saved")
         raise Interrupted(f"stopped by {stop.signals.signal or 'a signal to another process'} at epoch "
@@ -287,16 +291,19 @@ def ended_line(why: str, epoch: int, best: Best, t, run_dir: Path) -> str:
     if why == TIME:
         return (f"time budget: trainer.max_minutes={t.max_minutes} spent after epoch {epoch}; checkpointed; to go "
                 f"on: {resume_command(run_dir)}")
+    if why == PRUNED:
+        return (f"pruned after epoch {epoch}: its best {t.monitor} so far falls behind the search's other trials at "
+                "that epoch; the test split is not scored")
     return (f"early stopping: no better {t.monitor} in the {best.bad_epochs} epochs after epoch {best.epoch} "
             f"(trainer.early_stopping_patience={t.early_stopping_patience})")
 
 
 def finish(evaluator: Evaluator, model, test_loader, best: Best, clock: Clock, parts: Checkpointer,
-           metrics: Metrics, average, run_dir: Optional[Path]) -> None:
+           metrics: Metrics, average, main: bool) -> None:
     """The test split, once, with the weights validation chose; the test row ends metrics.csv even without one.
     A signal now waits for the end to be written (seconds): killed in the middle of it, best.pt would lack its test
-    score and a checkpoint's write would be left half done. `run_dir` (the first process's): its error.log, an
-    earlier attempt's, is removed, so report.py shows the run done, not failed."""
+    score and a checkpoint's write would be left half done. `main` (the first process): the run folder's error.log,
+    an earlier attempt's, is removed, so report.py shows the run done, not failed."""
     with StopOnSignal() as ending, average.applied():  # the weights that were scored
         if test_loader is not None:
             with swapped_weights(model, best.test_weights(clock.weights_epoch, clock.batch > 0, parts.folder)):
@@ -308,8 +315,8 @@ def finish(evaluator: Evaluator, model, test_loader, best: Best, clock: Clock, p
     if ending.signal:
         log.info(f"{ending.signal} came while the run was writing its end: it finished first, nothing is left to "
                  "resume")
-    if run_dir is not None:
-        (run_dir / ERROR_LOG).unlink(missing_ok=True)
+    if main:
+        (parts.folder.parent / ERROR_LOG).unlink(missing_ok=True)  # parts.folder: <run>/checkpoints
 
 
 def nonfinite_error(e: NonFiniteLoss, clock: Clock) -> TrainlabError:
@@ -320,7 +327,9 @@ def nonfinite_error(e: NonFiniteLoss, clock: Clock) -> TrainlabError:
 
 def last_line(best: Best, validated: bool, clock: Clock, stop: StopPolicy, run_dir: Path, metrics: Metrics) -> str:
     """The run's last line: its result, what it trained, its folder, and what a tracker missed."""
-    return f"{result_text(best, validated)} · {trained_text(clock, stop)} · {shown_path(run_dir)}{metrics.missed()}"
+    pruned = stop.pruning.line() if stop.reason == PRUNED else ""
+    return f"{result_text(best, validated)} · {trained_text(clock, stop)}{pruned} · {shown_path(run_dir)}" \
+           f"{metrics.missed()}"
 
 
 def result_text(best: Best, validated: bool) -> str:
@@ -352,7 +361,7 @@ def log_start(metrics: Metrics, settings: Settings, launch: Launch, train_loader
     run's TensorBoard extras: its HPARAMS row, the first batch as the model sees it, the model's graph. The batch is
     drawn only for what logs it: on the DataLoader path it decodes a batch (and starts the workers)."""
     record = record_attempt(settings.run_dir, launch.overrides, settings.cfg.data, settings.files, device,
-                            metrics.writer) if first_process() else None
+                            metrics.writer, sum(p.numel() for p in model.parameters())) if first_process() else None
     if settings.saved is None:
         _log_extras(metrics.writer, settings.cfg, launch, train_loader, model, settings.transforms, device,
                     short_commit(record))
