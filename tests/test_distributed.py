@@ -130,3 +130,38 @@ def test_the_sampler_shards_each_batch_between_the_processes():
     for batch in range(13):  # each process's batch of 4 is its half of the global batch of 8
         merged = parts[0][batch * 4:(batch + 1) * 4] + parts[1][batch * 4:(batch + 1) * 4]
         assert sorted(merged) == sorted(whole[batch * 8:(batch + 1) * 8])
+
+
+def _draw_save_draw_restore(rank: int, port: int, out: str) -> None:
+    """One process of two: its own random stream (as its dropout masks are), the checkpoint's part made by both,
+    more draws, then the part restored as a resumed process restores it: the draws after the checkpoint again."""
+    from trainlab.runs.checkpoint import Generators
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(100 + rank)
+    record = [Generators().state_dict()]  # made by both; the first's is written, and every process reads that one
+    torch.distributed.broadcast_object_list(record, src=0)
+    state = record[0]
+    after = torch.rand(4)
+    torch.rand(7)  # the run goes on, then is stopped
+    Generators().load_state_dict(state)
+    torch.save({"after": after, "again": torch.rand(4), "kept": len(state["ranks"])}, f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_a_checkpoint_keeps_every_processes_random_generators_and_each_resumes_its_own(tmp_path):
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    processes = [spawn.Process(target=_draw_save_draw_restore, args=(rank, port, str(tmp_path / "drawn")))
+                 for port in [free_port()] for rank in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+    assert [process.exitcode for process in processes] == [0, 0]
+    drawn = [torch.load(tmp_path / f"drawn.{rank}") for rank in range(2)]
+    for rank in range(2):  # each process draws again what it drew after the checkpoint: its own stream, not the first's
+        assert drawn[rank]["kept"] == 2 and torch.equal(drawn[rank]["again"], drawn[rank]["after"])
+    assert not torch.equal(drawn[0]["after"], drawn[1]["after"])

@@ -47,9 +47,12 @@ class Checkpointer:
     Weights that are not finite are never written; `before_save` runs first (the logs reach the disk: a resumed run
     logs only what comes after its checkpoint)."""
 
-    def __init__(self, folder: Path, about: dict, every_n_steps: int = 0, enabled: bool = True, **parts):
+    def __init__(self, folder: Path, about: dict, every_n_steps: int = 0, enabled: bool = True, writes: bool = True,
+                 **parts):
+        """`writes`: this process writes the files (a distributed run's first); the others make each record with it,
+        at the same steps (a part may gather from every process), and write nothing."""
         self.folder, self.about, self.every_n_steps, self.enabled = folder, about, every_n_steps, enabled
-        self.parts = parts
+        self.writes, self.parts = writes, parts
         self.before_save = None
 
     def due(self, step: int) -> bool:
@@ -69,6 +72,8 @@ class Checkpointer:
         if self.before_save is not None:
             self.before_save()
         record = self.record()
+        if not self.writes:
+            return
         if best:  # first: a run killed between the two resumes from the last.pt before, and writes best.pt again
             save_checkpoint(self.folder / BEST, record)
         save_checkpoint(self.folder / LAST, record, keep_previous=True)
@@ -87,7 +92,7 @@ class Checkpointer:
 
     def add_test(self, test: dict) -> None:
         """Write the test split's score into best.pt too, whose weights it was scored with."""
-        if not self.enabled or not (self.folder / BEST).exists():
+        if not (self.enabled and self.writes) or not (self.folder / BEST).exists():
             return
         record = load_checkpoint(self.folder / BEST)
         record["test"] = test
@@ -113,12 +118,23 @@ def upgraded(record: dict) -> dict:
 
 
 class Generators:
-    """Every random generator a training step draws from (dropout, for one), as a checkpointed part."""
+    """Every random generator a training step draws from (dropout, for one), as a checkpointed part. In a
+    distributed run each process draws its own (its dropout masks), so every process's states are kept, gathered as
+    the checkpoint is made (all processes make it; the first writes it), under "ranks"; the first's are also the
+    part's own, which a run resumed on another number of processes goes on from."""
 
     def state_dict(self) -> dict:
-        return rng_states()
+        states = rng_states()
+        if not torch.distributed.is_initialized():
+            return states
+        every = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(every, states)
+        return {**every[0], "ranks": every}
 
     def load_state_dict(self, state: dict) -> None:
+        ranks = state.get("ranks")
+        if ranks and torch.distributed.is_initialized() and len(ranks) == torch.distributed.get_world_size():
+            state = ranks[torch.distributed.get_rank()]
         set_rng_states(state)
 
 

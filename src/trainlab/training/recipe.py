@@ -95,7 +95,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     # where the run stands: a new run, or the checkpoint's (the generators restored last: all above may draw)
     tracking = Tracking(cfg.logger, settings.config, run_dir, launch)  # the logger group; its tracker runs' ids
     parts = Checkpointer(run_dir / CHECKPOINTS, settings.about(data), t.checkpoint_every_n_steps,
-                         t.checkpoint and ranks.main, **average.parts, **step.parts, scheduler=schedule, position=clock,
+                         t.checkpoint, ranks.main, **average.parts, **step.parts, scheduler=schedule, position=clock,
                          best=best, stopped=stop, totals=progress, tracking=tracking, rng=Generators())
     parts.restore(saved)
     to_train = clock.to_train and not best.out_of_patience(t.early_stopping_patience)
