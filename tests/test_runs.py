@@ -185,6 +185,9 @@ def test_the_speed_options_train_as_well(tmp_path, options):
     (["trainr.epochs=3"], "error: trainr.epochs is not a key: did you mean trainer.epochs?"),
     (["-m", "model=tudui,transformer"], "error: model=transformer is not an option of model; the options: "
                                         + ", ".join(options("model"))),
+    (["-m", "hydra/sweeper=trainlab_optuna", "hydra.sweeper.pruner=mediam"],
+     "error: hydra.sweeper.pruner=mediam cannot work: hydra.sweeper.pruner takes one of none, median, percentile, "
+     "hyperband, not 'mediam'"),
 ])
 def test_a_mistake_in_the_command_is_one_line_naming_the_closest_key_exit_2_and_no_folder(tmp_path, args, line):
     result = run_forked(*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")

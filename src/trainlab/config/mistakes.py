@@ -2,6 +2,7 @@
 key or option and the closest valid one; a key added with `+` to a part with a schema is refused."""
 import dataclasses
 import difflib
+import enum
 import re
 import typing
 
@@ -109,5 +110,8 @@ def _type_name(schema, key: str) -> str:
     if optional:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     base = typing.get_origin(hint) or hint
-    name = TYPE_NAMES.get(base, "another type")
+    if isinstance(base, type) and issubclass(base, enum.Enum):  # hydra.sweeper.pruner: its options, by name
+        name = "one of " + ", ".join(member.name for member in base)
+    else:
+        name = TYPE_NAMES.get(base, "another type")
     return name + (" or null" if optional else "")
