@@ -35,7 +35,7 @@ from trainlab.runs.folder import (BEST, CHECKPOINTS, ERROR_LOG, SEARCH_RESULTS a
                                   higher_is_better, open_own, read_metrics)
 from trainlab.runs.provenance import read_attempts
 from trainlab.runs.trackers import tag_trial
-from trainlab.runs.trial import EPOCH_SECONDS, OBJECTIVES, PRUNED_AT, build_pruner, study_storage
+from trainlab.runs.trial import EPOCH_SECONDS, OBJECTIVES, PRUNED_AT, build_pruner, objective_text, study_storage
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class Search:
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.monitor = OmegaConf.select(config, "trainer.monitor", default=None) or "value"  # what a job returns
         self.names = self.objectives or [self.monitor]  # what each of the study's values is
+        self.test_scores = {}  # trial number -> its test score (read_test_score), once read
 
     def run(self, arguments: list) -> None:
         try:
@@ -303,8 +304,11 @@ class Search:
                  f"{self.sweep_dir / RESULTS}")
 
     def _test_score(self, trial):
-        return read_test_score(Path(trial.user_attrs.get(FOLDER, self.sweep_dir / str(trial.number))) / CHECKPOINTS
-                               / BEST)
+        """A finished trial's test score from its best.pt, read once (the results are written after every trial)."""
+        if trial.number not in self.test_scores:
+            folder = Path(trial.user_attrs.get(FOLDER, self.sweep_dir / str(trial.number)))
+            self.test_scores[trial.number] = read_test_score(folder / CHECKPOINTS / BEST)
+        return self.test_scores[trial.number]
 
     def _write_results(self, study) -> None:
         """optimization_results.yaml: the best trial (each trial of the Pareto front, for several objectives) with
@@ -329,15 +333,7 @@ class Search:
     def _shown(self, values) -> str:
         """A trial's value(s) by name: "val/acc 91.20%", "val/acc 91.20%, params 94,000"."""
         values = values if isinstance(values, (list, tuple)) else [values]
-        return ", ".join(_shown_value(name, value) for name, value in zip(self.names, values))
-
-
-def _shown_value(name: str, value) -> str:
-    if value is None:
-        return f"{name} -"
-    if name.endswith("acc"):
-        return f"{name} {value:.2%}"
-    return f"{name} {value:,.0f}" if name == "params" else f"{name} {value:.6g}"
+        return ", ".join(f"{name} {objective_text(name, value)}" for name, value in zip(self.names, values))
 
 
 def _front(study) -> list:

@@ -22,7 +22,6 @@ TRAINLAB_ALLOW_KEYS=hydra.launcher.setup (hydra keys a config may then set).
 import copy
 import importlib
 import os
-import re
 import shutil
 import sys
 from contextlib import contextmanager
@@ -39,8 +38,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.config.mistakes import check_known_keys, composition_error, unchosen_key
 from trainlab.errors import ConfigRefused, TrainlabError, one_line, printable
-from trainlab.config.hydra_policy import (ALLOW_KEYS_ENV, USER_KEYS, UnsafeConfig, check_hydra,  # noqa: F401
-                                   hydra_choices, named_in_env, reference_config, trusted, unresolved)
+from trainlab.config.hydra_policy import (ALLOW_KEYS_ENV, DOTTED_NAME, USER_KEYS, UnsafeConfig,  # noqa: F401
+                                   check_hydra, hydra_choices, named_in_env, reference_config, trusted, unresolved)
 from trainlab.launch import first_process, job_processes
 from trainlab.runs.folder import (MADE_FOR_THE_RUN, RunFolderLock, check_run_folder, check_sweep_folder,
                                  missing_folders)
@@ -84,12 +83,11 @@ EXACT_TARGETS = {
 }
 TARGET_KEYS = ("_target_", "()")  # what Hydra's instantiate and Python's logging.config build a callable from
 
-NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
 def target_allowed(target) -> bool:
     """Whether a config may build `target` (a dotted name), by the rules above."""
-    if not isinstance(target, str) or not NAME.fullmatch(target):
+    if not isinstance(target, str) or not DOTTED_NAME.fullmatch(target):
         return False
     if target in EXACT_TARGETS or named_in_env(ALLOW_TARGETS_ENV, target):
         return True

@@ -38,6 +38,7 @@ class Key:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")  # module.Name: what a target or a hook may name
 
 
 def _text(limit: int = 1000) -> Callable:
@@ -129,8 +130,8 @@ USER_KEYS = {
     "hydra.sweeper.pruner_settings.*": Key("a number, auto or null (the pruner's own arguments)",
                                            lambda v: v in (None, "auto") or _number(v) or v == 0),
     "hydra.sweeper.custom_search_space": Key("null or module.function (allowed by TRAINLAB_ALLOW_TARGETS)",
-                                             lambda v: v is None or (isinstance(v, str) and re.fullmatch(
-                                                 r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", v) is not None)),
+                                             lambda v: v is None or (isinstance(v, str) and
+                                                                     DOTTED_NAME.fullmatch(v) is not None)),
     "hydra.sweeper.study_name": Key("a name (letters, digits, _ . -)", lambda v: isinstance(v, str) and re.fullmatch(
         r"[\w.-]{1,200}", v) is not None),
     "hydra.sweeper.storage": Key("null, a sqlite, postgresql or mysql database URL, or journal:PATH", _storage),

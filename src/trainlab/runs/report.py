@@ -29,6 +29,7 @@ from trainlab.errors import TrainlabError, one_line, printable
 from trainlab.runs.folder import (ERROR_LOG, MULTIRUN_YAML, SEARCH_RESULTS, TEST_ROW, VAL_ACC, csv_text,
                                   higher_is_better, open_own, read_metrics)
 from trainlab.runs.provenance import code_version, read_attempts, short_commit
+from trainlab.runs.trial import objective_text
 
 CSV_NAME = "report.csv"
 PLOT_NAME = "val_acc.png"
@@ -241,7 +242,7 @@ def search_outcomes(jobs: list) -> list:
             if job.sweep == sweep and job.status == "done" and _trial_number(job) in pruned:
                 job.status = "pruned"
         if front:
-            shown = "; ".join(f"#{number} " + ", ".join(f"{name} {_objective_cell(name, value)}"
+            shown = "; ".join(f"#{number} " + ", ".join(f"{name} {objective_text(name, value)}"
                                                         for name, value in values.items())
                               for number, values in front)
             lines.append(printable(f"Pareto front of {sweep} (no trial beats one of these on every objective): "
@@ -252,12 +253,6 @@ def search_outcomes(jobs: list) -> list:
 def _trial_number(job: Job):
     number = Path(job.name).name.partition("_")[0]
     return int(number) if number.isdigit() else None
-
-
-def _objective_cell(name: str, value) -> str:
-    if not isinstance(value, (int, float)):
-        return "-"
-    return f"{value:.2%}" if name.endswith("acc") else f"{value:,.0f}" if name == "params" else f"{value:.4g}"
 
 
 def varied_settings(jobs: list) -> list:

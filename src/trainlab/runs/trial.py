@@ -123,3 +123,11 @@ class Pruning:
     def line(self) -> str:
         """How the run's last line says it was pruned."""
         return f" · pruned by the search after epoch {self.epoch} (hydra.sweeper.pruner={self.trial.pruner})"
+
+
+def objective_text(name: str, value) -> str:
+    """An objective's value as the search's lines and the report show it: accuracy in percent, parameters whole;
+    "-" where there is none."""
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.2%}" if name.endswith("acc") else f"{value:,.0f}" if name == PARAMS else f"{value:.6g}"
