@@ -4,6 +4,7 @@
     python bench/record.py --seeds 1          # one round
     python bench/record.py --device cuda      # on a GPU: ../shared/bench/airbench94.py unchanged, against the same
     python bench/record.py --device cuda --seeds 1 --extra trainer.compile=true trainer.compile_mode=max-autotune
+    python bench/record.py --experiment cifar10_fast_sgd   # the record's first recipe (SGD, lookahead) instead
 
 In one run, on the CIFAR-10 JPEG copy (../shared/data, extracted to a temporary folder):
   record    airbench94 (../shared/bench/): on a CPU the copy ../shared/bench/airbench94_on_cpu.sh writes (bfloat16 where
@@ -31,7 +32,7 @@ from pathlib import Path
 from speed import ROOT, SHARED, describe_machine, extract  # bench/speed.py: the same data, the same machine line
 from trainlab.runs.folder import TEST_ACC, read_metrics, read_scalars  # (speed put this tree's src/ on the path)
 
-RECIPE = ["experiment=cifar10_fast", "data=folder", "data.test_dir=test", "trainer.progress_bar=false"]
+RECIPE = ["data=folder", "data.test_dir=test", "trainer.progress_bar=false"]  # and experiment=, from --experiment
 RECORD_RUN = """
 import json, sys, time, torch
 torch.set_num_threads({threads})
@@ -47,6 +48,7 @@ def main():
     parser.add_argument("--seeds", type=int, default=3, help="rounds: one run of each side a round")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when there is one")
     parser.add_argument("--data", type=Path, default=None, help="an extracted cifar10/ folder (default: extract)")
+    parser.add_argument("--experiment", default="cifar10_fast", help="trainlab's recipe (conf/experiment/)")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for trainlab's runs")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -59,7 +61,7 @@ def main():
     machine = describe_machine(torch, device)
     print(f"machine: {machine}\ndata: {data}\nwork: {work}", flush=True)
     module = prepare_record(data, work, device)
-    extra = [*args.extra, f"trainer.device={device}"]
+    extra = [f"experiment={args.experiment}", *args.extra, f"trainer.device={device}"]
     warm = trainlab(data, work / "warm", ["data.subset=1024", "data.test_subset=256", "trainer.epochs=1", *extra])
     print(f"trainlab's first run (decodes the JPEGs into its cache): {warm}", flush=True)
 
@@ -70,7 +72,7 @@ def main():
         for name, result in this.items():
             rounds[name].append(result)
         print(f"round {seed}: {json.dumps(this)}", flush=True)
-    results = {"machine": machine, "rounds": rounds}
+    results = {"machine": machine, "experiment": args.experiment, "rounds": rounds}
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -125,7 +127,8 @@ def print_table(results: dict) -> None:
     print(f"\n{results['machine']}; {len(rounds['record'])} round(s), the record and trainlab in turns")
     print("| run | test acc, mean +- std | runs | train s (median) | wall s (median) |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for name, label in (("record", "airbench94 (its own script)"), ("trainlab", "trainlab experiment=cifar10_fast")):
+    labels = {"record": "airbench94 (its own script)", "trainlab": f"trainlab experiment={results['experiment']}"}
+    for name, label in labels.items():
         done = [r for r in rounds[name] if "failed" not in r]
         for r in rounds[name]:
             if "failed" in r:

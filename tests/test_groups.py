@@ -26,7 +26,7 @@ NATIVE = {"cifar10": (3, 32), "mnist": (1, 28), "fashion_mnist": (1, 28), "shape
 def test_every_group_has_its_options():  # the shipped ones; a user's own file beside them is tested like them
     assert {"cifar10", "fashion_mnist", "folder", "mnist", "shapes"} <= set(options("data"))
     assert {"tudui", "lenet", "vgg_small", "mlp"} <= set(options("model"))
-    assert {"adam", "adamw", "sgd"} <= set(options("optimizer"))
+    assert {"adam", "adamw", "muon", "sgd"} <= set(options("optimizer"))
     assert {"cosine", "none", "onecycle", "step"} <= set(options("scheduler"))
     assert {"cross_entropy", "l1", "mse"} <= set(options("loss"))
 

@@ -1,6 +1,6 @@
-"""The options the record-class recipe (experiment=cifar10_fast) is built from, each on its own: whitening, parameter
-groups, the piecewise-linear schedule, weight averaging, test-time augmentation, the device twins of reflect-padded
-crops and alternating flips, fp16's gradient scaler; then the recipe itself on a slice of the real data."""
+"""The options the record-class recipes (experiment=cifar10_fast, cifar10_fast_sgd) are built from, each on its own:
+whitening, parameter groups, Muon, the piecewise-linear schedule, weight averaging, test-time augmentation, the device
+twins of reflect-padded crops and alternating flips, fp16's gradient scaler; then the recipe on a slice of real data."""
 import copy
 import tarfile
 from pathlib import Path
@@ -19,10 +19,11 @@ from trainlab.models.whitening import Whiten, begin_epoch, fit_whitening
 from trainlab.training.averaging import build_average
 from trainlab.training.evaluator import Evaluator
 from trainlab.training.numerics import Numerics
+from trainlab.training.muon import orthogonalize
 from trainlab.training.optim import build_optimizer
 from trainlab.training.schedule import build_schedule
 from trainlab.training.clock import Clock
-from trainlab.training.step import TrainStep
+from trainlab.training.step import TrainStep, rates_on_device
 
 
 def correlated_images(n=256, seed=0):
@@ -83,9 +84,13 @@ def test_parameter_groups_from_yaml_get_their_rates_and_decay():
     ("[{select: lyer4, lr_scale: 2}]", "select: 'lyer4' names no parameter of the model"),
     ("[{lr_scale: 2}]", "optimizer.groups[0]: set select"),
     ("[{select: norm, lr: 2}]", "'lr' does not apply; it takes select, lr_scale"),
-    ("[{select: bias, weight_decay: 0, weight_decay_scale: 0}]", "not both")])
+    ("[{select: bias, weight_decay: 0, weight_decay_scale: 0}]", "not both"),
+    ("[{select: head, orthogonalize: false}]", "orthogonalize is not a setting of SGD; a group takes select, lr_scale, "
+                                               "weight_decay, weight_decay_scale, momentum$"),
+    ("[{select: head, momentum: 0.9}]@adam", "momentum is not a setting of Adam")])
 def test_a_mistaken_parameter_group_is_one_line_naming_the_fix(groups, message):
-    cfg = compose("model=resnet_small", f"optimizer.groups={groups}")
+    groups, _, optimizer = groups.partition("@")
+    cfg = compose("model=resnet_small", f"optimizer={optimizer or 'sgd'}", f"optimizer.groups={groups}")
     with pytest.raises(TrainlabError, match=message.replace("[", r"\[")):
         build_optimizer(cfg.optimizer, build_blocks_model(cfg.model, (3, 32, 32), 10))
 
@@ -99,6 +104,55 @@ def test_a_parameter_group_of_the_wrong_type_is_one_line_at_compose_time(overrid
     with pytest.raises(Exception) as raised:
         compose(override)
     assert composition_error(raised.value) == message
+
+
+def test_muon_orthogonalizes_the_filters_momentum_steps_the_head_as_sgd_and_resumes_exactly():
+    raw = torch.randn(64, 288, generator=torch.Generator().manual_seed(0))
+    spread = torch.linalg.svdvals(raw)
+    assert spread.max() / spread.min() > 2  # a gradient's directions: far from one size
+    sizes = torch.linalg.svdvals(orthogonalize(raw, 5))
+    assert 0.6 < sizes.min() and sizes.max() < 1.3  # Newton-Schulz's: every one near 1
+    cfg = compose("model=cifar_fast", "optimizer=muon", "optimizer.lr=0.1", "optimizer.momentum=0.5",
+                  "optimizer.groups=[{select: head, orthogonalize: false, lr_scale: 2, momentum: 0.8,"
+                  " weight_decay: 0.01}]")
+    model = build_blocks_model(cfg.model, (3, 32, 32), 10)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    rest, head = optimizer.param_groups
+    conv, linear = model[2].weight, model[25].weight
+    assert [p is linear for p in head["params"]] == [True] and any(p is conv for p in rest["params"])
+    twin = linear.detach().clone().requires_grad_()  # the head's update is torch.optim.SGD's, exactly
+    sgd = torch.optim.SGD([twin], lr=0.2, momentum=0.8, nesterov=True, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(1)
+
+    def step(optimizer, params, twins=()):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator)
+        for t in twins:
+            t.grad = linear.grad.clone()
+        optimizer.step()
+
+    trained = [p for p in model.parameters() if p.requires_grad]
+    for _ in range(3):
+        before = conv.detach().clone()
+        step(optimizer, trained, [twin])
+        sgd.step()
+        assert torch.equal(linear, twin)
+        moved = torch.linalg.svdvals((before - conv.detach()).reshape(len(conv), -1) / 0.1)  # lr x an orthogonal update
+        assert 0.6 < moved.min() and moved.max() < 1.3
+    saved, copied = copy.deepcopy(optimizer.state_dict()), copy.deepcopy(model)  # exact resume from the state
+    resumed = build_optimizer(cfg.optimizer, copied)
+    resumed.load_state_dict(saved)
+    state = generator.get_state()
+    step(optimizer, trained)
+    generator.set_state(state)
+    step(resumed, [p for p in copied.parameters() if p.requires_grad])
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), copied.parameters()))
+    assert rates_on_device(resumed, torch.device("cpu"))  # rates as tensors, as a CUDA graph reads them: the same step
+    generator.set_state(state)
+    step(optimizer, trained)
+    generator.set_state(state)
+    step(resumed, [p for p in copied.parameters() if p.requires_grad])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.parameters(), copied.parameters()))
 
 
 def test_the_piecewise_linear_schedule_warms_up_then_decays_per_step():

@@ -64,7 +64,7 @@ EXCLUDED = {"torchvision.transforms.Lambda", "torch.optim.lr_scheduler.LambdaLR"
 EXACT_TARGETS = {
     # trainlab's own
     "trainlab.training.losses.SoftmaxMSELoss", "trainlab.training.losses.SoftmaxL1Loss", "trainlab.cli.SweepReport",
-    "trainlab.training.schedule.PiecewiseLinearLR",
+    "trainlab.training.schedule.PiecewiseLinearLR", "trainlab.training.muon.Muon",
     # conf/'s optimizers, schedulers and loss by name too: checked without importing torch (a second), so a command
     # that is refused for another reason says so at once
     "torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.lr_scheduler.StepLR",

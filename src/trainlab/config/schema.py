@@ -124,6 +124,19 @@ class AdamWConfig(AdamConfig):
 
 
 @dataclass
+class MuonConfig:
+    _target_: str = "trainlab.training.muon.Muon"
+    _partial_: bool = True
+    lr: float = MISSING
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    weight_decay: float = MISSING
+    ns_steps: int = setting(at_least(1))  # Newton-Schulz steps a step
+    normalize: bool = MISSING
+    groups: List[Dict[str, Any]] = MISSING  # parameter groups with their own settings (trainlab/training/optim.py)
+
+
+@dataclass
 class SchedulerConfig:
     _target_: str = MISSING  # each option's class
     _partial_: bool = True  # the optimizer is given at run time
@@ -255,7 +268,7 @@ class Config:
 
 
 SCHEMAS = {
-    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig},
+    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig, "muon": MuonConfig},
     "scheduler": {"none": NoSchedulerConfig, "step": StepLRConfig, "cosine": CosineConfig, "onecycle": OneCycleConfig,
                   "piecewise": PiecewiseConfig},
     "loss": {"cross_entropy": CrossEntropyConfig, "one_hot": OneHotLossConfig},

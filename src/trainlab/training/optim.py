@@ -16,7 +16,9 @@ KINDS = {
     "bias": "every bias (norm layers' included)",
     "head": "the last linear layer's weight and bias",
 }
-GROUP_KEYS = {"select": str, "lr_scale": float, "weight_decay": float, "weight_decay_scale": float}
+GROUP_KEYS = {"select": str, "lr_scale": float, "weight_decay": float, "weight_decay_scale": float,
+              "momentum": float, "orthogonalize": bool}
+OWN_SETTINGS = ("momentum", "orthogonalize")  # a group's own value of a setting only some optimizers have
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module, head_lr_scale=None) -> torch.optim.Optimizer:
@@ -25,15 +27,22 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, head_lr_scale=None) -> to
     groups = settings.pop("groups", None) or []
     if head_lr_scale is not None:  # model.head_lr_scale: fine-tuning's usual group, ahead of the optimizer's own
         groups = [{"select": "head", "lr_scale": head_lr_scale}] + groups
-    return build_partial(OmegaConf.create(settings), "optimizer",
-                         param_groups(model, settings.get("lr"), settings.get("weight_decay"), groups))
+    optimizer = build_partial(OmegaConf.create(settings), "optimizer",
+                              param_groups(model, settings.get("lr"), settings.get("weight_decay"), groups))
+    takes = [k for k in GROUP_KEYS if k not in OWN_SETTINGS or k in optimizer.defaults]
+    for i, group in enumerate(groups):  # SGD's momentum, Muon's orthogonalize: refused where they would do nothing
+        for key in sorted(set(group) - set(takes)):
+            raise TrainlabError(f"optimizer.groups[{i}]: {key} is not a setting of {type(optimizer).__name__}; a "
+                                f"group takes {', '.join(takes)}")
+    return optimizer
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay=None, groups=()) -> list:
     """The groups the optimizer updates: each of `groups` (optimizer.groups: {select, lr_scale, weight_decay or
-    weight_decay_scale}) takes the trainable parameters its `select` names that no group before it took, at lr x
-    lr_scale and its weight decay; the rest form the first group, at the optimizer's own settings (its rate is the
-    run's `lr` in the logs). A group that selects nothing is left out, so a frozen backbone leaves the head alone."""
+    weight_decay_scale, and momentum or orthogonalize where the optimizer has them}) takes the trainable parameters
+    its `select` names that no group before it took, at lr x lr_scale and its own settings; the rest form the first
+    group, at the optimizer's own settings (its rate is the run's `lr` in the logs). A group that selects nothing is
+    left out, so a frozen backbone leaves the head alone."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     taken, built = set(), []
     for i, group in enumerate(groups):
@@ -46,6 +55,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay=None, groups=()) -> l
             settings["lr"] = lr * keys["lr_scale"]
         if "weight_decay" in keys and "weight_decay_scale" in keys:
             raise TrainlabError(f"{label}: give weight_decay or weight_decay_scale, not both")
+        settings.update({key: keys[key] for key in OWN_SETTINGS if key in keys})
         if "weight_decay" in keys:
             settings["weight_decay"] = keys["weight_decay"]
         elif "weight_decay_scale" in keys:
