@@ -3,6 +3,8 @@
     python bench/record.py                    # 3 seeds each, in turns, on this machine's CPU (about 2 h on 2 cores)
     python bench/record.py --seeds 1          # one round
     python bench/record.py --device cuda      # on a GPU: ../shared/bench/airbench94.py unchanged, against the same
+    python bench/record.py --device cuda --extra data.batch_size=2000 trainer.accumulate_grad_batches=1
+                                              # the source's one batch an update, which a CUDA graph can record
     python bench/record.py --device cuda --seeds 1 --extra trainer.compile=true trainer.compile_mode=max-autotune
     python bench/record.py --experiment cifar10_fast_sgd   # the record's first recipe (SGD, lookahead) instead
 
