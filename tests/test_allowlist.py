@@ -103,6 +103,17 @@ def test_every_shipped_config_passes_with_hydras_part(overrides):
     check_config(compose_all(*overrides))
 
 
+def test_a_slurm_job_whose_task_fails_has_srun_end_its_other_tasks(tmp_path):
+    """The shipped setup line reaches the job's script before srun: srun then ends every task when one fails (its
+    --kill-on-bad-exit), instead of leaving them blocked in a collective until its timeout."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    launcher = compose_all("hydra/launcher=slurm", "hydra.launcher.partition=gpu").hydra.launcher
+    script = _make_sbatch_string(command="python -u -m submitit.core._submit x", folder=str(tmp_path),
+                                 setup=list(launcher.setup), nodes=2, ntasks_per_node=8)
+    assert script.index("export SLURM_KILL_BAD_EXIT=1\n") < script.index("srun ")
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["+hydra.job.env_set.LD_PRELOAD=/tmp/x.so"], "hydra.job.env_set.LD_PRELOAD is set by this config"),
     (["+hydra.job.env_set.PYTHONPATH=/tmp"], "TRAINLAB_ALLOW_KEYS=hydra.job.env_set.PYTHONPATH"),

@@ -83,6 +83,44 @@ def test_torchrun_on_two_nodes_and_a_preempted_submitit_job_of_two_tasks_each_fo
     assert all(torch.equal(preempted["model"][key], two_nodes["model"][key]) for key in two_nodes["model"])
 
 
+FAILING_TASK_SITE = """
+import os
+if os.environ.get("SUBMITIT_LOCAL_GLOBALID") == "1":  # task 1 of the job fails at its third step
+    from trainlab.training.step import TrainStep
+
+    update, calls = TrainStep.update, []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("CUDA out of memory (a test's)")
+        return update(self, *args, **kwargs)
+    TrainStep.update = failing
+"""
+
+
+def test_a_task_that_fails_ends_its_job_at_once_and_the_first_task_names_its_error(tmp_path):
+    """The other task's collective fails when the failing one leaves (gloo); it leaves only after logging its line,
+    which the first task reads from the job's logs into error.log and the sweep's report, not a gloo message."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FAILING_TASK_SITE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT / "src")])}
+    sweep = tmp_path / "sweep"
+    result = subprocess.run([sys.executable, "src/run.py", "-m", "hydra/launcher=submitit_local",
+                             "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=5", *RECIPE,
+                             f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [job] = [p for p in sweep.iterdir() if p.is_dir() and p.name != ".submitit"]
+    [task1] = sweep.glob(".submitit/*/*_1_log.out")
+    cause = "task 1 of this job stopped first (RuntimeError: CUDA out of memory (a test's); "
+    assert (job / "error.log").read_text().startswith(f"error: {cause}{task1}), so this one (rank 0) stops too\n")
+    assert f"error: {cause}" in result.stderr + result.stdout  # the sweep's list of failed jobs
+    assert "error: RuntimeError: CUDA out of memory (a test's)" in task1.read_text()
+    assert "Traceback" not in task1.read_text() + task1.with_suffix(".err").read_text()
+
+
 def test_a_launchers_signal_is_handed_on_after_the_checkpoint_and_no_other_is():
     from trainlab.training.stop import LAUNCHER_SIGNAL, SIGNAL, StopPolicy
 
@@ -132,36 +170,124 @@ def test_the_sampler_shards_each_batch_between_the_processes():
         assert sorted(merged) == sorted(whole[batch * 8:(batch + 1) * 8])
 
 
-def _draw_save_draw_restore(rank: int, port: int, out: str) -> None:
+def in_two_processes(target, *args) -> list:
+    """`target(rank, port, *args)` in two new interpreters (spawned: no state of this one), meeting on a free port
+    -> their exit codes."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    processes = [spawn.Process(target=target, args=(rank, port, *args)) for port in [free_port()] for rank in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+    return [process.exitcode for process in processes]
+
+
+def _draw_save_draw_restore(rank: int, port: int, out: str, device: str) -> None:
     """One process of two: its own random stream (as its dropout masks are), the checkpoint's part made by both,
     more draws, then the part restored as a resumed process restores it: the draws after the checkpoint again."""
     from trainlab.runs.checkpoint import Generators
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)  # gloo: both may share one GPU
     torch.manual_seed(100 + rank)
     record = [Generators().state_dict()]  # made by both; the first's is written, and every process reads that one
     torch.distributed.broadcast_object_list(record, src=0)
     state = record[0]
-    after = torch.rand(4)
-    torch.rand(7)  # the run goes on, then is stopped
+    after = torch.rand(4, device=device)
+    torch.rand(7, device=device)  # the run goes on, then is stopped
     Generators().load_state_dict(state)
-    torch.save({"after": after, "again": torch.rand(4), "kept": len(state["ranks"])}, f"{out}.{rank}")
+    torch.save({"after": after.cpu(), "again": torch.rand(4, device=device).cpu(), "kept": len(state["ranks"])},
+               f"{out}.{rank}")
     torch.distributed.destroy_process_group()
 
 
-def test_a_checkpoint_keeps_every_processes_random_generators_and_each_resumes_its_own(tmp_path):
-    import multiprocessing
-
-    spawn = multiprocessing.get_context("spawn")
-    processes = [spawn.Process(target=_draw_save_draw_restore, args=(rank, port, str(tmp_path / "drawn")))
-                 for port in [free_port()] for rank in range(2)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(120)
-    assert [process.exitcode for process in processes] == [0, 0]
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the GPU's generators need a GPU; run where one is lent"))])
+def test_a_checkpoint_keeps_every_processes_random_generators_and_each_resumes_its_own(tmp_path, device):
+    assert in_two_processes(_draw_save_draw_restore, str(tmp_path / "drawn"), device) == [0, 0]
     drawn = [torch.load(tmp_path / f"drawn.{rank}") for rank in range(2)]
     for rank in range(2):  # each process draws again what it drew after the checkpoint: its own stream, not the first's
         assert drawn[rank]["kept"] == 2 and torch.equal(drawn[rank]["again"], drawn[rank]["after"])
     assert not torch.equal(drawn[0]["after"], drawn[1]["after"])
+
+
+def _tiny_net() -> torch.nn.Module:
+    torch.manual_seed(0)  # the same start in every process and in the reference
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 5))
+
+
+def _global_batches(device) -> list:
+    """12 global batches of 16 (the last one short: 12), the same in every process."""
+    generator = torch.Generator().manual_seed(1)
+    sizes = [16] * 11 + [12]
+    return [(torch.rand(n, 3, 8, 8, generator=generator).to(device),
+             torch.randint(0, 5, (n,), generator=generator).to(device)) for n in sizes]
+
+
+def _steps(step, batches, optimizer, take, graph_like) -> None:
+    """The 12 steps, the rate lowered after the 7th; `take` cuts a process's part out of each global batch;
+    `graph_like` runs a step the way a CUDA graph step of several processes does (None: the plain step)."""
+    for i, (images, targets) in enumerate(batches):
+        if i == 7:
+            for group in optimizer.param_groups:
+                group["lr"] = 0.01
+        mine = take(images), take(targets)
+        (graph_like or step)(*mine)
+
+
+def _data_parallel_steps(rank: int, port: int, out: str, on_gpu: bool) -> None:
+    """One of two processes (gloo, which also sums CUDA tensors, so both can share one GPU): on a GPU, the CUDA graph
+    step of a data-parallel run; on a CPU, every third step the graphs' split step run eagerly (the gradients through
+    the plain module, SummedGradients, the update) between DistributedDataParallel's own steps."""
+    from trainlab.training.numerics import Numerics
+    from trainlab.training.step import CudaGraphStep, SummedGradients, TrainStep
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    device = torch.device("cuda" if on_gpu else "cpu")
+    model = _tiny_net().to(device)
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[0] if on_gpu else None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = TrainStep(net, torch.nn.CrossEntropyLoss(), optimizer, Numerics(device))
+    calls = []
+
+    def split(images, targets):
+        calls.append(len(calls))
+        if len(calls) % 3:
+            return step(images, targets)  # DDP's step
+        optimizer.zero_grad(set_to_none=True)
+        step.gradients(model, images, targets)  # its hooks see a backward they did not prepare for: they let it be
+        summed = SummedGradients(step.params, 2)
+        summed.sum()
+        summed.unpack()
+        step.apply()
+
+    graph_like = CudaGraphStep(step, (8, 3, 8, 8), processes=2) if on_gpu else split
+    _steps(step, _global_batches(device), optimizer, lambda t: t.chunk(2)[rank], graph_like)
+    recorded = on_gpu and graph_like.update_graph is not None
+    torch.save({"params": {k: v.cpu() for k, v in model.named_parameters()}, "recorded": recorded}, f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("on_gpu", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="a CUDA graph needs a GPU; run where one is lent"))])
+def test_the_cuda_graph_step_of_two_processes_follows_one_process_on_the_whole_batch(tmp_path, on_gpu):
+    from trainlab.training.numerics import Numerics
+    from trainlab.training.step import TrainStep
+
+    assert in_two_processes(_data_parallel_steps, str(tmp_path / "steps"), on_gpu) == [0, 0]
+    device = torch.device("cuda" if on_gpu else "cpu")
+    model = _tiny_net().to(device)  # the reference: one process, the whole batch, plain steps
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = TrainStep(model, torch.nn.CrossEntropyLoss(), optimizer, Numerics(device))
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    _steps(step, _global_batches(device), optimizer, lambda t: t, None)
+    done = [torch.load(tmp_path / f"steps.{rank}") for rank in range(2)]
+    assert all(part["recorded"] == on_gpu for part in done)  # on a GPU: the two graphs were recorded and replayed
+    for name, value in model.named_parameters():
+        assert (value - start[name]).abs().max() > 1e-3, name  # the steps moved the weights
+        for part in done:  # both processes end where one process ends, up to the order of the sums
+            assert torch.allclose(part["params"][name], value.detach().cpu(), atol=1e-5), name

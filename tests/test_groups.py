@@ -14,7 +14,7 @@ from trainlab.models.build import build_model
 from trainlab.training.optim import build_loss, build_optimizer
 from trainlab.training.schedule import build_schedule
 from trainlab.training.numerics import Numerics
-from trainlab.training.step import CudaGraphStep, TrainStep
+from trainlab.training.step import CudaGraphStep, TrainStep, graphs_off
 from trainlab.data.transforms import (BatchedSteps, build_pipeline, build_transforms, check_transforms,
                                       split_for_device)
 
@@ -176,6 +176,21 @@ def test_one_cuda_graph_replays_a_per_step_warmup_and_clipping(precision):
     assert graph.rates_on_device and graph.graph_lr is None  # recorded once: the rate is read, not baked in
     mine, theirs = graph_model.state_dict(), eager_model.state_dict()
     assert all(torch.allclose(mine[k].float(), theirs[k].float(), atol=1e-3) for k in theirs)
+
+
+def test_a_step_a_cuda_graph_cannot_hold_is_named_with_the_setting_that_keeps_it_eager():
+    model = torch.nn.Linear(4, 2)
+    cpu = Numerics(torch.device("cpu"))
+
+    def why(optimizer="sgd", accumulate=1, per_step=False, **settings):
+        step = TrainStep(model, torch.nn.CrossEntropyLoss(), build_optimizer(compose(f"optimizer={optimizer}").optimizer,
+                                                                              model), cpu, **settings)
+        return graphs_off(step, accumulate, per_step)
+
+    assert why() is None and why("adam", per_step=True) is None  # Adam reads a per-step rate from the GPU
+    assert "accumulate_grad_batches=4" in why(accumulate=4)
+    assert "nonfinite=skip" in why(skip_nonfinite=True)
+    assert "per-step schedule" in why("sgd", per_step=True)
 
 
 def test_onehot_losses_compare_softmax_with_one_hot_targets():

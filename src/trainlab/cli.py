@@ -28,57 +28,68 @@ def report_errors(main):
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
-        except Interrupted as e:
-            if first_process():  # one line for the run, not one a process
-                log.warning("%s", e)
-            elif submitit_tasks() is not None:  # submitit collects every task's result; the first's tells the job's end
-                return float("nan")
-            sys.exit(INTERRUPTED_EXIT)
-        except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop's handler is set
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            run_dir = Launch.from_hydra().run_dir
-            if not first_process():  # the first process of a data-parallel run says it and tidies up
-                sys.exit(KEYBOARD_EXIT)
-            if (run_dir / CHECKPOINTS / LAST).exists():
-                from trainlab.runs.resume import resume_command  # imports torch: only here
-
-                log.warning(f"stopped at once by Ctrl-C; the last checkpoint is intact; to resume: "
-                            f"{resume_command(run_dir)}")
-            else:
-                log.warning("stopped by Ctrl-C before the run wrote a checkpoint: nothing to resume")
-                discard_failed_start(run_dir)
-            sys.exit(KEYBOARD_EXIT)
-        except RunFolderBusy as e:  # the folder is the other run's: no error.log there, nothing discarded
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            log.error("error: %s", one_line(e))
-            sys.exit(USER_ERROR_EXIT)
-        except Exception as e:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            refusal = refused_by_file_system(e)
-            user_error = isinstance(e, (TrainlabError, OmegaConfBaseException)) or refusal is not None
-            message = (os_error_line(refusal) if refusal is not None else _worker_message(e) if user_error
-                       else f"{type(e).__name__}: {e}")
-            launch = Launch.from_hydra()
-            error_log = launch.run_dir / ERROR_LOG
-            if not launch.sweep:
-                if user_error:
-                    log.error("error: %s", message)
-                _leave_failed_start(launch.run_dir, message)
-                if not user_error:
-                    raise  # a bug: Hydra shows where
-                sys.exit(USER_ERROR_EXIT)
-            if not first_process():  # a data-parallel run's first process alone writes into its folder
-                log.error("error: %s", message)
-                return float("nan")
-            log.error("error: %s (traceback in %s)", message, error_log)
-            _write_error_log(error_log, message)
-            return float("nan")  # the sweep goes on; a sweeper reads NaN as a failed trial
+            return _reported(main, *args, **kwargs)
+        finally:  # a data-parallel run's process leaves its group after its line: the others read why it stopped
+            if "trainlab.distributed" in sys.modules:  # torch imported: no cost where it was not
+                sys.modules["trainlab.distributed"].teardown()
 
     return wrapper
+
+
+def _reported(main, *args, **kwargs):
+    """The task, its errors reported: one line each (and error.log), as the module says."""
+    try:
+        return main(*args, **kwargs)
+    except Interrupted as e:
+        if first_process():  # one line for the run, not one a process
+            log.warning("%s", e)
+        elif submitit_tasks() is not None:  # submitit collects every task's result; the first's tells the job's end
+            return float("nan")
+        sys.exit(INTERRUPTED_EXIT)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop's handler is set
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        run_dir = Launch.from_hydra().run_dir
+        if not first_process():  # the first process of a data-parallel run says it and tidies up
+            sys.exit(KEYBOARD_EXIT)
+        if (run_dir / CHECKPOINTS / LAST).exists():
+            from trainlab.runs.resume import resume_command  # imports torch: only here
+
+            log.warning(f"stopped at once by Ctrl-C; the last checkpoint is intact; to resume: "
+                        f"{resume_command(run_dir)}")
+        else:
+            log.warning("stopped by Ctrl-C before the run wrote a checkpoint: nothing to resume")
+            discard_failed_start(run_dir)
+        sys.exit(KEYBOARD_EXIT)
+    except RunFolderBusy as e:  # the folder is the other run's: no error.log there, nothing discarded
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("error: %s", one_line(e))
+        sys.exit(USER_ERROR_EXIT)
+    except Exception as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if peer_lost(e):  # not this process's fault: the one that stopped first says why
+            e = TrainlabError(peer_lost_line())
+        refusal = refused_by_file_system(e)
+        user_error = isinstance(e, (TrainlabError, OmegaConfBaseException)) or refusal is not None
+        message = (os_error_line(refusal) if refusal is not None else _worker_message(e) if user_error
+                   else f"{type(e).__name__}: {e}")
+        launch = Launch.from_hydra()
+        error_log = launch.run_dir / ERROR_LOG
+        if not launch.sweep:
+            if user_error:
+                log.error("error: %s", message)
+            _leave_failed_start(launch.run_dir, message)
+            if not user_error:
+                raise  # a bug: Hydra shows where
+            sys.exit(USER_ERROR_EXIT)
+        if not first_process():  # a data-parallel run's first process alone writes into its folder
+            log.error("error: %s", message)
+            return float("nan")
+        log.error("error: %s (traceback in %s)", message, error_log)
+        _write_error_log(error_log, message)
+        return float("nan")  # the sweep goes on; a sweeper reads NaN as a failed trial
 
 
 def _leave_failed_start(run_dir: Path, message: str) -> None:
@@ -127,6 +138,38 @@ def report_hydra_errors() -> None:
 
     run_and_report.trainlab = True
     hydra_utils.run_and_report = run_and_report
+
+
+# What a collective raises where another process of the run has gone: gloo's closed connection, NCCL's remote error,
+# the rendezvous store's lost connection
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote process exited", "Broken pipe")
+
+
+def peer_lost(error: Exception) -> bool:
+    """Whether `error` is a data-parallel run's collective failing because another of its processes stopped."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    return type(error).__name__ in ("DistNetworkError", "DistBackendError") or any(
+        words in str(error) for words in PEER_LOST)
+
+
+def peer_lost_line() -> str:
+    """What stopped the run, as far as this process can tell: in a submitit job, the first error line another task
+    logged (its log is on the sweep's file system) and where; under torchrun, its report of the failed process."""
+    tasks = submitit_tasks()
+    this = f"this one (rank {os.environ.get('RANK', '?')}) stops too"
+    if tasks is None:
+        return f"another process of this data-parallel run stopped, so {this}; torchrun's report names it"
+    from submitit.core.utils import JobPaths
+
+    for rank in (r for r in range(tasks.num_tasks) if r != tasks.global_rank):
+        paths = JobPaths(tasks.paths.folder, tasks.job_id, rank)
+        for path in (paths.stdout, paths.stderr):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                found = next((line for line in path.read_text().splitlines() if line.startswith("error: ")), None)
+                if found:
+                    return f"task {rank} of this job stopped first ({one_line(found[7:], 300)}; {path}), so {this}"
+    return f"another task of this job stopped first, so {this}; the tasks log to {Path(tasks.paths.folder)}/"
 
 
 def _worker_message(error: Exception) -> str:

@@ -134,5 +134,7 @@ def wait_for_all() -> None:
 
 
 def teardown() -> None:
+    """Leave the process group. The others see this process go: after a failure, only once it has logged why
+    (cli.report_errors), so that the line they read from its log names the cause."""
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -87,7 +87,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
                            hooks=[schedule.after_step, *average.hooks],
                            batch_shape=(cfg.data.batch_size // ranks.world, *data.image_shape),
                            skip_nonfinite=t.nonfinite == "skip", clip_grad_norm=t.clip_grad_norm,
-                           per_step_rates=schedule.per_step, distributed=ranks.world > 1,
+                           per_step_rates=schedule.per_step, processes=ranks.world,
                            accumulate=t.accumulate_grad_batches)
     evaluator, best, progress = Evaluator(net, numerics, loss_fn, t.tta), Best(t.monitor), EpochProgress(device)
     stop = StopPolicy(t.max_minutes, t.early_stopping_patience, device, ranks.world, Pruning(launch.trial, ranks.main))
@@ -140,7 +140,7 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
         raise nonfinite_error(e, clock) from None
     finally:
         metrics.close()
-        distributed.teardown()
+    distributed.teardown()  # after a failure, report_errors leaves the group once this process has said why
     log.info(last_line(best, data.val is not None, clock, stop, run_dir, metrics))
     return best.value
 
