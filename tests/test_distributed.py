@@ -238,6 +238,20 @@ def _steps(step, batches, optimizer, take, graph_like) -> None:
         (graph_like or step)(*mine)
 
 
+def _fitted_whitening(device, shard=(0, 1)) -> torch.Tensor:
+    """A whitening block fitted on the first 27 images of an epoch of 40 in batches of 8, as the process of `shard`
+    (rank, processes) sees them: every processes-th image of each batch, from its rank's."""
+    from trainlab.distributed import Ranks
+    from trainlab.models.whitening import Whiten, fit_whitening
+
+    rank, processes = shard
+    images = torch.rand(40, 3, 8, 8, generator=torch.Generator().manual_seed(2)).to(device)
+    block = Whiten(3, 2).to(device)
+    fit_whitening(torch.nn.Sequential(block), [(images[i:i + 8][rank::processes], None) for i in range(0, 40, 8)],
+                  images=27, ranks=Ranks(rank, processes))  # shares of 14 and 13 images
+    return block.weight.detach().cpu()
+
+
 def _data_parallel_steps(rank: int, port: int, out: str, on_gpu: bool) -> None:
     """One of two processes (gloo, which also sums CUDA tensors, so both can share one GPU): on a GPU, the CUDA graph
     step of a data-parallel run; on a CPU, every third step the graphs' split step run eagerly (the gradients through
@@ -268,13 +282,15 @@ def _data_parallel_steps(rank: int, port: int, out: str, on_gpu: bool) -> None:
     graph_like = CudaGraphStep(step, (8, 3, 8, 8), processes=2) if on_gpu else split
     _steps(step, _global_batches(device), optimizer, lambda t: t.chunk(2)[rank], graph_like)
     recorded = on_gpu and graph_like.update_graph is not None
-    torch.save({"params": {k: v.cpu() for k, v in model.named_parameters()}, "recorded": recorded}, f"{out}.{rank}")
+    whitening = _fitted_whitening(device, shard=(rank, 2))
+    torch.save({"params": {k: v.cpu() for k, v in model.named_parameters()}, "recorded": recorded,
+                "whitening": whitening}, f"{out}.{rank}")
     torch.distributed.destroy_process_group()
 
 
 @pytest.mark.parametrize("on_gpu", [False, pytest.param(True, marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="a CUDA graph needs a GPU; run where one is lent"))])
-def test_the_cuda_graph_step_of_two_processes_follows_one_process_on_the_whole_batch(tmp_path, on_gpu):
+def test_the_cuda_graph_step_and_the_whitening_fit_of_two_processes_follow_one_process_on_the_whole_batch(tmp_path, on_gpu):
     from trainlab.training.numerics import Numerics
     from trainlab.training.step import TrainStep
 
@@ -287,6 +303,9 @@ def test_the_cuda_graph_step_of_two_processes_follows_one_process_on_the_whole_b
     _steps(step, _global_batches(device), optimizer, lambda t: t, None)
     done = [torch.load(tmp_path / f"steps.{rank}") for rank in range(2)]
     assert all(part["recorded"] == on_gpu for part in done)  # on a GPU: the two graphs were recorded and replayed
+    one = _fitted_whitening(device)  # and the whitening both fit from their shares is the one fitted on all 27 images
+    assert torch.equal(done[0]["whitening"], done[1]["whitening"])  # the first's, to the bit
+    assert torch.allclose(done[0]["whitening"], one, atol=1e-3)  # eigenvectors of sums taken in another order
     for name, value in model.named_parameters():
         assert (value - start[name]).abs().max() > 1e-3, name  # the steps moved the weights
         for part in done:  # both processes end where one process ends, up to the order of the sums

@@ -121,3 +121,22 @@ def test_auto_falls_back_to_the_loader_and_forcing_resident_names_the_step():
             with pytest.raises(TrainlabError, match="trainer.data_path=resident cannot be used"):
                 build_run_data(cfg.data, check_transforms(cfg.transform), torch.device("cpu"),
                            data_path=cfg.trainer.data_path, seed=cfg.trainer.seed)
+
+
+def test_each_process_of_a_data_parallel_run_augments_its_images_as_one_process_does():
+    """Shifted crops and flips: each process draws for the whole batch and keeps its share's draws, so the images of
+    two processes, interleaved as the batch was shared (every other image), are one process's batch."""
+    cfg = compose("data=shapes", "data.num_train=203", "data.num_test=20", "transform=augment", "data.batch_size=24")
+    steps = check_transforms(cfg.transform)
+
+    def epoch_two(shard):
+        loaders = build_resident(cfg.data, steps, torch.device("cpu"), 0, False, shard)[1]
+        loaders.train.start(2)
+        return list(loaders.train)
+
+    one, first, second = epoch_two((0, 1)), epoch_two((0, 2)), epoch_two((1, 2))
+    assert len(one) == len(first) == len(second) and len(one[-1][0]) % 2  # the last batch's shares differ in size
+    for (images, labels), (a, y_a), (b, y_b) in zip(one, first, second):
+        merged, merged_labels = torch.empty_like(images), torch.empty_like(labels)
+        merged[0::2], merged[1::2], merged_labels[0::2], merged_labels[1::2] = a, b, y_a, y_b
+        assert torch.equal(merged, images) and torch.equal(merged_labels, labels)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from trainlab.data.datasets import stream_seed
 from trainlab.errors import TrainlabError
 from trainlab.launch import submitit_tasks
 
@@ -71,6 +72,14 @@ def gpu_index(local_rank: int, local_world: int) -> int:
                         "(hydra.launcher.gpus_per_node equal to tasks_per_node, or torchrun --nproc_per_node=<GPUs>)")
 
 
+def process_seed(seed: int, ranks: Ranks) -> int:
+    """The seed of this process's own generators: the run's for the first (one process draws as before), a stream of
+    its own for each other, so dropout masks differ between the processes' images as between one process's. The
+    weights drawn from it differ too, but DistributedDataParallel gives every process the first's. Data augmentation
+    draws from its own keyed streams (data/datasets.py)."""
+    return stream_seed(seed, "process", ranks.rank) if ranks.rank else seed
+
+
 def check_one_run(run_dir: Path, position) -> None:
     """Every process writes into the first's run folder and goes on from the same checkpoint `position` (None: a new
     run). Under torchrun on several nodes, each node names a new run's folder from its own start time, and a node
@@ -111,6 +120,13 @@ def all_sum(*values: torch.Tensor) -> list:
     for value in values:
         torch.distributed.all_reduce(value)
     return list(values)
+
+
+def same_as_first(*tensors: torch.Tensor) -> None:
+    """Overwrite each tensor with the first process's (nothing where there is one process)."""
+    if torch.distributed.is_initialized():
+        for tensor in tensors:
+            torch.distributed.broadcast(tensor, 0)
 
 
 def any_process(flag: bool, device) -> bool:

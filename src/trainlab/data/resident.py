@@ -47,7 +47,8 @@ class ResidentSplit:
 
 class ResidentLoader:
     """A TrainLoader: batches of (images, labels) already on the device, by its BatchPlan; each batch's random steps
-    draw from (seed, epoch, batch) alone, so `start(epoch, batch)` picks up mid-epoch exactly."""
+    draw from (seed, epoch, batch) alone, so `start(epoch, batch)` picks up mid-epoch exactly, and each image of a
+    process's share gets what it gets in one process (a mix pairs it within the share: the ratio is the batch's)."""
 
     def __init__(self, split: ResidentSplit, batch_size: int, shuffle: bool, drop_last: bool, steps: BatchedSteps,
                  seed: int, shard: tuple = (0, 1)):
@@ -64,9 +65,12 @@ class ResidentLoader:
     def __iter__(self):
         generator, epoch = self.steps.generator, self.plan.epoch
         order = self.plan.order(generator, self.split.targets.device)
+        rank, processes = self.plan.shard
         for batch, index in self.plan.batches_left(order):
             generator.manual_seed(stream_seed(self.seed, epoch, batch))
-            yield self.steps.mix(self.steps(self.split.images[index], index, epoch), self.split.targets[index])
+            whole = min(self.plan.batch_size, len(order) - batch * self.plan.batch_size)  # the batch of all processes
+            images = self.steps(self.split.images[index], index, epoch, (rank, processes, whole))
+            yield self.steps.mix(images, self.split.targets[index])
 
 
 def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progress: bool, shard=(0, 1)) -> tuple:

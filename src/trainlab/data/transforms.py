@@ -159,16 +159,27 @@ class BatchedSteps:
 
     def __init__(self, steps: list, generator: torch.Generator, seed: int = 0, classes: int = 0):
         self.generator, self.seed, self.classes = generator, seed, classes
-        self.index, self.epoch = None, None
+        self.index, self.epoch, self.share = None, None, None
         self.ops = [getattr(self, "_" + step["type"])(**{k: v for k, v in step.items() if k != "type"})
                     for step in steps if step["type"] not in MIXES]
         self.mixes = [(step["type"], step.get("alpha", MIXES[step["type"]])) for step in steps if step["type"] in MIXES]
 
-    def __call__(self, images: torch.Tensor, index: torch.Tensor = None, epoch: int = None) -> torch.Tensor:
-        self.index, self.epoch = index, epoch
+    def __call__(self, images: torch.Tensor, index: torch.Tensor = None, epoch: int = None,
+                 share: tuple = None) -> torch.Tensor:
+        """`share`: (rank, processes, whole) where these images are one process's share of a batch of `whole` (every
+        processes-th image from its rank's): each image then gets the draws it gets in one process (_per_image)."""
+        self.index, self.epoch, self.share = index, epoch, share
         for op in self.ops:
             images = op(images)
         return images
+
+    def _per_image(self, n: int, draw) -> torch.Tensor:
+        """`draw(k)` -> k per-image random values; for n images, or for the whole batch with this process's share
+        taken, so a data-parallel run augments each image as one process does (and consumes the stream alike)."""
+        if self.share is None or self.share[1] == 1:
+            return draw(n)
+        rank, processes, whole = self.share
+        return draw(whole)[rank::processes]
 
     def mix(self, images: torch.Tensor, targets: torch.Tensor) -> tuple:
         """The batch steps, after the others: (images, labels) -> (mixed images, soft targets (B, classes)), each
@@ -216,8 +227,10 @@ class BatchedSteps:
         def crop(x):
             x = torch.nn.functional.pad(x, (padding,) * 4, mode=padding_mode)  # constant: zeros, RandomCrop's fill
             n, c, h, w = x.shape
-            top = torch.randint(0, h - height + 1, (n, 1, 1, 1), device=x.device, generator=self.generator)
-            left = torch.randint(0, w - width + 1, (n, 1, 1, 1), device=x.device, generator=self.generator)
+            top = self._per_image(n, lambda k: torch.randint(0, h - height + 1, (k, 1, 1, 1), device=x.device,
+                                                             generator=self.generator))
+            left = self._per_image(n, lambda k: torch.randint(0, w - width + 1, (k, 1, 1, 1), device=x.device,
+                                                              generator=self.generator))
             rows = top + torch.arange(height, device=x.device).view(1, 1, -1, 1)  # (N, 1, height, 1)
             cols = left + torch.arange(width, device=x.device).view(1, 1, 1, -1)  # (N, 1, 1, width)
             batch = torch.arange(n, device=x.device).view(-1, 1, 1, 1)
@@ -227,7 +240,7 @@ class BatchedSteps:
 
     def _flip(self, p, dim):
         def flip(x):
-            chosen = torch.rand(len(x), device=x.device, generator=self.generator) < p
+            chosen = self._per_image(len(x), lambda k: torch.rand(k, device=x.device, generator=self.generator)) < p
             return torch.where(chosen.view(-1, 1, 1, 1), x.flip(dim), x)
         return flip
 

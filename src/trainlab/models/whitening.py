@@ -8,6 +8,8 @@ checkpoint carries them like any weight, so a resumed run, evaluate.py and predi
 import torch
 from torch import nn
 
+from trainlab.distributed import Ranks, all_sum, same_as_first
+
 
 class Whiten(nn.Conv2d):
     """A k x k conv, no padding, from C to 2 x C x k x k channels. `trainable`: whether its filters train after
@@ -27,11 +29,16 @@ class Whiten(nn.Conv2d):
         c, (h, w) = self.in_channels, self.kernel_size
         patches = images.float().unfold(2, h, 1).unfold(3, w, 1)  # (N, C, H', W', h, w)
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * h * w)
-        covariance = patches.T @ patches / len(patches)
-        values, vectors = torch.linalg.eigh(covariance)  # ascending
+        # in a data-parallel run, the patches of every process's images: the covariance one process would take
+        products, count = all_sum(patches.T @ patches, torch.tensor(float(len(patches)), device=patches.device))
+        values, vectors = torch.linalg.eigh(products / count)  # ascending
         values, vectors = values.flip(0), vectors.T.flip(0)  # largest first, one eigenvector a row
+        # a sign of its own for each (eigh's is arbitrary, and flips with the order of a sum): its largest entry
+        # positive, so a fit from the same images gives the same filters on any device or number of processes
+        vectors = vectors * vectors.gather(1, vectors.abs().argmax(1, keepdim=True)).sign()
         filters = (vectors / torch.sqrt(values + self.eps).unsqueeze(1)).reshape(-1, c, h, w)
         self.weight.copy_(torch.cat([filters, -filters]).to(self.weight.dtype))
+        same_as_first(self.weight)  # to the bit: the filters train in no process, so nothing else would align them
 
     def begin_epoch(self, epoch: int) -> None:
         if self.bias_epochs is not None:
@@ -42,19 +49,22 @@ def whiten_block(shape, kernel_size: int, eps: float = 5e-4, trainable: bool = F
     return Whiten(shape[0], kernel_size, eps, trainable, bias_epochs)
 
 
-def fit_whitening(model: nn.Module, batches, images: int = 5000):
+def fit_whitening(model: nn.Module, batches, images: int = 5000, ranks: Ranks = Ranks()):
     """Fit every Whiten block of a new run's `model` on its own input, from the first `images` of `batches` ((images,
     targets) on the model's device, e.g. the training loader's first epoch), each block before the ones after it
-    see its output -> a line saying what was fitted, or None for a model without one."""
+    see its output -> a line saying what was fitted, or None for a model without one. In a data-parallel run each
+    process's loader gives every ranks.world-th image of the epoch: it takes its share of the first `images`, and
+    the fit sums the patches of all of them, as one process fits on the first `images`."""
     blocks = [m for m in model.modules() if isinstance(m, Whiten)]
     if not blocks:
         return None
-    taken, seen = [], 0
+    taken, seen, share = [], 0, len(range(ranks.rank, images, ranks.world))
     for batch, _ in batches:
-        taken.append(batch[:images - seen])
+        taken.append(batch[:share - seen])
         seen += len(taken[-1])
-        if seen >= images:
+        if seen >= share:
             break
+    seen = int(all_sum(torch.tensor(seen, device=taken[0].device))[0])
     hooks = [block.register_forward_pre_hook(lambda module, inputs: module.fit(inputs[0])) for block in blocks]
     hooks.append(blocks[-1].register_forward_hook(_stop))  # the blocks after the last one need not run
     was_training = model.training

@@ -70,12 +70,12 @@ def run(cfg: DictConfig, launch=None) -> Optional[float]:
     check_same_classes(saved, data.classes)
 
     # model
-    seed_everything(t.seed, t.deterministic)  # here: decoding draws from the global generator, a cache hit does not
+    seed_everything(distributed.process_seed(t.seed, ranks), t.deterministic)  # after decoding, which draws
     model = build_model(cfg.model, data.image_shape, len(data.classes), train=True, new=saved is None)
     log.info(model_lines(cfg.model, model, data.image_shape))
     numerics = Numerics.choose(device, t.precision, t.channels_last)
     net = placed(model, numerics, t.compile and t.compile_mode, ranks, device)  # `model`: the plain state_dict keys
-    log_line(saved is None and fit_whitening(model, loaders.train))  # a new run's whitening, from training images
+    log_line(saved is None and fit_whitening(model, loaders.train, ranks=ranks))  # a new run's, from training images
 
     # optimizer, schedule, loss and the step; the evaluator, the chosen epoch and when to stop
     optimizer = build_optimizer(cfg.optimizer, model, cfg.model.get("head_lr_scale"))
