@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 RECIPE = ["data=shapes", "data.num_train=512", "data.num_test=128", "data.batch_size=64", "trainer.epochs=2",
           "optimizer=sgd", "optimizer.momentum=0.9", "trainer.device=cpu", "trainer.data_path=resident",
-          *QUICK]  # Adam magnifies rounding; the DataLoader path's sharding: test_the_sampler_shards_each_batch
+          "transform=augment", *QUICK]  # shifts and flips, drawn as one process draws them; Adam magnifies rounding;
+# the DataLoader path's sharding: test_the_sampler_shards_each_batch
 
 
 def assert_same_path(checkpoint: dict, reference: dict) -> None:
@@ -310,3 +311,13 @@ def test_the_cuda_graph_step_and_the_whitening_fit_of_two_processes_follow_one_p
         assert (value - start[name]).abs().max() > 1e-3, name  # the steps moved the weights
         for part in done:  # both processes end where one process ends, up to the order of the sums
             assert torch.allclose(part["params"][name], value.detach().cpu(), atol=1e-5), name
+
+
+def test_each_process_draws_from_a_seed_of_its_own_that_every_generator_takes():
+    from trainlab.distributed import Ranks, process_seed
+    from trainlab.training.device import seed_everything
+
+    seeds = [process_seed(2 ** 32 - 1, Ranks(rank, 4)) for rank in range(4)]
+    assert seeds[0] == 2 ** 32 - 1 and len(set(seeds)) == 4  # the first keeps the run's: one process draws as before
+    for seed in seeds:
+        seed_everything(seed, deterministic=True)  # numpy's generator takes 32 bits

@@ -77,7 +77,7 @@ def process_seed(seed: int, ranks: Ranks) -> int:
     its own for each other, so dropout masks differ between the processes' images as between one process's. The
     weights drawn from it differ too, but DistributedDataParallel gives every process the first's. Data augmentation
     draws from its own keyed streams (data/datasets.py)."""
-    return stream_seed(seed, "process", ranks.rank) if ranks.rank else seed
+    return stream_seed(seed, "process", ranks.rank) % 2 ** 32 if ranks.rank else seed  # numpy takes 32 bits
 
 
 def check_one_run(run_dir: Path, position) -> None:
