@@ -321,3 +321,15 @@ def test_each_process_draws_from_a_seed_of_its_own_that_every_generator_takes():
     assert seeds[0] == 2 ** 32 - 1 and len(set(seeds)) == 4  # the first keeps the run's: one process draws as before
     for seed in seeds:
         seed_everything(seed, deterministic=True)  # numpy's generator takes 32 bits
+
+
+def test_only_a_collective_that_lost_a_process_is_reported_as_another_process_stopping(monkeypatch):
+    from trainlab.cli import peer_lost
+
+    gloo = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:439")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert peer_lost(gloo)
+    assert not peer_lost(ConnectionResetError(104, "Connection reset by peer"))  # a tracker's server, say
+    assert not peer_lost(BrokenPipeError(32, "Broken pipe"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not peer_lost(gloo)  # one process: no other to blame

@@ -140,17 +140,18 @@ def report_hydra_errors() -> None:
     hydra_utils.run_and_report = run_and_report
 
 
-# What a collective raises where another process of the run has gone: gloo's closed connection, NCCL's remote error,
-# the rendezvous store's lost connection
-PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote process exited", "Broken pipe")
+# What a collective raises (a RuntimeError) where another process of the run has gone: gloo's closed connection,
+# NCCL's remote error; the rendezvous store's lost connection is a DistNetworkError
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
 
 
 def peer_lost(error: Exception) -> bool:
-    """Whether `error` is a data-parallel run's collective failing because another of its processes stopped."""
+    """Whether `error` is a data-parallel run's collective failing because another of its processes stopped (not,
+    say, a tracker's server resetting its connection: an OSError)."""
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return False
-    return type(error).__name__ in ("DistNetworkError", "DistBackendError") or any(
-        words in str(error) for words in PEER_LOST)
+    return type(error).__name__ in ("DistNetworkError", "DistBackendError") or (
+        isinstance(error, RuntimeError) and any(words in str(error) for words in PEER_LOST))
 
 
 def peer_lost_line() -> str:
