@@ -152,7 +152,8 @@ class BatchPlan:
     processes-th image of each batch of batch_size."""
 
     def __init__(self, length: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, shard=(0, 1)):
-        self.length, self.batch_size, self.shuffle, self.seed, self.shard = length, batch_size, shuffle, seed, shard
+        self.length, self.batch_size, self.shuffle, self.seed = length, batch_size, shuffle, seed
+        self.mine = slice(shard[0], None, shard[1])  # this process's images of each batch: every processes-th
         self.batches = length // batch_size if drop_last else -(-length // batch_size)  # per epoch
         if self.batches == 0:
             raise TrainlabError(f"no training batch: {length} images with data.batch_size={batch_size} and "
@@ -171,9 +172,12 @@ class BatchPlan:
 
     def batches_left(self, order: torch.Tensor):
         """(batch number, this process's indices) for each batch of the epoch from the start position on."""
-        rank, processes = self.shard
         for batch in range(self.first_batch, self.batches):
-            yield batch, order[batch * self.batch_size:(batch + 1) * self.batch_size][rank::processes]
+            yield batch, order[batch * self.batch_size:(batch + 1) * self.batch_size][self.mine]
+
+    def whole(self, batch: int) -> int:
+        """The size of batch `batch` (0-based) over all processes: batch_size, or what the epoch's last one holds."""
+        return min(self.batch_size, self.length - batch * self.batch_size)
 
 
 class EpochSampler(Sampler):

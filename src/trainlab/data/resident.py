@@ -65,11 +65,9 @@ class ResidentLoader:
     def __iter__(self):
         generator, epoch = self.steps.generator, self.plan.epoch
         order = self.plan.order(generator, self.split.targets.device)
-        rank, processes = self.plan.shard
         for batch, index in self.plan.batches_left(order):
             generator.manual_seed(stream_seed(self.seed, epoch, batch))
-            whole = min(self.plan.batch_size, len(order) - batch * self.plan.batch_size)  # the batch of all processes
-            images = self.steps(self.split.images[index], index, epoch, (rank, processes, whole))
+            images = self.steps(self.split.images[index], index, epoch, (self.plan.whole(batch), self.plan.mine))
             yield self.steps.mix(images, self.split.targets[index])
 
 

@@ -166,8 +166,8 @@ class BatchedSteps:
 
     def __call__(self, images: torch.Tensor, index: torch.Tensor = None, epoch: int = None,
                  share: tuple = None) -> torch.Tensor:
-        """`share`: (rank, processes, whole) where these images are one process's share of a batch of `whole` (every
-        processes-th image from its rank's): each image then gets the draws it gets in one process (_per_image)."""
+        """`share`: (whole, mine) where these images are the part `mine` (a slice, BatchPlan.mine) of a training batch
+        of `whole`: each image then gets the draws it gets in one process (_per_image)."""
         self.index, self.epoch, self.share = index, epoch, share
         for op in self.ops:
             images = op(images)
@@ -176,10 +176,10 @@ class BatchedSteps:
     def _per_image(self, n: int, draw) -> torch.Tensor:
         """`draw(k)` -> k per-image random values; for n images, or for the whole batch with this process's share
         taken, so a data-parallel run augments each image as one process does (and consumes the stream alike)."""
-        if self.share is None or self.share[1] == 1:
+        if self.share is None:
             return draw(n)
-        rank, processes, whole = self.share
-        return draw(whole)[rank::processes]
+        whole, mine = self.share
+        return draw(whole)[mine]
 
     def mix(self, images: torch.Tensor, targets: torch.Tensor) -> tuple:
         """The batch steps, after the others: (images, labels) -> (mixed images, soft targets (B, classes)), each

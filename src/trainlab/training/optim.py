@@ -31,9 +31,10 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, head_lr_scale=None) -> to
                               param_groups(model, settings.get("lr"), settings.get("weight_decay"), groups))
     takes = [k for k in GROUP_KEYS if k not in OWN_SETTINGS or k in optimizer.defaults]
     for i, group in enumerate(groups):  # SGD's momentum, Muon's orthogonalize: refused where they would do nothing
-        for key in sorted(set(group) - set(takes)):
-            raise TrainlabError(f"optimizer.groups[{i}]: {key} is not a setting of {type(optimizer).__name__}; a "
-                                f"group takes {', '.join(takes)}")
+        unknown = sorted(set(group) - set(takes))
+        if unknown:
+            raise TrainlabError(f"optimizer.groups[{i}]: {unknown[0]} is not a setting of {type(optimizer).__name__};"
+                                f" a group takes {', '.join(takes)}")
     return optimizer
 
 
