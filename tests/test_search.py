@@ -184,6 +184,80 @@ def test_two_searches_started_together_on_one_journal_run_the_asked_trials_betwe
         assert load_checkpoint(folder / "checkpoints" / "best.pt")["test"] is not None
 
 
+def test_a_trial_whose_search_on_another_machine_went_silent_is_run_again_and_a_beating_one_awaited(tmp_path):
+    # Two trials another machine's search claimed in this shared sweep folder: that search still beats #0, and has
+    # said nothing of #1 for longer than STALE_SECONDS (it stopped; its process cannot be seen from here).
+    import subprocess
+    import sys
+    import time
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from hydra_plugins.trainlab_optuna_sweeper._search import BEAT, FOLDER, STALE_SECONDS, WORKER
+
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="search", direction="maximize",
+                                storage=JournalStorage(JournalFileBackend(str(journal))))
+    space = {"optimizer.lr": CategoricalDistribution([0.01, 0.02])}
+    for number, beat in ((0, time.time()), (1, time.time() - STALE_SECONDS - 1)):
+        trial = study.ask(space)
+        for key, value in ((FOLDER, str(tmp_path / str(number))), (BEAT, beat), (WORKER, "elsewhere:4242")):
+            trial.set_user_attr(key, value)
+    killed = tmp_path / "1"  # and #1's job was killed in its first epoch: events and a line, no checkpoint yet
+    killed.mkdir()
+    (killed / "metrics.csv").write_text("epoch,train_loss\n1,2.3\n")
+    (killed / "events.out.tfevents.1.elsewhere").write_bytes(b"events")
+    search = subprocess.Popen([sys.executable, "src/run.py", "-m", "hydra/sweeper=trainlab_optuna", *TINY,
+                               "optimizer.lr=choice(0.01, 0.02)", "hydra.sweeper.n_trials=2",
+                               f"hydra.sweeper.storage=journal:{journal}", f"hydra.sweep.dir={tmp_path}"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in search.stdout:  # it runs #1, then waits for #0, which the other search then finishes
+        output.append(line)
+        if "waiting for #0 (elsewhere:4242), run by another search" in line:
+            study.tell(0, 0.5)
+    search.wait(timeout=60)
+    output = "".join(output)
+    assert search.returncode == 0, output
+    assert ("0 trials already done (0 failed); 1 running in another search; 1 to run, up to n_trials=2; trial #1, "
+            "stopped before it finished, runs again in its folder") in output
+    assert "waiting for #0" in output.split("#1 : ")[1]  # after its own trial
+    assert (f"trial #1 left no checkpoint to go on from (stopped in its first epoch): its files moved to "
+            f"{killed / 'stopped-1'}, and it starts again") in output
+    assert (killed / "stopped-1" / "metrics.csv").read_text() == "epoch,train_loss\n1,2.3\n"  # kept, beside the new
+    assert (killed / "stopped-1" / "events.out.tfevents.1.elsewhere").exists() and (killed / "metrics.csv").exists()
+    trials = optuna.load_study(study_name="search", storage=JournalStorage(JournalFileBackend(str(journal)))).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # no third: #0 counted as running, not stopped
+    assert trials[1].user_attrs[WORKER] != "elsewhere:4242" and not (tmp_path / "0").exists()
+    assert load_checkpoint(tmp_path / "1" / "checkpoints" / "best.pt")["test"] is not None
+    assert "Optuna study 'search': 2 trials, 2 complete" in output  # its report counts the other's trial
+
+
+def test_a_search_beats_its_running_trials_until_they_end(monkeypatch):
+    import time
+
+    from hydra_plugins.trainlab_optuna_sweeper import _search
+
+    monkeypatch.setattr(_search, "BEAT_SECONDS", 0.02)
+    study = optuna.create_study()
+    trial = study.ask()
+    _search._claim(study, trial)
+    frozen = study._storage.get_trial(trial._trial_id)
+    claimed = frozen.user_attrs[_search.BEAT]
+    with _search._beating(study, [trial]):
+        time.sleep(0.2)
+    last = study._storage.get_trial(trial._trial_id).user_attrs[_search.BEAT]
+    assert last > claimed + 0.1  # beaten while it ran
+    time.sleep(0.05)
+    assert study._storage.get_trial(trial._trial_id).user_attrs[_search.BEAT] == last  # and not after
+    # seen by another search: fresh is running elsewhere, silent for STALE_SECONDS is stopped
+    other = dict(frozen.user_attrs, **{_search.WORKER: "elsewhere:1"})
+    assert _search._running_elsewhere(optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=other))
+    other[_search.BEAT] = time.time() - _search.STALE_SECONDS - 1
+    assert not _search._running_elsewhere(optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=other))
+
+
 @pytest.mark.slow
 def test_a_search_stops_once_more_than_max_failure_rate_of_its_trials_failed(tmp_path):
     search = ["-m", "hydra/sweeper=trainlab_optuna", "trainer.seed=choice(0, 1)", *TINY, "optimizer.lr=1e37",

@@ -8,12 +8,15 @@ sweep before exiting 1.
 """
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
 import socket
 import statistics
 import sys
+import threading
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -31,9 +34,11 @@ from optuna.storages.journal import JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
 from trainlab.errors import USER_ERROR_EXIT, ConfigRefused, TrainlabError, one_line
-from trainlab.runs.folder import (BEST, CHECKPOINTS, ERROR_LOG, SEARCH_RESULTS as RESULTS, TEST_ROW, VAL_ACC, VAL_LOSS,
-                                  higher_is_better, open_own, read_metrics)
+from trainlab.runs.folder import (BEST, CHECKPOINTS, ERROR_LOG, LAST, PREVIOUS, SEARCH_RESULTS as RESULTS, SET_ASIDE,
+                                  TEST_ROW, VAL_ACC, VAL_LOSS, RunFolderLock, higher_is_better, open_own,
+                                  read_metrics)
 from trainlab.runs.provenance import read_attempts
+from trainlab.runs.resume import trace_files
 from trainlab.runs.trackers import tag_trial
 from trainlab.runs.trial import EPOCH_SECONDS, OBJECTIVES, PRUNED_AT, build_pruner, objective_text, study_storage
 
@@ -41,6 +46,9 @@ log = logging.getLogger(__name__)
 
 FOLDER = "folder"  # each trial's user attribute: its job folder, recorded when the trial is asked
 WORKER = "worker"  # and the search running it, host:pid: a RUNNING trial whose search is gone was stopped
+BEAT = "beat"  # and when that search last said it still runs it (time.time()), every BEAT_SECONDS while it does
+BEAT_SECONDS, STALE_SECONDS = 60, 300  # a search silent for 5 beats has stopped, on whichever machine it ran
+WAIT_SECONDS = 5  # how often a search with nothing left to ask looks again at the trials others run
 TURN_LOCK = ".search"  # <sweep folder>/.search.lock, while a search claims or asks trials (_turn)
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
@@ -116,13 +124,25 @@ class Search:
         to_run = max(0, n_trials - len(done) - len(live))
         self._log_start(study, sampler, n_trials, done, to_run, _stopped(study, here)[:to_run], live)
 
+        waited = set()
         while True:  # several searches on one study (on several machines) take turns to claim or ask trials
             with _turn(self.sweep_dir):
                 trials = self._next(study, space, n_trials, here)
-            if not trials:
+            if trials:
+                self._launch(study, trials, fixed)
+                self._check_failures(study)
+                continue
+            # nothing left to ask: the study is done once the trials other searches run end, or are left to this one
+            elsewhere = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                         if _running_elsewhere(t)]
+            if not elsewhere:
                 break
-            self._launch(study, trials, fixed)
-            self._check_failures(study)
+            if {t.number for t in elsewhere} - waited:
+                waited |= {t.number for t in elsewhere}
+                log.info(f"waiting for {', '.join(f'#{t.number} ({t.user_attrs[WORKER]})' for t in elsewhere)}, "
+                         f"run by another search; a trial whose search is silent for {STALE_SECONDS // 60} minutes "
+                         "runs again here")
+            time.sleep(WAIT_SECONDS)
         self._report(study)
 
     def _checked(self) -> tuple:
@@ -160,8 +180,11 @@ class Search:
         in another live search); [] when there are enough."""
         stopped = _stopped(study, here)
         if stopped:
-            # a FrozenTrial has no setter: the storage's own, which Trial.set_user_attr calls
-            study._storage.set_trial_user_attr(stopped[0]._trial_id, WORKER, _worker())
+            _claim(study, stopped[0])
+            aside = _set_aside(Path(stopped[0].user_attrs[FOLDER]))
+            if aside is not None:
+                log.info(f"trial #{stopped[0].number} left no checkpoint to go on from (stopped in its first epoch): "
+                         f"its files moved to {aside}, and it starts again")
             return stopped[:1]
         trials = study.get_trials(deepcopy=False)
         counted = sum(t.state in FINISHED or (t.state == TrialState.RUNNING and _running_elsewhere(t))
@@ -172,7 +195,7 @@ class Search:
         self.trials_known = len(trials) + len(asked)
         for trial in asked:
             trial.set_user_attr(FOLDER, str(here / str(trial.number)))
-            trial.set_user_attr(WORKER, _worker())
+            _claim(study, trial)
             self._extend(study, trial)
         return asked
 
@@ -228,7 +251,8 @@ class Search:
             overrides = [[*fixed.values(), *(f"{key}={value}" for key, value in trial.params.items())]
                          for trial in group]
             try:
-                returns = self.launcher.launch(overrides, initial_job_idx=group[0].number)
+                with _beating(study, group):
+                    returns = self.launcher.launch(overrides, initial_job_idx=group[0].number)
             except BaseException as e:  # a config that cannot be composed or is refused, a signal: the search stops
                 for trial in group:  # and a job that never started is failed, not run again by the next run
                     folder = Path(trial.user_attrs[FOLDER])
@@ -524,12 +548,44 @@ def _worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _claim(study, trial) -> None:
+    """Record this search as the one running `trial`, beating now (in this order: a reader who sees the worker sees
+    its beat). Through the storage: a FrozenTrial has no setter (Trial.set_user_attr calls the same)."""
+    study._storage.set_trial_user_attr(trial._trial_id, BEAT, time.time())
+    study._storage.set_trial_user_attr(trial._trial_id, WORKER, _worker())
+
+
+@contextlib.contextmanager
+def _beating(study, trials: list):
+    """While this search runs `trials`, a thread records every BEAT_SECONDS that it still does: how a search on
+    another machine tells a trial that runs from one whose search stopped (a process it cannot see). A beat that
+    cannot be written (the storage out of reach a while) is tried again at the next; a search silent for
+    STALE_SECONDS loses its trials to the others."""
+    done = threading.Event()
+
+    def beat():
+        while not done.wait(BEAT_SECONDS):
+            for trial in trials:
+                with contextlib.suppress(Exception):
+                    study._storage.set_trial_user_attr(trial._trial_id, BEAT, time.time())
+
+    thread = threading.Thread(target=beat, name="trainlab-search-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def _running_elsewhere(trial: FrozenTrial) -> bool:
-    """Whether a RUNNING trial is being run by another live search: one on this machine whose process is alive, or
-    one on another machine (its own to finish: a search started there again takes it up)."""
+    """Whether a RUNNING trial is being run by another live search: its beat is fresh and, on this machine, its
+    process is alive. One on another machine whose search stopped (silent for STALE_SECONDS) is stopped."""
     host, _, pid = trial.user_attrs.get(WORKER, "").rpartition(":")
     if not host or trial.user_attrs.get(WORKER) == _worker():
         return False  # a study's trial from before workers were recorded, or this search's own
+    if time.time() - trial.user_attrs.get(BEAT, 0.0) > STALE_SECONDS:
+        return False  # its search has not said it runs it for 5 beats: stopped, or a process that reused its pid
     if host != socket.gethostname():
         return True
     try:
@@ -557,6 +613,25 @@ def _turn(sweep_dir: Path):
         yield
     finally:
         lock.release()
+
+
+def _set_aside(folder: Path):
+    """A stopped trial's run that left no checkpoint to go on from holds files a run starting there again would refuse
+    to replace: they move into <folder>/stopped-N/ (SET_ASIDE; TensorBoard shows them as a run of their own), so that
+    the trial starts again in its folder and nothing written is lost -> that folder; None where nothing moved (a
+    checkpoint to resume, no run, or a live process writing there)."""
+    if any((folder / CHECKPOINTS / name).exists() for name in (LAST, PREVIOUS)) or \
+            RunFolderLock.held_elsewhere(folder):
+        return None
+    files = trace_files(folder)
+    if not files:
+        return None
+    aside = next(path for n in itertools.count(1) for path in [folder / SET_ASIDE.format(n)]
+                 if not (path.exists() or path.is_symlink()))
+    for path in files:
+        (aside / path.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
+        path.rename(aside / path.relative_to(folder))
+    return aside
 
 
 def _job_folder(ret: JobReturn, trial: FrozenTrial) -> Path:

@@ -50,6 +50,7 @@ WANDB = "wandb"  # logger=wandb's offline run files (runs/trackers.py)
 OWN_NAMES = (HYDRA_DIR, RUN_LOCK, RUN_LOG, ERROR_LOG, METRICS_CSV, CHECKPOINTS, EVALUATE, EXPORT, PROVENANCE, WANDB)
 EVENTS = "events.out.tfevents."
 LEFT_BY_A_KILL = re.compile(r".+\.\d+\.[0-9a-f]{8}\.tmp")  # temporary_name()'s, where a kill cut a write short
+SET_ASIDE = "stopped-{}"  # stopped-1, ...: a search trial's attempt that left no checkpoint, its files (_search.py)
 # What a sweep folder holds beside its jobs' folders: Hydra's record of the sweep, the Optuna study, the report.
 MULTIRUN_YAML, OPTUNA_DB = "multirun.yaml", "optuna.db"
 SEARCH_RESULTS = "optimization_results.yaml"  # an Optuna search's best trial (or Pareto front), pruned and failed ones
@@ -327,7 +328,8 @@ def check_sweep_folder(sweep_dir: Path, same_sweep) -> None:
 def _not_a_runs(names) -> list:
     """Of a folder's file names, those that are not trainlab's own in a run folder."""
     return [name for name in names if name not in OWN_NAMES and not name.startswith(EVENTS)
-            and not LEFT_BY_A_KILL.fullmatch(name) and not PROVENANCE_DIFF.fullmatch(name)]
+            and not LEFT_BY_A_KILL.fullmatch(name) and not PROVENANCE_DIFF.fullmatch(name)
+            and not re.fullmatch(SET_ASIDE.format(r"\d+"), name)]
 
 
 def _refuse_foreign(folder: Path, foreign: list, what: str) -> None:

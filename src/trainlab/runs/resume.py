@@ -30,9 +30,16 @@ def newest_run(outputs: Path = OUTPUTS) -> Optional[Path]:
 def run_traces(run_dir: Path) -> list:
     """What a folder holds of a run beyond a start's (.hydra/, run.log, error.log): checkpoints, metrics.csv, events.
     Any of them is a run that a new one there would overwrite or mix with."""
-    found = [f"{CHECKPOINTS}/{p.name}" for p in sorted((Path(run_dir) / CHECKPOINTS).glob("*.pt"))]
-    found += [METRICS_CSV] if (Path(run_dir) / METRICS_CSV).exists() else []
+    found = [str(p.relative_to(run_dir)) for p in trace_files(run_dir) if not p.name.startswith(EVENTS)]
     return found + (["TensorBoard events"] if any(Path(run_dir).glob(f"{EVENTS}*")) else [])
+
+
+def trace_files(run_dir: Path) -> list:
+    """run_traces' files: checkpoints/*.pt, metrics.csv, the TensorBoard event files."""
+    run_dir = Path(run_dir)
+    found = sorted((run_dir / CHECKPOINTS).glob("*.pt"))
+    found += [run_dir / METRICS_CSV] if (run_dir / METRICS_CSV).exists() else []
+    return found + sorted(run_dir.glob(f"{EVENTS}*"))
 
 
 def resume_folder(resume: str) -> Optional[Path]:
