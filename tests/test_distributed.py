@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import QUICK, ROOT, free_port, needs_extra, preempting_env, run_cli, scalars
+from trainlab.distributed import teardown
 from trainlab.runs.checkpoint import load_checkpoint
 from trainlab.runs.folder import read_metrics
 
@@ -201,7 +202,7 @@ def _draw_save_draw_restore(rank: int, port: int, out: str, device: str) -> None
     Generators().load_state_dict(state)
     torch.save({"after": after.cpu(), "again": torch.rand(4, device=device).cpu(), "kept": len(state["ranks"])},
                f"{out}.{rank}")
-    torch.distributed.destroy_process_group()
+    teardown()
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -286,7 +287,7 @@ def _data_parallel_steps(rank: int, port: int, out: str, on_gpu: bool) -> None:
     whitening = _fitted_whitening(device, shard=(rank, 2))
     torch.save({"params": {k: v.cpu() for k, v in model.named_parameters()}, "recorded": recorded,
                 "whitening": whitening}, f"{out}.{rank}")
-    torch.distributed.destroy_process_group()
+    teardown()
 
 
 @pytest.mark.parametrize("on_gpu", [False, pytest.param(True, marks=pytest.mark.skipif(
@@ -333,3 +334,57 @@ def test_only_a_collective_that_lost_a_process_is_reported_as_another_process_st
     assert not peer_lost(BrokenPipeError(32, "Broken pipe"))
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not peer_lost(gloo)  # one process: no other to blame
+
+
+def _scoring_net() -> torch.nn.Module:
+    torch.manual_seed(0)  # the same weights in every process and in the reference
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 10))
+    net[1].running_mean.uniform_(-1, 1)  # statistics of some training, the first process's
+    return net
+
+
+def _scores(rank: int, processes: int) -> dict:
+    """Validation and test scores of _scoring_net on a shapes split (10 validation and 37 test images: shares of 5 and 5, 19 and 18), on both
+    data paths, as the process `rank` of `processes` scores them; with the images its own forward passes took."""
+    from conftest import compose
+    from trainlab.data.build import build_run_data
+    from trainlab.data.transforms import check_transforms
+    from trainlab.distributed import Ranks
+    from trainlab.training.evaluator import Evaluator
+    from trainlab.training.numerics import Numerics
+
+    cfg = compose("data=shapes", "data.num_train=90", "data.num_test=37", "data.eval_batch_size=8")
+    model, scored = _scoring_net(), []
+    model.register_forward_hook(lambda module, args, out: scored.append(len(out)))
+    if rank:
+        model[1].running_mean.zero_()  # a process's own statistics, which the first's replace before scoring
+    net = torch.nn.parallel.DistributedDataParallel(model) if processes > 1 else model
+    evaluator = Evaluator(net, Numerics(torch.device("cpu")), torch.nn.CrossEntropyLoss())
+    figures = {}
+    for path in ("resident", "loader"):
+        _, loaders, _ = build_run_data(cfg.data, check_transforms(cfg.transform), torch.device("cpu"),
+                                       Ranks(rank, processes), path)
+        for split in ("val", "test"):
+            scored.clear()
+            scores = evaluator.score(getattr(loaders, split))
+            figures[path, split] = (scores.loss, scores.acc, scores.images, sum(scored))
+    return figures
+
+
+def _sharded_scores(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.save(_scores(rank, 2), f"{out}.{rank}")
+    teardown()  # trainlab's: a DistributedDataParallel still alive when the group goes aborts the exit
+
+
+def test_two_processes_each_score_half_of_a_split_and_both_get_the_whole_splits_figures(tmp_path):
+    assert in_two_processes(_sharded_scores, str(tmp_path / "scores")) == [0, 0]
+    shares = [torch.load(tmp_path / f"scores.{rank}") for rank in range(2)]
+    whole = _scores(0, 1)
+    for key, (loss, acc, images, forward) in whole.items():
+        assert images == forward and images in (10, 37)  # shapes holds out one image a class
+        for share in shares:  # the sum of both shares, in each process, scored with the first one's statistics
+            assert share[key][:3] == (pytest.approx(loss, rel=1e-6), acc, images), key
+        assert [share[key][3] for share in shares] == [(images + 1) // 2, images // 2], key  # each its half

@@ -109,8 +109,9 @@ def build_loaders(cfg, splits: DataSplits, seed: int, shard: tuple = (0, 1)) -> 
     train = DataLoader(SeededItems(splits.train, seed), batch_size=cfg.batch_size // shard[1], sampler=sampler,
                        drop_last=cfg.drop_last, generator=torch.Generator().manual_seed(seed), **workers)
 
-    def in_order(split):
-        return None if split is None else DataLoader(split, batch_size=cfg.eval_batch_size,
+    def in_order(split):  # this process's share: every processes-th image (the Evaluator sums the shares' scores)
+        share = split if split is None or shard[1] == 1 else Subset(split, range(shard[0], len(split), shard[1]))
+        return None if split is None else DataLoader(share, batch_size=cfg.eval_batch_size,
                                                      generator=torch.Generator().manual_seed(seed), **workers)
 
     return Loaders(SampledLoader(train), in_order(splits.val), in_order(splits.test))

@@ -89,11 +89,17 @@ def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progr
     train_loader = ResidentLoader(train, data_cfg.batch_size, data_cfg.shuffle, data_cfg.drop_last, train_steps, seed,
                                   shard)
 
-    def in_order(split_):
-        return None if split_ is None else ResidentLoader(split_, data_cfg.eval_batch_size, False, False, test_steps,
-                                                          seed)
+    def in_order(split_):  # this process's share: every processes-th image (the Evaluator sums the shares' scores)
+        return None if split_ is None else ResidentLoader(share(split_, shard), data_cfg.eval_batch_size, False, False,
+                                                          test_steps, seed)
 
     return DataSplits(train, val, test, classes, image_shape), Loaders(train_loader, in_order(val), in_order(test))
+
+
+def share(split: ResidentSplit, shard: tuple) -> ResidentSplit:
+    """Every processes-th image from the process's rank on, (rank, processes) = shard: views, no copy."""
+    rank, processes = shard
+    return split if processes == 1 else ResidentSplit(split.images[rank::processes], split.targets[rank::processes])
 
 
 def _subset(split: ResidentSplit, size) -> ResidentSplit:

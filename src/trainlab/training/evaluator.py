@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from trainlab import distributed
 from trainlab.training.numerics import Numerics
 
 
@@ -39,11 +40,17 @@ TTA = ("none", "flip", "flip_translate")  # trainer.tta: the views of each image
 
 class Evaluator:
     """`model` in eval mode (dropout off, batchnorm's running statistics), no gradients, in `numerics`; with test-time
-    augmentation (`tta`, one of TTA), each image's logits are the mean over its views, for every caller alike."""
+    augmentation (`tta`, one of TTA), each image's logits are the mean over its views, for every caller alike.
+
+    A data-parallel run's model (DistributedDataParallel) is scored in shares: each process's loaders hold every
+    processes-th image (trainlab/data/build.py), and `score` sums their counts over the processes, so each gets the
+    whole split's figures, as one process would, for a processes-th of the work. The plain module scores (no
+    collective in its forward: the shares may differ by a batch), with the first process's batchnorm statistics."""
 
     def __init__(self, model: torch.nn.Module, numerics: Numerics, loss_fn=None, tta: str = "none"):
-        self.model, self.numerics, self.loss_fn, self.device = model, numerics, loss_fn, numerics.device
-        self.tta = tta
+        self.shared = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        self.model = model.module if self.shared else model
+        self.numerics, self.loss_fn, self.device, self.tta = numerics, loss_fn, numerics.device, tta
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -61,16 +68,20 @@ class Evaluator:
 
     @torch.no_grad()
     def score(self, loader) -> Scores:
-        """Mean loss and accuracy over `loader`."""
+        """Mean loss and accuracy over `loader` (over the processes' shares, in a data-parallel run)."""
         start = time.perf_counter()
+        if self.shared:  # the statistics the first process's checkpoint keeps (each process's own drift apart)
+            distributed.same_as_first(*self.model.buffers())
         total_loss = torch.zeros((), device=self.device)
-        right = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
+        right, seen = (torch.zeros((), dtype=torch.long, device=self.device) for _ in range(2))
         for logits, targets in self.batches(loader):
             with self.numerics.autocast():
                 total_loss += self.loss_fn(logits, targets).float() * len(targets)
             right += correct(logits, targets)
             seen += len(targets)
+        if self.shared:
+            distributed.all_sum(total_loss, right, seen)
+        seen = seen.item()
         return Scores(total_loss.item() / seen, right.item() / seen, time.perf_counter() - start, seen)
 
     @torch.no_grad()
