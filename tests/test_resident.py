@@ -123,10 +123,13 @@ def test_auto_falls_back_to_the_loader_and_forcing_resident_names_the_step():
                            data_path=cfg.trainer.data_path, seed=cfg.trainer.seed)
 
 
-def test_each_process_of_a_data_parallel_run_augments_its_images_as_one_process_does():
+@pytest.mark.parametrize("mix", [None, "mixup", "cutmix"])
+def test_each_process_of_a_data_parallel_run_augments_its_images_as_one_process_does(mix):
     """Shifted crops and flips: each process draws for the whole batch and keeps its share's draws, so the images of
-    two processes, interleaved as the batch was shared (every other image), are one process's batch."""
+    two processes, interleaved as the batch was shared (every other image), are one process's batch; a mix pairs
+    each image with the one before it in the whole batch (another process's), with the batch's ratio."""
     cfg = compose("data=shapes", "data.num_train=203", "data.num_test=20", "transform=augment", "data.batch_size=24")
+    cfg.transform.train = [*cfg.transform.train, *([{"type": mix}] if mix else [])]  # last, as mixes go
     steps = check_transforms(cfg.transform)
 
     def epoch_two(shard):
@@ -140,3 +143,5 @@ def test_each_process_of_a_data_parallel_run_augments_its_images_as_one_process_
         merged, merged_labels = torch.empty_like(images), torch.empty_like(labels)
         merged[0::2], merged[1::2], merged_labels[0::2], merged_labels[1::2] = a, b, y_a, y_b
         assert torch.equal(merged, images) and torch.equal(merged_labels, labels)
+    if mix:  # soft targets, mixed in earnest in some batch (mixup's ratio is often near 0 or 1)
+        assert any((labels.max(1).values < 0.9).any() for _, labels in one)

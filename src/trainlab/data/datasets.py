@@ -176,6 +176,13 @@ class BatchPlan:
         for batch in range(self.first_batch, self.batches):
             yield batch, order[batch * self.batch_size:(batch + 1) * self.batch_size][self.mine]
 
+    def partners(self, order: torch.Tensor, batch: int) -> tuple:
+        """The image before each of this process's in batch `batch` (before the first, the batch's last), which a mix
+        pairs it with (another process's, when the batch is shared) -> (their indices, their places in the batch)."""
+        whole = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+        places = (torch.arange(len(whole), device=whole.device)[self.mine] - 1) % len(whole)
+        return whole[places], places
+
     def whole(self, batch: int) -> int:
         """The size of batch `batch` (0-based) over all processes: batch_size, or what the epoch's last one holds."""
         return min(self.batch_size, self.length - batch * self.batch_size)

@@ -48,7 +48,8 @@ class ResidentSplit:
 class ResidentLoader:
     """A TrainLoader: batches of (images, labels) already on the device, by its BatchPlan; each batch's random steps
     draw from (seed, epoch, batch) alone, so `start(epoch, batch)` picks up mid-epoch exactly, and each image of a
-    process's share gets what it gets in one process (a mix pairs it within the share: the ratio is the batch's)."""
+    process's share gets what it gets in one process, a mix's partner included (the image before it in the whole
+    batch, another process's: every image is resident, so it is made here again, with its own draws)."""
 
     def __init__(self, split: ResidentSplit, batch_size: int, shuffle: bool, drop_last: bool, steps: BatchedSteps,
                  seed: int, shard: tuple = (0, 1)):
@@ -65,10 +66,17 @@ class ResidentLoader:
     def __iter__(self):
         generator, epoch = self.steps.generator, self.plan.epoch
         order = self.plan.order(generator, self.split.targets.device)
+        shared = self.steps.mixes and self.plan.mine.step > 1
         for batch, index in self.plan.batches_left(order):
             generator.manual_seed(stream_seed(self.seed, epoch, batch))
             images = self.steps(self.split.images[index], index, epoch, (self.plan.whole(batch), self.plan.mine))
-            yield self.steps.mix(images, self.split.targets[index])
+            partners = None
+            if shared:  # the same draws again, the partners' taken: the stream then stands where one process's does
+                generator.manual_seed(stream_seed(self.seed, epoch, batch))
+                chosen, places = self.plan.partners(order, batch)
+                partners = (self.steps(self.split.images[chosen], chosen, epoch, (self.plan.whole(batch), places)),
+                            self.split.targets[chosen])
+            yield self.steps.mix(images, self.split.targets[index], partners)
 
 
 def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progress: bool, shard=(0, 1)) -> tuple:

@@ -181,17 +181,18 @@ class BatchedSteps:
         whole, mine = self.share
         return draw(whole)[mine]
 
-    def mix(self, images: torch.Tensor, targets: torch.Tensor) -> tuple:
+    def mix(self, images: torch.Tensor, targets: torch.Tensor, partners: tuple = None) -> tuple:
         """The batch steps, after the others: (images, labels) -> (mixed images, soft targets (B, classes)), each
         image paired with the one before it in the batch (as torchvision's MixUp and CutMix pair them), one ratio a
-        batch. Every draw comes from the batch's generator, so a resumed epoch mixes its batches alike."""
+        batch. Every draw comes from the batch's generator, so a resumed epoch mixes its batches alike. `partners`:
+        (images, labels) of those before them, where the batch is shared out (ResidentLoader); else rolled here."""
         if not self.mixes:
             return images, targets
+        other, other_targets = partners if partners is not None else (images.roll(1, 0), targets.roll(1, 0))
         draw = torch.randint(2 ** 62, (1,), device=self.generator.device, generator=self.generator)
         rng = np.random.default_rng(int(draw))
         kind, alpha = self.mixes[int(rng.integers(len(self.mixes)))]
         share = float(rng.beta(alpha, alpha))
-        other = images.roll(1, 0)
         if kind == "mixup":
             images = images * share + other * (1 - share)
         else:  # a box of 1 - share of the area, centred anywhere, cut to the image, then the share it left
@@ -203,8 +204,8 @@ class BatchedSteps:
             images = images.clone()
             images[..., top:bottom, left:right] = other[..., top:bottom, left:right]
             share = 1 - (bottom - top) * (right - left) / (h * w)
-        soft = torch.nn.functional.one_hot(targets, self.classes).float()
-        return images, soft * share + soft.roll(1, 0) * (1 - share)
+        soft = torch.nn.functional.one_hot(torch.stack([targets, other_targets]), self.classes).float()
+        return images, soft[0] * share + soft[1] * (1 - share)
 
     def _to_tensor(self):
         return lambda x: x.float().div(255)  # ToTensor's own arithmetic, so both paths give the same floats
