@@ -158,7 +158,7 @@ def teardown() -> None:
 
     What still holds the group goes first: a DistributedDataParallel kept by its reference cycles, or by the frames of
     the error on its way out. Freed only as the interpreter exits, after the group, it aborts the process ("terminate
-    called without an active exception", exit -6): measured on gloo, about one run in 20."""
+    called without an active exception", exit -6): measured on gloo, about one run in 15."""
     if torch.distributed.is_initialized():
         error = sys.exc_info()[1]  # called from a `finally`: the error (a SystemExit after its line) going out
         while error is not None:
