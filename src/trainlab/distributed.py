@@ -30,6 +30,11 @@ class Ranks:
     def main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def shard(self) -> tuple:
+        """(rank, processes), as the data path takes it (data/datasets.py every_nth)."""
+        return self.rank, self.world
+
 
 def setup(device_name: str) -> tuple:
     """-> (Ranks, device). Under torchrun or in a submitit job of several tasks: join the process group (NCCL on GPUs,

@@ -120,7 +120,7 @@ class Search:
 
         done = study.get_trials(deepcopy=False, states=FINISHED)
         here = self.sweep_dir.resolve()
-        live = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _running_elsewhere(t)]
+        live = _live_elsewhere(study)
         to_run = max(0, n_trials - len(done) - len(live))
         self._log_start(study, sampler, n_trials, done, to_run, _stopped(study, here)[:to_run], live)
 
@@ -133,8 +133,7 @@ class Search:
                 self._check_failures(study)
                 continue
             # nothing left to ask: the study is done once the trials other searches run end, or are left to this one
-            elsewhere = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                         if _running_elsewhere(t)]
+            elsewhere = _live_elsewhere(study)
             if not elsewhere:
                 break
             if {t.number for t in elsewhere} - waited:
@@ -551,8 +550,12 @@ def _worker() -> str:
 def _claim(study, trial) -> None:
     """Record this search as the one running `trial`, beating now (in this order: a reader who sees the worker sees
     its beat). Through the storage: a FrozenTrial has no setter (Trial.set_user_attr calls the same)."""
-    study._storage.set_trial_user_attr(trial._trial_id, BEAT, time.time())
+    _beat(study, trial)
     study._storage.set_trial_user_attr(trial._trial_id, WORKER, _worker())
+
+
+def _beat(study, trial) -> None:
+    study._storage.set_trial_user_attr(trial._trial_id, BEAT, time.time())
 
 
 @contextlib.contextmanager
@@ -567,7 +570,7 @@ def _beating(study, trials: list):
         while not done.wait(BEAT_SECONDS):
             for trial in trials:
                 with contextlib.suppress(Exception):
-                    study._storage.set_trial_user_attr(trial._trial_id, BEAT, time.time())
+                    _beat(study, trial)
 
     thread = threading.Thread(target=beat, name="trainlab-search-beat", daemon=True)
     thread.start()
@@ -576,6 +579,11 @@ def _beating(study, trials: list):
     finally:
         done.set()
         thread.join()
+
+
+def _live_elsewhere(study) -> list:
+    """The study's RUNNING trials that another live search runs."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _running_elsewhere(t)]
 
 
 def _running_elsewhere(trial: FrozenTrial) -> bool:

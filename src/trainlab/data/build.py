@@ -16,7 +16,7 @@ def build_run_data(data_cfg, transforms: dict, device, ranks=distributed.Ranks()
     train loaders are TrainLoaders; `seed` draws the training order and the random steps; `progress`: a bar while
     decoding."""
     reason = "trainer.data_path=loader"
-    shard = (ranks.rank, ranks.world)
+    shard = ranks.shard
     distributed.shard_size(data_cfg.batch_size, ranks)  # the batch must split evenly
     if data_path != "loader":
         try:

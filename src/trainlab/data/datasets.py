@@ -109,8 +109,8 @@ def build_loaders(cfg, splits: DataSplits, seed: int, shard: tuple = (0, 1)) -> 
     train = DataLoader(SeededItems(splits.train, seed), batch_size=cfg.batch_size // shard[1], sampler=sampler,
                        drop_last=cfg.drop_last, generator=torch.Generator().manual_seed(seed), **workers)
 
-    def in_order(split):  # this process's share: every processes-th image (the Evaluator sums the shares' scores)
-        share = split if split is None or shard[1] == 1 else Subset(split, range(shard[0], len(split), shard[1]))
+    def in_order(split):  # this process's share (the Evaluator sums the shares' scores)
+        share = split if split is None or shard[1] == 1 else Subset(split, range(len(split))[every_nth(shard)])
         return None if split is None else DataLoader(share, batch_size=cfg.eval_batch_size,
                                                      generator=torch.Generator().manual_seed(seed), **workers)
 
@@ -147,6 +147,12 @@ class TrainLoader(Protocol):
         """(images, labels) batches."""
 
 
+def every_nth(shard: tuple) -> slice:
+    """A data-parallel process's share of what the processes split (each batch, an evaluated split, the whitening's
+    images), shard = (rank, processes): every processes-th item, from its rank on."""
+    return slice(shard[0], None, shard[1])
+
+
 class BatchPlan:
     """Which images each training batch takes, on both data paths: the epoch's order follows (seed, epoch) alone, so
     a run resumed at (epoch, batch) picks up exactly; with shard (rank, processes), this process takes every
@@ -154,7 +160,7 @@ class BatchPlan:
 
     def __init__(self, length: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, shard=(0, 1)):
         self.length, self.batch_size, self.shuffle, self.seed = length, batch_size, shuffle, seed
-        self.mine = slice(shard[0], None, shard[1])  # this process's images of each batch: every processes-th
+        self.mine = every_nth(shard)  # this process's images of each batch
         self.batches = length // batch_size if drop_last else -(-length // batch_size)  # per epoch
         if self.batches == 0:
             raise TrainlabError(f"no training batch: {length} images with data.batch_size={batch_size} and "

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from trainlab import __version__
 from trainlab.runs.checkpoint import DamagedFile, FileLock, read_record, save_checkpoint
 from trainlab.runs.folder import temporary_name
-from trainlab.data.datasets import (TORCHVISION_SETS, BatchPlan, DataSplits, Loaders, build_datasets, check_same_size,
+from trainlab.data.datasets import (TORCHVISION_SETS, BatchPlan, every_nth, DataSplits, Loaders, build_datasets, check_same_size,
                            first_image, stream_seed, subset_indices, worker_processes)
 from trainlab.data.image_folder import folder_classes, walk_folder
 from trainlab.errors import TrainlabError, one_line, printable
@@ -68,13 +68,14 @@ class ResidentLoader:
         order = self.plan.order(generator, self.split.targets.device)
         shared = self.steps.mixes and self.plan.mine.step > 1
         for batch, index in self.plan.batches_left(order):
-            generator.manual_seed(stream_seed(self.seed, epoch, batch))
-            images = self.steps(self.split.images[index], index, epoch, (self.plan.whole(batch), self.plan.mine))
+            seed, whole = stream_seed(self.seed, epoch, batch), self.plan.whole(batch)
+            generator.manual_seed(seed)
+            images = self.steps(self.split.images[index], index, epoch, (whole, self.plan.mine))
             partners = None
             if shared:  # the same draws again, the partners' taken: the stream then stands where one process's does
-                generator.manual_seed(stream_seed(self.seed, epoch, batch))
+                generator.manual_seed(seed)
                 chosen, places = self.plan.partners(order, batch)
-                partners = (self.steps(self.split.images[chosen], chosen, epoch, (self.plan.whole(batch), places)),
+                partners = (self.steps(self.split.images[chosen], chosen, epoch, (whole, places)),
                             self.split.targets[chosen])
             yield self.steps.mix(images, self.split.targets[index], partners)
 
@@ -97,17 +98,12 @@ def build_resident(data_cfg, steps: dict, device: torch.device, seed: int, progr
     train_loader = ResidentLoader(train, data_cfg.batch_size, data_cfg.shuffle, data_cfg.drop_last, train_steps, seed,
                                   shard)
 
-    def in_order(split_):  # this process's share: every processes-th image (the Evaluator sums the shares' scores)
-        return None if split_ is None else ResidentLoader(share(split_, shard), data_cfg.eval_batch_size, False, False,
-                                                          test_steps, seed)
+    def in_order(split_):  # this process's share, views of its images (the Evaluator sums the shares' scores)
+        mine = every_nth(shard)
+        return None if split_ is None else ResidentLoader(ResidentSplit(split_.images[mine], split_.targets[mine]),
+                                                          data_cfg.eval_batch_size, False, False, test_steps, seed)
 
     return DataSplits(train, val, test, classes, image_shape), Loaders(train_loader, in_order(val), in_order(test))
-
-
-def share(split: ResidentSplit, shard: tuple) -> ResidentSplit:
-    """Every processes-th image from the process's rank on, (rank, processes) = shard: views, no copy."""
-    rank, processes = shard
-    return split if processes == 1 else ResidentSplit(split.images[rank::processes], split.targets[rank::processes])
 
 
 def _subset(split: ResidentSplit, size) -> ResidentSplit:

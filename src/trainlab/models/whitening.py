@@ -8,6 +8,7 @@ checkpoint carries them like any weight, so a resumed run, evaluate.py and predi
 import torch
 from torch import nn
 
+from trainlab.data.datasets import every_nth
 from trainlab.distributed import Ranks, all_sum, same_as_first
 
 
@@ -58,7 +59,7 @@ def fit_whitening(model: nn.Module, batches, images: int = 5000, ranks: Ranks = 
     blocks = [m for m in model.modules() if isinstance(m, Whiten)]
     if not blocks:
         return None
-    taken, seen, share = [], 0, len(range(ranks.rank, images, ranks.world))
+    taken, seen, share = [], 0, len(range(images)[every_nth(ranks.shard)])
     for batch, _ in batches:
         taken.append(batch[:share - seen])
         seen += len(taken[-1])
